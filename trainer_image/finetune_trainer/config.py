@@ -1,0 +1,188 @@
+"""TrainerConfig: the trainer's only input, and the shared vocabulary of the FineTuneJob spec.
+
+The operator renders a TrainerConfig (JSON, camelCase keys) into the job's ConfigMap; a person can
+also write one by hand for a local run (`python -m finetune_trainer train --config cfg.yaml`).
+The sub-models (ModelSource, DatasetSource, Method, Hyperparameters, ...) are reused by the
+operator's FineTuneJob spec model, so the CRD and the trainer speak the same field names.
+
+Only pydantic and the standard library are imported here: the operator imports this module.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+CONFIG_API_VERSION = "finetune.dev/trainer-v1"
+
+#: URI schemes accepted for models, datasets and outputs.
+MODEL_URI_PATTERN = r"^(hf://[A-Za-z0-9][\w.\-]*/[\w.\-]+(@[\w.\-/]+)?|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|file:///.+|/.+)$"
+DATASET_URI_PATTERN = r"^(hf://datasets/[A-Za-z0-9][\w.\-]*/[\w.\-]+(@[\w.\-/]+)?|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.+|https?://[^\s]+|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?/.+|file:///.+|/.+)$"
+OUTPUT_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|file:///.+|/.+)$"
+
+
+class _Model(BaseModel):
+    """Base: camelCase on the wire, snake_case in Python, unknown keys rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=AliasGenerator(alias=to_camel),
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class SecretRef(_Model):
+    """A Secret in the job's own namespace. Only its name travels; values reach pods as env."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")]
+
+
+class ModelSource(_Model):
+    """Where the base model comes from."""
+
+    uri: Annotated[str, Field(pattern=MODEL_URI_PATTERN, description="hf://org/name[@rev], s3://bucket/prefix, pvc://claim/path or a local path")]
+    secret_ref: SecretRef | None = Field(default=None, description="Secret with HF_TOKEN or AWS_* keys")
+    trust_remote_code: bool = False
+
+
+DatasetFormat = Literal["text", "prompt-completion", "chat", "classification"]
+
+
+class DatasetSource(_Model):
+    """Training data: JSON Lines in one of four formats."""
+
+    uri: Annotated[str, Field(pattern=DATASET_URI_PATTERN, description="s3://, https://, hf://datasets/..., pvc:// or a local path")]
+    format: DatasetFormat = "text"
+    validation_split: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05
+    secret_ref: SecretRef | None = None
+
+
+class LoraSettings(_Model):
+    r: Annotated[int, Field(ge=1, le=1024)] = 16
+    alpha: Annotated[int, Field(ge=1, le=4096)] = 32
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
+    target_modules: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None, max_length=64, description="Module names; found automatically when absent"
+    )
+
+
+class DeepSpeedSettings(_Model):
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+
+
+MethodType = Literal["lora", "qlora", "full"]
+
+
+class Method(_Model):
+    type: MethodType = "lora"
+    lora: LoraSettings | None = None
+    deepspeed: DeepSpeedSettings | None = None
+
+    @model_validator(mode="after")
+    def _blocks_match_method(self) -> Method:
+        if self.type == "full" and self.lora is not None:
+            raise ValueError("method.lora is only allowed with method.type lora or qlora")
+        if self.type == "qlora" and self.deepspeed is not None:
+            raise ValueError("method.deepspeed is not supported with method.type qlora")
+        return self
+
+    def lora_settings(self) -> LoraSettings:
+        return self.lora or LoraSettings()
+
+
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+
+
+class Hyperparameters(_Model):
+    epochs: Annotated[float, Field(gt=0, le=1000)] = 1
+    max_steps: Annotated[int, Field(ge=1)] | None = Field(default=None, description="Overrides epochs")
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 2e-4
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 8
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = 1
+    max_seq_length: Annotated[int, Field(ge=8, le=1_048_576)] = 512
+    warmup_ratio: Annotated[float, Field(ge=0, le=1)] = 0.03
+    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
+    seed: Annotated[int, Field(ge=0)] = 42
+    packing: bool = True
+    precision: Precision = "auto"
+    eval_every_steps: Annotated[int, Field(ge=1)] | None = None
+    logging_steps: Annotated[int, Field(ge=1)] = 1
+
+
+class CheckpointSettings(_Model):
+    every_steps: Annotated[int, Field(ge=1)] = 200
+    keep: Annotated[int, Field(ge=1, le=100)] = 3
+
+
+class OutputTarget(_Model):
+    uri: Annotated[str, Field(pattern=OUTPUT_URI_PATTERN, description="s3://bucket/prefix/, pvc://claim/path or a local path")]
+    endpoint: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, Ceph, ...); AWS when absent"
+    )
+    secret_ref: SecretRef | None = None
+
+
+class TrainerConfig(_Model):
+    """Everything one training run needs. Rendered by the operator; versioned."""
+
+    api_version: Literal["finetune.dev/trainer-v1"] = CONFIG_API_VERSION
+    job_name: Annotated[str, Field(min_length=1, max_length=253)] = "local"
+    namespace: Annotated[str, Field(min_length=1, max_length=63)] = "default"
+    model: ModelSource
+    dataset: DatasetSource
+    method: Method = Method()
+    hyperparameters: Hyperparameters = Hyperparameters()
+    checkpoint: CheckpointSettings = CheckpointSettings()
+    output: OutputTarget
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9400
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, exclude_none=True, indent=2)
+
+
+class ConfigError(ValueError):
+    """A TrainerConfig that cannot be used; the message lists every problem, one per line."""
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """One line per problem, each naming the field by its camelCase path."""
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not re.fullmatch(r"function-after\[.*\]", str(p)))
+        lines.append(f"{loc or '<root>'}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any]) -> TrainerConfig:
+    try:
+        return TrainerConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def load_config(path: str | pathlib.Path) -> TrainerConfig:
+    """Read a TrainerConfig from a JSON or YAML file; every problem reported at once."""
+    p = pathlib.Path(path)
+    try:
+        text = p.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {p}: {err.strerror}") from None
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as err:  # yaml.YAMLError / json.JSONDecodeError
+        raise ConfigError(f"config file {p} is not valid {'YAML' if p.suffix in ('.yaml', '.yml') else 'JSON'}: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    return parse_config(data)
