@@ -1,0 +1,147 @@
+"""`ftctl download`: fetch a finished run's adapter, verify it, and draw its loss curve.
+
+The run's `manifest.json` is written last by the trainer and lists every file with its sha256
+and size; each downloaded file is checked against it. `metrics.jsonl` (one JSON object per
+logged step) becomes `loss.png`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import pathlib
+from typing import Any
+
+from finetune_trainer import contract
+
+from .errors import CommandFailed
+from .storage import Storage
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifestFile:
+    path: str  # relative to the output location
+    sha256: str
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DownloadResult:
+    directory: pathlib.Path
+    files: list[ManifestFile]
+    total_bytes: int
+    manifest: dict[str, Any]
+    loss_png: pathlib.Path | None
+    metrics_rows: int
+
+
+def manifest_files(manifest: dict[str, Any]) -> list[ManifestFile]:
+    """The files a manifest lists, paths relative to the output location."""
+    raw = manifest.get("files")
+    entries: list[tuple[str, dict[str, Any]]]
+    if isinstance(raw, dict):
+        entries = [(str(k), v) for k, v in raw.items()]
+    elif isinstance(raw, list):
+        entries = [(str(e.get("path", "")), e) for e in raw if isinstance(e, dict)]
+    else:
+        raise CommandFailed("manifest.json has no 'files' list: not a finished run")
+    out = []
+    for path, meta in entries:
+        if not path or path.startswith("/") or ".." in path.split("/"):
+            raise CommandFailed(f"manifest.json lists an unsafe path {path!r}")
+        out.append(ManifestFile(path=path, sha256=str(meta["sha256"]), size=int(meta["size"])))
+    return out
+
+
+def sha256_of(path: pathlib.Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_metrics(text: str) -> list[dict[str, Any]]:
+    rows = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a torn last line from an interrupted run
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def plot_loss(rows: list[dict[str, Any]], dest: pathlib.Path, title: str) -> bool:
+    """Draw train (and eval) loss against step into `dest`; False when there is nothing to draw."""
+    train = [(r["step"], r["loss"]) for r in rows if _num(r.get("loss")) and "step" in r]
+    evals = [(r["step"], r["evalLoss"]) for r in rows if _num(r.get("evalLoss")) and "step" in r]
+    evals += [(r["step"], r["eval_loss"]) for r in rows if _num(r.get("eval_loss")) and "step" in r]
+    if not train and not evals:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CommandFailed(
+            "drawing the loss curve needs matplotlib (pip install 'finetune-operator[train]')"
+        ) from None
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if evals:
+        ax.plot(*zip(*sorted(evals), strict=True), "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(dest)
+    plt.close(fig)
+    return True
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def download_run(storage: Storage, dest: pathlib.Path, *, title: str) -> DownloadResult:
+    """Download every file the run's manifest lists into `dest`, verifying each sha256."""
+    try:
+        manifest = json.loads(storage.read_bytes(contract.MANIFEST_NAME))
+    except json.JSONDecodeError as err:
+        raise CommandFailed(f"{storage.location.uri}{contract.MANIFEST_NAME} is not JSON: {err}") from None
+    files = manifest_files(manifest)
+    dest.mkdir(parents=True, exist_ok=True)
+    total = 0
+    for f in files:
+        target = dest / f.path
+        storage.download(f.path, target)
+        size = target.stat().st_size
+        digest = sha256_of(target)
+        if size != f.size or digest != f.sha256:
+            raise CommandFailed(
+                f"{f.path}: checksum mismatch (manifest sha256 {f.sha256[:12]}.. size {f.size}, "
+                f"downloaded sha256 {digest[:12]}.. size {size}); the download is incomplete or "
+                "the object was changed after the run"
+            )
+        total += size
+    (dest / contract.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    rows: list[dict[str, Any]] = []
+    png: pathlib.Path | None = None
+    if storage.exists(contract.METRICS_HISTORY_NAME):
+        text = storage.read_bytes(contract.METRICS_HISTORY_NAME).decode()
+        (dest / contract.METRICS_HISTORY_NAME).write_text(text)
+        rows = read_metrics(text)
+        candidate = dest / "loss.png"
+        if plot_loss(rows, candidate, title):
+            png = candidate
+    return DownloadResult(dest, files, total, manifest, png, len(rows))
