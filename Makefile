@@ -25,10 +25,22 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed ## Create .venv with the operator, trainer, CLI and test dependencies
 
 .PHONY: test
-test: install ## Run the whole test suite (builds/starts what the tests need)
+test: install cluster-build ## Run the whole test suite (builds/starts what the tests need)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: lint
 lint: install ## ruff + mypy --strict + import-linter layering
 	$(VENV)/bin/ruff check operator trainer_image cli tests bench
 	$(VENV)/bin/mypy operator/finetune_operator trainer_image/finetune_trainer cli/ftctl
+
+.PHONY: cluster-build
+cluster-build: ## Build etcd/kube-*/kubectl/kwok/helm from Go modules into ~/.cache/finetune-operator (skips what is built)
+	bash hack/build-control-plane.sh
+
+.PHONY: cluster-up
+cluster-up: install cluster-build ## Start a background control plane; writes .cluster/admin.kubeconfig
+	$(PY) -m tests.cluster up
+
+.PHONY: cluster-down
+cluster-down: ## Stop the control plane started by cluster-up
+	$(PY) -m tests.cluster down
