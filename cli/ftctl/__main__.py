@@ -1,0 +1,5 @@
+"""Run ftctl as a module: `python -m ftctl --help`."""
+
+from .main import main
+
+main()

@@ -1,0 +1,354 @@
+"""ftctl: submit, follow and fetch FineTuneJobs, or run one on this machine.
+
+Run: `ftctl --help` (console script from pyproject.toml), or `python -m ftctl --help`.
+
+  ftctl validate job.yaml            schema check + model/dataset pre-flight
+  ftctl submit job.yaml              create the FineTuneJob in the cluster
+  ftctl list [-A]                    jobs with phase, progress, loss, ETA
+  ftctl status NAME                  details and a live progress bar until the job ends
+  ftctl logs NAME [-f]               logs of the rank-0 trainer pod
+  ftctl download NAME DIR            adapter + manifest (sha256 checked) + loss.png
+  ftctl run --local job.yaml         train the same manifest on this machine, no cluster
+
+Cluster commands read the kubeconfig from --kubeconfig, $KUBECONFIG or ~/.kube/config.
+Exit codes: 0 success, 1 the work failed (cluster, storage, training), 2 a user mistake (the
+message names the file/field). No traceback is shown for either; FTCTL_DEBUG=1 shows them.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from . import __version__
+from .errors import FtctlError, UserError
+
+app = typer.Typer(
+    name="ftctl",
+    help="Submit, follow and fetch FineTuneJobs, or run one on this machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+KubeconfigOpt = Annotated[
+    str | None, typer.Option("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
+]
+ContextOpt = Annotated[str | None, typer.Option("--context", help="kubeconfig context")]
+NamespaceOpt = Annotated[
+    str | None, typer.Option("--namespace", "-n", help="namespace (default: the manifest's, else the context's)")
+]
+
+
+def clean_errors(fn: F) -> F:
+    """Report FtctlError (and Ctrl-C) as one line on stderr with its exit code, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FtctlError as e:
+            if os.environ.get("FTCTL_DEBUG"):
+                raise
+            err.print(f"[bold red]error:[/] {e}", markup=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"ftctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version")
+    ] = False,
+) -> None:
+    """Submit, follow and fetch FineTuneJobs, or run one on this machine."""
+
+
+def _cluster(kubeconfig: str | None, context: str | None) -> Any:
+    from .kube import Cluster
+
+    return Cluster(kubeconfig, context)
+
+
+# --- validate -------------------------------------------------------------------------------
+@app.command()
+@clean_errors
+def validate(
+    file: Annotated[pathlib.Path, typer.Argument(help="FineTuneJob manifest (YAML)")],
+    preflight: Annotated[
+        bool,
+        typer.Option(help="also check that the model and dataset are reachable and the dataset parses"),
+    ] = True,
+) -> None:
+    """Check a FineTuneJob manifest against the API schema, then pre-flight its model and dataset."""
+    from . import manifest
+
+    job = manifest.load(file)
+    out.print(f"[green]✓[/] {file}: FineTuneJob {job.name!r} matches the schema")
+    if not preflight:
+        return
+    from . import local
+
+    summary = local.preflight(job)
+    out.print(f"[green]✓[/] model and dataset reachable; {local.describe_preflight(summary)}")
+
+
+# --- submit ---------------------------------------------------------------------------------
+@app.command()
+@clean_errors
+def submit(
+    file: Annotated[pathlib.Path, typer.Argument(help="FineTuneJob manifest (YAML)")],
+    namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+) -> None:
+    """Validate a FineTuneJob manifest and create it in the cluster."""
+    from . import manifest
+
+    job = manifest.load(file)
+    cluster = _cluster(kubeconfig, context)
+    ns = namespace or job.namespace or cluster.default_namespace
+    body = dict(job.document)
+    body["metadata"] = {**body.get("metadata", {}), "namespace": ns}
+    cluster.create_job(ns, body)
+    out.print(f"finetunejob.finetune.dev/{job.name} created in {ns}")
+    out.print(f"follow it with: ftctl status {job.name} -n {ns}")
+
+
+# --- list -----------------------------------------------------------------------------------
+@app.command("list")
+@clean_errors
+def list_jobs(
+    namespace: NamespaceOpt = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="every namespace")] = False,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+) -> None:
+    """List FineTuneJobs with phase, progress, loss, tokens/s and ETA."""
+    from .views import jobs_table
+
+    cluster = _cluster(kubeconfig, context)
+    ns = None if all_namespaces else (namespace or cluster.default_namespace)
+    jobs = cluster.list_jobs(ns)
+    if not jobs:
+        out.print(f"no FineTuneJobs in {'any namespace' if ns is None else 'namespace ' + ns}")
+        return
+    out.print(jobs_table(jobs, all_namespaces=all_namespaces))
+
+
+# --- status ---------------------------------------------------------------------------------
+@app.command()
+@clean_errors
+def status(
+    name: Annotated[str, typer.Argument(help="FineTuneJob name")],
+    namespace: NamespaceOpt = None,
+    watch: Annotated[
+        bool, typer.Option("--watch/--once", help="keep a live progress bar until the job ends")
+    ] = True,
+    interval: Annotated[float, typer.Option(min=0.2, help="refresh interval in seconds")] = 2.0,
+    output: Annotated[str, typer.Option("--output", "-o", help="'text' or 'json' (the raw status)")] = "text",
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+) -> None:
+    """Show a job's phase, workers, conditions and a live progress bar from .status.progress."""
+    from .views import TERMINAL_PHASES, phase_of, status_view
+
+    if output not in ("text", "json"):
+        raise UserError(f"--output: {output!r} is not one of text, json")
+    cluster = _cluster(kubeconfig, context)
+    ns = namespace or cluster.default_namespace
+    job = cluster.get_job(ns, name)
+    if output == "json":
+        out.print_json(json.dumps(job.get("status") or {}))
+        return
+    if not watch or phase_of(job) in TERMINAL_PHASES or not out.is_terminal:
+        out.print(status_view(job))
+        _exit_for_phase(phase_of(job), watch)
+        return
+    with Live(status_view(job), console=out, auto_refresh=False) as live:
+        while phase_of(job) not in TERMINAL_PHASES:
+            time.sleep(interval)
+            job = cluster.get_job(ns, name)
+            live.update(status_view(job), refresh=True)
+    _exit_for_phase(phase_of(job), watch)
+
+
+def _exit_for_phase(phase: str, watched: bool) -> None:
+    if watched and phase == "Failed":
+        raise typer.Exit(1)
+
+
+# --- logs -----------------------------------------------------------------------------------
+@app.command()
+@clean_errors
+def logs(
+    name: Annotated[str, typer.Argument(help="FineTuneJob name")],
+    namespace: NamespaceOpt = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="stream new lines")] = False,
+    tail: Annotated[int | None, typer.Option(min=0, help="only the last N lines")] = None,
+    validator: Annotated[
+        bool, typer.Option("--validator", help="logs of the validation pod instead of rank 0")
+    ] = False,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+) -> None:
+    """Print the logs of the job's rank-0 trainer pod (or of its validation pod)."""
+    from finetune_trainer import contract
+
+    cluster = _cluster(kubeconfig, context)
+    ns = namespace or cluster.default_namespace
+    cluster.get_job(ns, name)  # a clean "not found" for a wrong name
+    if validator:
+        pods = cluster.job_pods(ns, name, contract.COMPONENT_VALIDATOR)
+        pod = max(pods, key=lambda p: p.metadata.creation_timestamp) if pods else None
+    else:
+        pod = cluster.rank0_pod(ns, name)
+    if pod is None:
+        what = "validation" if validator else "rank-0 trainer"
+        raise UserError(f"FineTuneJob {ns}/{name} has no {what} pod yet (see: ftctl status {name})")
+    for line in cluster.pod_logs(ns, pod.metadata.name, follow=follow, tail=tail):
+        print(line)
+
+
+# --- download -------------------------------------------------------------------------------
+@app.command()
+@clean_errors
+def download(
+    name: Annotated[str, typer.Argument(help="FineTuneJob name, or an output URI (s3://... or a directory)")],
+    directory: Annotated[pathlib.Path, typer.Argument(help="local directory to write into")],
+    namespace: NamespaceOpt = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="S3 endpoint (default: the job's output.endpoint, else $AWS_ENDPOINT_URL)")
+    ] = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+) -> None:
+    """Download a finished run's adapter and manifest (sha256 verified) and draw loss.png."""
+    from .download import download_run
+    from .storage import Storage, parse_location
+
+    if "://" in name or name.startswith(("/", ".")):
+        output_uri, title = name, name
+    else:
+        cluster = _cluster(kubeconfig, context)
+        ns = namespace or cluster.default_namespace
+        job = cluster.get_job(ns, name)
+        output_uri, job_endpoint = _job_output(cluster, job)
+        endpoint = endpoint or job_endpoint
+        title = f"{ns}/{name}"
+    storage = Storage(parse_location(output_uri), endpoint)
+    result = download_run(storage, directory, title=title)
+    table = Table(box=None, header_style="bold")
+    table.add_column("file")
+    table.add_column("bytes", justify="right")
+    table.add_column("sha256")
+    for f in result.files:
+        table.add_row(f.path, f"{f.size:,}", f.sha256[:16] + "…")
+    out.print(table)
+    out.print(f"[green]✓[/] {len(result.files)} files, {result.total_bytes:,} bytes, every sha256 "
+              f"matches {storage.location.uri}manifest.json -> {directory}")
+    if result.loss_png:
+        out.print(f"loss curve ({result.metrics_rows} logged steps): {result.loss_png}")
+
+
+def _job_output(cluster: Any, job: dict[str, Any]) -> tuple[str, str | None]:
+    """The output location of a finished job and its S3 endpoint (spec, else its runtime)."""
+    status = job.get("status") or {}
+    name = job["metadata"]["name"]
+    out_status = status.get("output") or {}
+    manifest_uri = out_status.get("manifestUri")
+    spec_out = (job.get("spec") or {}).get("output") or {}
+    endpoint = spec_out.get("endpoint")
+    if not manifest_uri:
+        phase = status.get("phase", "Pending")
+        raise UserError(
+            f"FineTuneJob {name} has no output yet (phase {phase}); download works once it has Succeeded"
+        )
+    if endpoint is None and (job.get("spec") or {}).get("runtimeRef"):
+        runtime = cluster.get_runtime(job["spec"]["runtimeRef"]["name"])
+        endpoint = ((runtime.get("spec") or {}).get("output") or {}).get("endpoint")
+    base = str(manifest_uri).rsplit("/", 1)[0] + "/"
+    return base, endpoint
+
+
+# --- run --local ----------------------------------------------------------------------------
+@app.command()
+@clean_errors
+def run(
+    file: Annotated[pathlib.Path, typer.Argument(help="FineTuneJob manifest (YAML)")],
+    local_: Annotated[
+        bool, typer.Option("--local", help="run on this machine (the only mode today)")
+    ] = False,
+    output: Annotated[
+        str | None, typer.Option(help="override spec.output.uri: a directory or s3://bucket/prefix/")
+    ] = None,
+    endpoint: Annotated[
+        str | None, typer.Option(help="override spec.output.endpoint (S3-compatible endpoint URL)")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="override spec.model.uri (e.g. a local directory)")] = None,
+    dataset: Annotated[str | None, typer.Option(help="override spec.dataset.uri")] = None,
+    max_steps: Annotated[
+        int | None, typer.Option(min=1, help="override spec.hyperparameters.maxSteps")
+    ] = None,
+    nproc: Annotated[
+        int, typer.Option(min=1, max=64, help="processes: 1 runs in this process, >1 under torchrun")
+    ] = 1,
+    workdir: Annotated[
+        pathlib.Path | None, typer.Option(help="scratch directory (default: a temporary one)")
+    ] = None,
+) -> None:
+    """Train a FineTuneJob manifest on this machine: no cluster, same trainer, same outputs.
+
+    Credentials come from the usual environment variables (AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, HF_TOKEN); spec.*.secretRef is ignored locally.
+    """
+    from . import local, manifest
+
+    if not local_:
+        raise UserError("only local runs are supported: pass --local (use `ftctl submit` for the cluster)")
+    job = manifest.load(file)
+    overrides = local.Overrides(
+        output=output, endpoint=endpoint, model=model, dataset=dataset, max_steps=max_steps
+    )
+    config = local.trainer_config(job, overrides)
+    out.print(f"running FineTuneJob {job.name!r} locally: {config.method.type} on {config.model.uri}, "
+              f"{'in process' if nproc == 1 else f'torchrun x{nproc}'} -> {config.output.uri}")
+    result = local.run(config, nproc=nproc, workdir=workdir)
+    out.print(local.summary_table(result))
+    out.print(f"[green]✓[/] adapter: {result.adapter_uri}")
+    out.print(f"[green]✓[/] manifest: {result.manifest_uri}")
+
+
+def main() -> None:
+    """Entry point for `python -m ftctl`."""
+    app(prog_name="ftctl")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Reading a FineTuneJob manifest and checking it with the operator's own API models.
+
+The spec is validated by `finetune_operator.api.parse_job`, the pydantic models the CRD is
+generated from, so `ftctl validate` rejects what the API server would reject, naming each field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import re
+from typing import Any
+
+import yaml
+from finetune_trainer import contract
+
+from .errors import UserError
+
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+@dataclasses.dataclass(frozen=True)
+class JobManifest:
+    """A FineTuneJob read from a file: the raw document and its validated spec."""
+
+    path: pathlib.Path
+    document: dict[str, Any]
+    spec: Any  # finetune_operator.api.FineTuneJobSpec
+
+    @property
+    def name(self) -> str:
+        return str(self.document["metadata"]["name"])
+
+    @property
+    def namespace(self) -> str | None:
+        ns = self.document["metadata"].get("namespace")
+        return str(ns) if ns else None
+
+
+def read_document(path: pathlib.Path) -> dict[str, Any]:
+    """The single YAML document in `path`; clear errors for a missing file or broken YAML."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, expected a FineTuneJob YAML file") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as err:
+        where = ""
+        mark = getattr(err, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(err, "problem", None) or str(err)
+        raise UserError(f"{path}: not valid YAML{where}: {problem}") from None
+    if len(docs) != 1:
+        raise UserError(f"{path}: expected exactly one YAML document (a FineTuneJob), found {len(docs)}")
+    doc = docs[0]
+    if not isinstance(doc, dict):
+        raise UserError(f"{path}: expected a mapping (a FineTuneJob), found {type(doc).__name__}")
+    return doc
+
+
+def check_document(doc: dict[str, Any], path: pathlib.Path) -> Any:
+    """Validate apiVersion/kind/metadata and the spec; every problem reported at once."""
+    from finetune_operator.api import InvalidResource, parse_job
+    from finetune_operator.constants import MAX_JOB_NAME_LENGTH
+
+    problems: list[str] = []
+    if doc.get("apiVersion") != contract.API_VERSION:
+        problems.append(f"apiVersion: must be {contract.API_VERSION}, got {doc.get('apiVersion')!r}")
+    if doc.get("kind") != contract.KIND_JOB:
+        problems.append(f"kind: must be {contract.KIND_JOB}, got {doc.get('kind')!r}")
+    meta = doc.get("metadata")
+    if not isinstance(meta, dict):
+        problems.append("metadata: required (with a name)")
+    else:
+        name = meta.get("name")
+        if not isinstance(name, str) or not name:
+            problems.append("metadata.name: required")
+        elif not re.fullmatch(NAME_PATTERN, name) or len(name) > MAX_JOB_NAME_LENGTH:
+            problems.append(
+                f"metadata.name: {name!r} must be a DNS label of at most "
+                f"{MAX_JOB_NAME_LENGTH} characters "
+                "(lowercase letters, digits, '-')"
+            )
+    spec = doc.get("spec")
+    parsed = None
+    if not isinstance(spec, dict):
+        problems.append("spec: required (a mapping with model, dataset, ...)")
+    else:
+        try:
+            parsed = parse_job(spec)
+        except InvalidResource as err:
+            problems.extend(str(err).splitlines())
+    if problems:
+        listing = "\n".join(f"  {p}" for p in problems)
+        raise UserError(f"{path} is not a valid FineTuneJob:\n{listing}")
+    return parsed
+
+
+def load(path: pathlib.Path) -> JobManifest:
+    doc = read_document(path)
+    spec = check_document(doc, path)
+    return JobManifest(path=path, document=doc, spec=spec)

@@ -1,0 +1,83 @@
+"""Copy the CRDs from crds/ into the Helm chart (`make chart-crds`); `--check` reports drift.
+
+Run: .venv/bin/python hack/sync_chart_crds.py [--check]
+
+Every CustomResourceDefinition document of crds/<file>.yaml goes, unchanged, into
+charts/finetune-operator/crds/<file>.yaml, which Helm installs before the templates. Other
+documents in crds/ (kopf's ClusterKopfPeering object) cannot live in the chart's crds/ folder,
+because Helm creates that folder's objects before their own CRD is established; the chart renders
+them from templates/peering.yaml instead, and tests/chart checks that they match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import pathlib
+import re
+import sys
+
+import yaml
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SOURCE = REPO / "crds"
+TARGET = REPO / "charts" / "finetune-operator" / "crds"
+HEADER = "# Copied from crds/{name} by `make chart-crds`. Do not edit: change crds/ and re-run.\n"
+
+
+def chart_files() -> dict[str, str]:
+    """File name -> the text the chart's crds/ folder must hold."""
+    out = {}
+    for path in sorted(SOURCE.glob("*.yaml")):
+        # Split on document markers and keep the CRD chunks byte for byte.
+        chunks = re.split(r"(?m)^---[ \t]*\n", path.read_text())
+        crds = []
+        for chunk in chunks:
+            doc = yaml.safe_load(chunk)
+            if isinstance(doc, dict) and doc.get("kind") == "CustomResourceDefinition":
+                crds.append(_strip_comments_header(chunk))
+        if crds:
+            out[path.name] = HEADER.format(name=path.name) + "---\n" + "---\n".join(crds)
+    return out
+
+
+def _strip_comments_header(chunk: str) -> str:
+    """The chunk without its leading comment lines (crds/ files start with a 'generated' note)."""
+    lines = chunk.splitlines(True)
+    while lines and (lines[0].startswith("#") or not lines[0].strip()):
+        lines.pop(0)
+    return "".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="exit 1 when the chart's CRDs differ from crds/")
+    args = parser.parse_args(argv)
+    wanted = chart_files()
+    current = {p.name: p.read_text() for p in TARGET.glob("*.yaml")}
+    drift = False
+    for name in sorted(set(wanted) | set(current)):
+        if wanted.get(name) == current.get(name):
+            continue
+        drift = True
+        if args.check:
+            sys.stdout.writelines(difflib.unified_diff(
+                current.get(name, "").splitlines(True), wanted.get(name, "").splitlines(True),
+                f"charts/finetune-operator/crds/{name}", f"from crds/{name}"))
+        elif name in wanted:
+            TARGET.mkdir(parents=True, exist_ok=True)
+            (TARGET / name).write_text(wanted[name])
+            print(f"wrote {TARGET.relative_to(REPO)}/{name}")
+        else:
+            (TARGET / name).unlink()
+            print(f"removed {TARGET.relative_to(REPO)}/{name} (no longer in crds/)")
+    if args.check and drift:
+        print("charts/finetune-operator/crds/ drifted from crds/: run `make chart-crds`", file=sys.stderr)
+        return 1
+    if not drift:
+        print("chart CRDs match crds/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

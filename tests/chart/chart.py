@@ -1,0 +1,87 @@
+"""Rendering the Helm chart with the harness-built `helm` (hack/build-control-plane.sh).
+
+`render()` runs `helm template` and returns the parsed documents; `template_error()` returns
+helm's error text for values that must be rejected. Both are plain functions so that other test
+folders (tests/operator) can render the chart's RBAC and run the operator under exactly it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+import subprocess
+import tempfile
+from typing import Any
+
+import yaml
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "finetune-operator"
+RELEASE = "ftop"
+NAMESPACE = "finetune-system"
+
+
+@functools.cache
+def helm_bin() -> pathlib.Path:
+    from tests.cluster import binaries
+
+    return binaries.tool("helm")
+
+
+def _values_args(values: dict[str, Any] | None, tmp: pathlib.Path) -> list[str]:
+    if not values:
+        return []
+    path = tmp / "values.json"
+    path.write_text(json.dumps(values))
+    return ["-f", str(path)]
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(helm_bin()), *args], capture_output=True, text=True, check=check,
+                          timeout=120)
+
+
+def render_text(values: dict[str, Any] | None = None, *, include_crds: bool = False,
+                release: str = RELEASE, namespace: str = NAMESPACE) -> str:
+    with tempfile.TemporaryDirectory() as d:
+        args = ["template", release, str(CHART), "--namespace", namespace,
+                *_values_args(values, pathlib.Path(d))]
+        if include_crds:
+            args.append("--include-crds")
+        proc = helm(*args, check=False)
+    if proc.returncode != 0:
+        raise AssertionError(f"helm template failed:\n{proc.stderr}")
+    return proc.stdout
+
+
+def render(values: dict[str, Any] | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    """The chart's manifests for `values`, parsed (empty documents dropped)."""
+    return [d for d in yaml.safe_load_all(render_text(values, **kwargs)) if d]
+
+
+def template_error(values: dict[str, Any]) -> str:
+    """helm's error output for values that must fail; AssertionError if they render."""
+    with tempfile.TemporaryDirectory() as d:
+        proc = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+                    *_values_args(values, pathlib.Path(d)), check=False)
+    if proc.returncode == 0:
+        raise AssertionError(f"helm template accepted values it should reject: {values}")
+    return proc.stderr
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d.get("kind") == kind]
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for d in by_kind(docs, kind) if name is None or d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+def rbac_documents(values: dict[str, Any] | None = None, *, release: str = RELEASE,
+                   namespace: str = NAMESPACE) -> list[dict[str, Any]]:
+    """ServiceAccount, (Cluster)Roles and bindings the chart creates, for applying in tests."""
+    kinds = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+    return [d for d in render(values, release=release, namespace=namespace) if d["kind"] in kinds]
