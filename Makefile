@@ -44,3 +44,17 @@ cluster-up: install cluster-build ## Start a background control plane; writes .c
 .PHONY: cluster-down
 cluster-down: ## Stop the control plane started by cluster-up
 	$(PY) -m tests.cluster down
+
+.PHONY: demo
+demo: install ## Fine-tune MiniLM on the bundled sentiment data on this CPU (ftctl run --local, local S3 server)
+	$(PY) hack/demo.py
+
+.PHONY: chart-crds
+chart-crds: ## Copy crds/ into charts/finetune-operator/crds (tests fail when they drift)
+	$(PY) hack/sync_chart_crds.py
+
+.PHONY: chart-lint
+chart-lint: install cluster-build ## helm lint --strict + helm template of the chart, and the CRD drift check
+	$(PY) hack/sync_chart_crds.py --check
+	"$$(bash hack/build-control-plane.sh --print-bin)/helm" lint --strict charts/finetune-operator
+	"$$(bash hack/build-control-plane.sh --print-bin)/helm" template ftop charts/finetune-operator --include-crds > /dev/null
