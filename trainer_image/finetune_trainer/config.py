@@ -49,6 +49,9 @@ class ModelSource(_Model):
     uri: Annotated[str, Field(pattern=MODEL_URI_PATTERN, description="hf://org/name[@rev], s3://bucket/prefix, pvc://claim/path or a local path")]
     secret_ref: SecretRef | None = Field(default=None, description="Secret with HF_TOKEN or AWS_* keys")
     trust_remote_code: bool = False
+    endpoint: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] | None = Field(
+        default=None, description="S3-compatible endpoint for an s3:// model; else output.endpoint, else AWS_ENDPOINT_URL"
+    )
 
 
 DatasetFormat = Literal["text", "prompt-completion", "chat", "classification"]
@@ -61,6 +64,9 @@ class DatasetSource(_Model):
     format: DatasetFormat = "text"
     validation_split: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05
     secret_ref: SecretRef | None = None
+    endpoint: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] | None = Field(
+        default=None, description="S3-compatible endpoint for an s3:// dataset; else output.endpoint, else AWS_ENDPOINT_URL"
+    )
 
 
 class LoraSettings(_Model):

@@ -38,6 +38,8 @@ ENV_AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
 ENV_AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
 ENV_AWS_SESSION_TOKEN = "AWS_SESSION_TOKEN"
 ENV_HF_TOKEN = "HF_TOKEN"
+# Where the trainer writes its JSON summary (local runs point it at a file of their choosing).
+ENV_TERMINATION_MESSAGE_PATH = "FINETUNE_TERMINATION_MESSAGE_PATH"
 # Endpoint of S3-compatible storage for the model/dataset/output (not a secret).
 ENV_S3_ENDPOINT = "AWS_ENDPOINT_URL"
 
@@ -91,5 +93,6 @@ NON_RETRYABLE_EXIT_CODES = (EXIT_CONFIG_ERROR, EXIT_DATA_ERROR)
 CHECKPOINTS_PREFIX = "checkpoints/"
 CHECKPOINT_DIR_FORMAT = "checkpoints/step-{step}/"
 ADAPTER_PREFIX = "adapter/"
+MODEL_PREFIX = "model/"      # method full: consolidated safetensors weights + tokenizer
 MANIFEST_NAME = "manifest.json"
 METRICS_HISTORY_NAME = "metrics.jsonl"
