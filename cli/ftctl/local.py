@@ -1,0 +1,266 @@
+"""`ftctl run --local` and `ftctl validate`'s pre-flight: the trainer on this machine, no cluster.
+
+The FineTuneJob spec becomes the same TrainerConfig the operator renders into the job's ConfigMap
+(the spec reuses the trainer's sub-models, so this is a field-for-field copy). The trainer then
+runs in this process (`--nproc 1`) or under `torchrun --standalone` (`--nproc N`), exactly as in
+a pod. Credentials come from this environment (AWS_*, HF_TOKEN); secretRefs are cluster-only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+from finetune_trainer import contract
+from finetune_trainer.config import ConfigError, TrainerConfig, parse_config
+from rich.table import Table
+
+from .errors import CommandFailed, UserError
+from .manifest import JobManifest
+from .storage import Storage, parse_location
+
+
+@dataclasses.dataclass(frozen=True)
+class Overrides:
+    """Command-line replacements for spec fields (None keeps the manifest's value)."""
+
+    output: str | None = None
+    endpoint: str | None = None
+    model: str | None = None
+    dataset: str | None = None
+    max_steps: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunResult:
+    output_uri: str
+    adapter_uri: str
+    manifest_uri: str
+    manifest: dict[str, Any]
+    metrics: list[dict[str, Any]]
+    seconds: float
+
+
+def trainer_config(job: JobManifest, overrides: Overrides) -> TrainerConfig:
+    """The TrainerConfig for a local run of `job`, with command-line overrides applied."""
+    spec = job.spec
+    data: dict[str, Any] = {
+        "jobName": job.name,
+        "namespace": job.namespace or "local",
+        "model": _dump(spec.model),
+        "dataset": _dump(spec.dataset),
+        "method": _dump(spec.method),
+        "hyperparameters": _dump(spec.hyperparameters),
+        "checkpoint": _dump(spec.checkpoint),
+        "metricsPort": 0,
+    }
+    output = _dump(spec.output) if spec.output is not None else None
+    if overrides.output:
+        location = parse_location(overrides.output, field="--output")
+        output = {**(output or {}), "uri": location.uri}
+        if location.scheme == "file":
+            output.pop("endpoint", None)
+    if output is None:
+        raise UserError(
+            f"{job.path}: spec.output is not set (the cluster takes it from runtime "
+            f"{spec.runtime_ref.name if spec.runtime_ref else '?'}); pass --output DIR or --output s3://bucket/prefix/"
+        )
+    if overrides.endpoint:
+        output["endpoint"] = overrides.endpoint
+    data["output"] = output
+    if overrides.model:
+        data["model"] = {**data["model"], "uri": _local_or_uri(overrides.model)}
+    if overrides.dataset:
+        data["dataset"] = {**data["dataset"], "uri": _local_or_uri(overrides.dataset)}
+    if overrides.max_steps is not None:
+        data["hyperparameters"] = {**data["hyperparameters"], "maxSteps": overrides.max_steps}
+        every = data["checkpoint"].get("everySteps")
+        if isinstance(every, int) and every > overrides.max_steps:
+            data["checkpoint"] = {**data["checkpoint"], "everySteps": overrides.max_steps}
+    for block in ("model", "dataset", "output"):
+        data[block].pop("secretRef", None)  # cluster-only: locally the environment holds credentials
+    try:
+        return parse_config(data)
+    except ConfigError as err:
+        raise UserError(f"{job.path} with the given overrides is not runnable:\n{err}") from None
+
+
+def _dump(model: Any) -> dict[str, Any]:
+    out: dict[str, Any] = model.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return out
+
+
+def _local_or_uri(value: str) -> str:
+    """A URI as given, or a relative local path made absolute (the trainer needs absolute paths)."""
+    if "://" in value or value.startswith("/"):
+        return value
+    path = pathlib.Path(value).expanduser().resolve()
+    if not path.exists():
+        raise UserError(f"{value}: no such file or directory")
+    return str(path)
+
+
+def _env_for(config: TrainerConfig) -> dict[str, str]:
+    """The environment a pod would get: job identity, plus this shell's credentials."""
+    env = dict(os.environ)
+    env[contract.ENV_JOB_NAME] = config.job_name
+    env[contract.ENV_JOB_NAMESPACE] = config.namespace
+    env.setdefault(contract.ENV_ATTEMPT, "0")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def write_config(config: TrainerConfig, directory: pathlib.Path) -> pathlib.Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / contract.CONFIG_FILE_NAME
+    path.write_text(config.to_json())
+    return path
+
+
+def run(config: TrainerConfig, *, nproc: int, workdir: pathlib.Path | None) -> RunResult:
+    """Train `config` here and return what the run wrote (manifest + metrics history)."""
+    import time
+
+    own_tmp = workdir is None
+    work = pathlib.Path(tempfile.mkdtemp(prefix="ftctl-run-")) if workdir is None else workdir.resolve()
+    try:
+        config_path = write_config(config, work)
+        env = _env_for(config)
+        env[contract.ENV_CONFIG_PATH] = str(config_path)
+        env.setdefault("FINETUNE_WORK_DIR", str(work / "trainer"))
+        t0 = time.monotonic()
+        code = _run_trainer(["train", "--config", str(config_path)], env=env, nproc=nproc)
+        seconds = time.monotonic() - t0
+        if code != contract.EXIT_OK:
+            raise _trainer_failure(code)
+        return collect(config, seconds)
+    finally:
+        if own_tmp:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_trainer(args: list[str], *, env: dict[str, str], nproc: int) -> int:
+    """Run the trainer's CLI: in this process for one process, else under torchrun."""
+    if nproc == 1:
+        return _in_process(args, env)
+    torchrun = shutil.which("torchrun", path=str(pathlib.Path(sys.executable).parent)) or shutil.which("torchrun")
+    if torchrun is None:
+        raise CommandFailed("torchrun not found: install the training extras (pip install 'finetune-operator[train]')")
+    cmd = [torchrun, "--standalone", f"--nproc-per-node={nproc}", "-m", "finetune_trainer", *args]
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    return subprocess.run(cmd, env=env, check=False).returncode
+
+
+def _in_process(args: list[str], env: dict[str, str]) -> int:
+    try:
+        from finetune_trainer.__main__ import main as trainer_main
+    except ImportError as err:
+        raise CommandFailed(
+            f"the trainer is not installed here ({err}); install the training extras: "
+            "pip install 'finetune-operator[train]'"
+        ) from None
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        result = trainer_main(args)
+        return int(result or 0)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _trainer_failure(code: int) -> Exception:
+    if code == contract.EXIT_CONFIG_ERROR:
+        return UserError("the trainer rejected the configuration (see its message above)")
+    if code == contract.EXIT_DATA_ERROR:
+        return UserError("the model or dataset is unreachable or malformed (see the trainer's message above)")
+    return CommandFailed(f"training failed (trainer exit code {code}; see its log above)")
+
+
+def collect(config: TrainerConfig, seconds: float) -> RunResult:
+    """Read the run's manifest (written last) and metrics history from its output location."""
+    from .download import read_metrics
+
+    location = parse_location(config.output.uri)
+    storage = Storage(location, config.output.endpoint)
+    try:
+        manifest = json.loads(storage.read_bytes(contract.MANIFEST_NAME))
+    except CommandFailed:
+        raise CommandFailed(f"the trainer exited 0 but wrote no {contract.MANIFEST_NAME} under {location.uri}") from None
+    metrics: list[dict[str, Any]] = []
+    if storage.exists(contract.METRICS_HISTORY_NAME):
+        metrics = read_metrics(storage.read_bytes(contract.METRICS_HISTORY_NAME).decode())
+    return RunResult(
+        output_uri=location.uri,
+        adapter_uri=location.child(contract.ADAPTER_PREFIX).uri,
+        manifest_uri=location.child(contract.MANIFEST_NAME).uri,
+        manifest=manifest,
+        metrics=metrics,
+        seconds=seconds,
+    )
+
+
+def summary_table(result: RunResult) -> Table:
+    """First/last loss, eval loss, tokens/s and the adapter's files, for the terminal."""
+    losses = [r for r in result.metrics if isinstance(r.get("loss"), int | float)]
+    evals = [r for r in result.metrics if isinstance(r.get("evalLoss", r.get("eval_loss")), int | float)]
+    tps = [float(r["tokensPerSecond"]) for r in result.metrics if isinstance(r.get("tokensPerSecond"), int | float)]
+    t = Table(title="run summary", box=None, show_header=False)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("wall time", f"{result.seconds:.1f} s")
+    if losses:
+        t.add_row("steps", str(losses[-1].get("step", len(losses))))
+        t.add_row("train loss", f"{losses[0]['loss']:.4f} (step {losses[0].get('step')}) -> "
+                                f"{losses[-1]['loss']:.4f} (step {losses[-1].get('step')})")
+    if evals:
+        first, last = evals[0], evals[-1]
+        key = "evalLoss" if "evalLoss" in last else "eval_loss"
+        t.add_row("eval loss", f"{first[key]:.4f} -> {last[key]:.4f}")
+    if tps:
+        t.add_row("tokens/s", f"{sum(tps) / len(tps):,.0f} mean, {max(tps):,.0f} max")
+    files = result.manifest.get("files")
+    if isinstance(files, list | dict):
+        t.add_row("files", f"{len(files)} listed in {contract.MANIFEST_NAME}")
+    return t
+
+
+# --- pre-flight (ftctl validate) ---------------------------------------------------------------
+def preflight(job: JobManifest) -> dict[str, Any]:
+    """The trainer's `validate` command on this machine: model + dataset reachable, rows parse."""
+    overrides = Overrides(output=None if job.spec.output is not None else tempfile.gettempdir())
+    config = trainer_config(job, overrides)
+    with tempfile.TemporaryDirectory(prefix="ftctl-validate-") as d:
+        work = pathlib.Path(d)
+        config_path = write_config(config, work)
+        summary_path = work / "summary.json"
+        env = _env_for(config)
+        env["FINETUNE_WORK_DIR"] = str(work / "trainer")
+        code = _run_trainer(["validate", "--config", str(config_path), "--summary", str(summary_path)],
+                            env=env, nproc=1)
+        summary: dict[str, Any] = {}
+        if summary_path.exists():
+            summary = json.loads(summary_path.read_text())
+    if code != contract.EXIT_OK:
+        reason = summary.get("message") or summary.get("error") or "see the trainer's message above"
+        raise UserError(f"{job.path}: pre-flight failed: {reason}")
+    return summary
+
+
+def describe_preflight(summary: dict[str, Any]) -> str:
+    parts = []
+    for key, label in (("rows", "rows"), ("trainRows", "training rows"), ("validationRows", "validation rows"),
+                       ("tooLong", "rows longer than maxSeqLength")):
+        if key in summary:
+            parts.append(f"{summary[key]} {label}")
+    return ", ".join(parts) or "dataset parses"

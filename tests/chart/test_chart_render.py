@@ -1,0 +1,263 @@
+"""The Helm chart, rendered with the harness-built helm: lint, templates, security, RBAC, CRD sync.
+
+Run: .venv/bin/python -m pytest tests/chart/test_chart_render.py
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.chart.chart import CHART, NAMESPACE, REPO, by_kind, helm, one, render
+
+ALL_ON: dict[str, Any] = {
+    "metrics": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+        "podMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True, "stalledMinutes": 20},
+        "dashboard": {"enabled": True},
+    },
+}
+
+
+@pytest.mark.parametrize("values", [None, ALL_ON], ids=["defaults", "all-features"])
+def test_helm_lint_strict_passes(values: dict[str, Any] | None, tmp_path: Any) -> None:
+    args = ["lint", "--strict", str(CHART), "--namespace", NAMESPACE]
+    if values:
+        path = tmp_path / "values.yaml"
+        path.write_text(yaml.safe_dump(values))
+        args += ["-f", str(path)]
+    proc = helm(*args, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+
+
+def test_default_render_has_the_operator_and_nothing_optional() -> None:
+    docs = render()
+    kinds = sorted(d["kind"] for d in docs)
+    assert kinds.count("Deployment") == 1
+    assert kinds.count("ServiceAccount") == 1
+    assert kinds.count("Service") == 1
+    assert kinds.count("ClusterRole") == 2 and kinds.count("ClusterRoleBinding") == 2
+    assert kinds.count("ClusterFineTuneRuntime") == 2
+    for optional in ("ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap", "RoleBinding"):
+        assert optional not in kinds
+    for d in docs:
+        assert d["metadata"]["labels"]["app.kubernetes.io/instance"] == "ftop", d["kind"]
+
+
+def test_all_features_render_monitoring_objects() -> None:
+    docs = render(ALL_ON)
+    sm = one(docs, "ServiceMonitor")
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    svc = one(docs, "Service")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"] == "metrics"
+    pm = one(docs, "PodMonitor")
+    assert pm["spec"]["selector"]["matchLabels"]["finetune.dev/component"] == "trainer"
+    assert pm["spec"]["namespaceSelector"] == {"any": True}
+    rule = one(docs, "PrometheusRule")
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r}
+    assert {"FineTuneJobFailed", "FineTuneJobStalled", "FineTuneJobGPUsIdle"} <= alerts
+    stalled = next(r for g in rule["spec"]["groups"] for r in g["rules"] if r.get("alert") == "FineTuneJobStalled")
+    assert "[20m]" in stalled["expr"]
+    cm = one(docs, "ConfigMap")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+def test_pod_monitor_port_and_labels_match_the_trainer_contract() -> None:
+    from finetune_trainer import contract
+
+    pm = one(render(ALL_ON), "PodMonitor")
+    assert pm["spec"]["podMetricsEndpoints"][0]["port"] == contract.PORT_NAME_METRICS
+    assert pm["spec"]["podMetricsEndpoints"][0]["path"] == contract.HTTP_METRICS_PATH
+    assert pm["spec"]["selector"]["matchLabels"] == {
+        contract.LABEL_MANAGED_BY: contract.MANAGED_BY,
+        contract.LABEL_COMPONENT: contract.COMPONENT_TRAINER,
+    }
+
+
+def test_deployment_is_psa_restricted_with_probe_and_resources() -> None:
+    dep = one(render(), "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert pod["serviceAccountName"] == one(render(), "ServiceAccount")["metadata"]["name"]
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["runAsNonRoot"] is True
+    assert "add" not in sc["capabilities"]
+    assert not any(v.get("hostPath") for v in pod.get("volumes", []))
+    probe = container["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz"
+    assert probe["port"] in {p["name"] for p in container["ports"]}
+    assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert f"--liveness=http://0.0.0.0:{ports['health']}/healthz" in container["args"]
+
+
+def _rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for d in docs if d["kind"] in ("ClusterRole", "Role") for r in d.get("rules", [])]
+
+
+@pytest.mark.parametrize("values", [None, {"watchNamespaces": ["team-a", "team-b"]}], ids=["cluster", "namespaced"])
+def test_rbac_never_grants_secrets_or_wildcards(values: dict[str, Any] | None) -> None:
+    rules = _rules(render(values))
+    assert rules
+    for rule in rules:
+        assert "secrets" not in rule.get("resources", []), rule
+        assert "*" not in rule.get("resources", []) and "*" not in rule.get("verbs", []), rule
+        assert "*" not in rule.get("apiGroups", []), rule
+        assert not rule.get("nonResourceURLs"), rule
+        assert not {"escalate", "bind", "impersonate"} & set(rule.get("verbs", [])), rule
+    # no exec/attach/port-forward/log access into pods, no access to nodes
+    for rule in rules:
+        assert not {"pods/exec", "pods/attach", "pods/portforward", "nodes", "serviceaccounts/token"} & set(rule.get("resources", [])), rule
+
+
+def test_watch_namespaces_bind_per_namespace_and_pass_them_to_the_operator() -> None:
+    docs = render({"watchNamespaces": ["team-a", "team-b"]})
+    bindings = by_kind(docs, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    assert all(b["roleRef"]["name"].endswith("-jobs") for b in bindings)
+    crbs = [b["roleRef"]["name"] for b in by_kind(docs, "ClusterRoleBinding")]
+    assert not any(n.endswith("-jobs") for n in crbs), "namespaced mode must not bind job rights cluster-wide"
+    args = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--namespace=team-a" in args and "--namespace=team-b" in args
+    assert "--all-namespaces" not in args
+    pm = one(render({**ALL_ON, "watchNamespaces": ["team-a"]}), "PodMonitor")
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+
+
+def test_chart_rbac_covers_every_rule_of_the_operators_rbac_file() -> None:
+    """operator/ may ship its own RBAC (e.g. for `make run`); the chart must grant at least that."""
+    files = [p for p in (REPO / "operator").rglob("*.yaml") if "rbac" in p.name.lower()]
+    if not files:
+        pytest.skip("the operator ships no RBAC file of its own; the chart is the only RBAC")
+    chart_rules = _rules(render())
+    granted = {(g, r, v) for rule in chart_rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    for path in files:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc.get("kind") not in ("ClusterRole", "Role"):
+                continue
+            for rule in doc.get("rules", []):
+                for g in rule.get("apiGroups", []):
+                    for r in rule.get("resources", []):
+                        for v in rule.get("verbs", []):
+                            assert (g, r, v) in granted, f"{path}: the chart does not grant {v} {r}.{g}"
+
+
+def test_chart_crds_are_in_sync_with_crds_dir() -> None:
+    proc = subprocess.run([sys.executable, str(REPO / "hack" / "sync_chart_crds.py"), "--check"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, "run `make chart-crds`:\n" + proc.stdout + proc.stderr
+
+
+def test_rendered_crds_and_objects_equal_crds_dir() -> None:
+    """What `helm install` creates (crds/ folder + templates) is exactly what crds/ holds."""
+    source = [d for p in sorted((REPO / "crds").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+    assert any(d["kind"] == "CustomResourceDefinition" for d in source)
+    rendered = render(include_crds=True)
+    for doc in source:
+        matches = [r for r in rendered if r["kind"] == doc["kind"] and r["metadata"]["name"] == doc["metadata"]["name"]]
+        assert len(matches) == 1, f"{doc['kind']} {doc['metadata']['name']} missing from the chart"
+        got = matches[0]
+        if doc["kind"] == "CustomResourceDefinition":
+            assert got == doc, f"CRD {doc['metadata']['name']} differs from crds/"
+        else:  # templated objects carry the chart's labels on top
+            assert {k: v for k, v in got.items() if k != "metadata"} == {k: v for k, v in doc.items() if k != "metadata"}
+            assert doc["metadata"].get("labels", {}).items() <= got["metadata"].get("labels", {}).items()
+
+
+def test_presets_are_valid_runtimes() -> None:
+    """Every example preset parses with the operator's own ClusterFineTuneRuntime model."""
+    from finetune_operator.api import parse_runtime
+
+    runtimes = by_kind(render(), "ClusterFineTuneRuntime")
+    assert {r["metadata"]["name"] for r in runtimes} == {"cpu-small", "a100-lora"}
+    for r in runtimes:
+        parse_runtime(r["spec"])
+        assert r["spec"]["image"]
+
+
+def _doc_comments(lines: list[str]) -> dict[str, bool]:
+    """Dotted key path -> whether a `# --` comment block sits right above the key's line.
+
+    Keys inside list items (the presets) are examples, not values, and are not listed.
+    """
+    stack: list[tuple[int, str]] = []
+    list_indent: int | None = None
+    found: dict[str, bool] = {}
+    for i, line in enumerate(lines):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        indent = len(line) - len(line.lstrip())
+        if list_indent is not None:
+            if indent > list_indent or (indent == list_indent and text.startswith("- ")):
+                continue
+            list_indent = None
+        if text.startswith("- "):
+            list_indent = indent
+            continue
+        m = re.match(r"^([A-Za-z_][\w.-]*):", text)
+        if not m:
+            continue
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([k for _, k in stack] + [m.group(1)])
+        j, documented = i - 1, False
+        while j >= 0 and lines[j].strip().startswith("#"):
+            documented = documented or lines[j].strip().startswith("# --")
+            j -= 1
+        found[path] = documented
+        stack.append((indent, m.group(1)))
+    return found
+
+
+def test_every_value_is_documented() -> None:
+    """Each value has a `# --` comment above it, or above the map that holds it."""
+    text = (CHART / "values.yaml").read_text()
+    comments = _doc_comments(text.splitlines())
+    values = yaml.safe_load(text)
+    missing: list[str] = []
+
+    def check(path: str, value: Any) -> None:
+        if comments.get(path):
+            return
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                check(f"{path}.{k}", v)
+        else:
+            missing.append(path)
+
+    for key, value in values.items():
+        check(key, value)
+    assert not missing, f"values without a '# --' comment: {missing}"
+    assert len(comments) > 30
+
+
+def test_values_yaml_matches_the_schema_keys() -> None:
+    """Every key in values.yaml is declared in values.schema.json (which forbids unknown keys)."""
+    import json
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def walk(v: Any, s: dict[str, Any], path: str) -> None:
+        if "$ref" in s:
+            s = schema["definitions"][s["$ref"].rsplit("/", 1)[1]]
+        if isinstance(v, dict) and "properties" in s:
+            for k, child in v.items():
+                assert k in s["properties"], f"{path}{k} is not in values.schema.json"
+                walk(child, s["properties"][k], f"{path}{k}.")
+
+    walk(values, schema, "")
