@@ -1,0 +1,382 @@
+"""Desired state: pure functions from a resolved FineTuneJob to child manifests.
+
+No client, no clock, no randomness: the same input gives byte-identical output, which the table
+and golden-YAML tests in tests/operator/ pin down. Children have deterministic names, carry an
+owner reference to the FineTuneJob (garbage collection removes them with it) and the labels in
+`finetune_trainer.contract`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from finetune_operator import constants as c
+from finetune_operator.resolve import JobMeta, Resolved
+
+ct = c.contract
+Manifest = dict[str, Any]
+
+
+# --- names ------------------------------------------------------------------------------------
+def configmap_name(job: str) -> str:
+    return job + c.CONFIGMAP_SUFFIX
+
+
+def service_name(job: str) -> str:
+    return job + c.SERVICE_SUFFIX
+
+
+def validator_name(job: str) -> str:
+    return job + c.VALIDATOR_SUFFIX
+
+
+def master_addr(meta: JobMeta) -> str:
+    """DNS name of the rank-0 pod: <job>-0.<job>-workers.<ns>.svc (Indexed Job hostname + subdomain)."""
+    return f"{meta.name}-0.{service_name(meta.name)}.{meta.namespace}.svc"
+
+
+# --- shared pieces ------------------------------------------------------------------------------
+def owner_reference(meta: JobMeta) -> dict[str, Any]:
+    return {
+        "apiVersion": ct.API_VERSION,
+        "kind": ct.KIND_JOB,
+        "name": meta.name,
+        "uid": meta.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def labels(meta: JobMeta, component: str | None = None) -> dict[str, str]:
+    out = {ct.LABEL_MANAGED_BY: ct.MANAGED_BY, ct.LABEL_JOB_NAME: meta.name}
+    if component:
+        out[ct.LABEL_COMPONENT] = component
+    return out
+
+
+def _metadata(meta: JobMeta, name: str, component: str | None = None, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": meta.namespace,
+        "labels": {**labels(meta, component), **(extra_labels or {})},
+        "ownerReferences": [owner_reference(meta)],
+    }
+
+
+def config_json(r: Resolved) -> str:
+    return r.trainer_config.to_json()
+
+
+def config_hash(r: Resolved) -> str:
+    return hashlib.sha256(config_json(r).encode()).hexdigest()[:16]
+
+
+def _secret_env(name: str, secret: str, key: str, optional: bool) -> dict[str, Any]:
+    ref: dict[str, Any] = {"name": secret, "key": key}
+    if optional:
+        ref["optional"] = True
+    return {"name": name, "valueFrom": {"secretKeyRef": ref}}
+
+
+def credential_env(r: Resolved) -> list[dict[str, Any]]:
+    """Credentials, only ever as secretKeyRef from Secrets in the job's own namespace.
+
+    AWS_* come from the output's Secret (else the first s3:// source's); HF_TOKEN from the model's
+    Secret (else the dataset's) and is optional, so public models need no token.
+    """
+    spec = r.spec
+    env: list[dict[str, Any]] = []
+    aws_secret = None
+    if r.output.secret_ref is not None:
+        aws_secret = r.output.secret_ref.name
+    else:
+        for src in (spec.model, spec.dataset):
+            if src.uri.startswith("s3://") and src.secret_ref is not None:
+                aws_secret = src.secret_ref.name
+                break
+    if aws_secret:
+        env += [
+            _secret_env(ct.ENV_AWS_ACCESS_KEY_ID, aws_secret, ct.SECRET_KEY_AWS_ACCESS_KEY_ID, False),
+            _secret_env(ct.ENV_AWS_SECRET_ACCESS_KEY, aws_secret, ct.SECRET_KEY_AWS_SECRET_ACCESS_KEY, False),
+            _secret_env(ct.ENV_AWS_SESSION_TOKEN, aws_secret, "AWS_SESSION_TOKEN", True),
+        ]
+    hf_secret = next((s.secret_ref.name for s in (spec.model, spec.dataset) if s.secret_ref is not None and s.uri.startswith("hf://")), None)
+    if hf_secret:
+        env.append(_secret_env(ct.ENV_HF_TOKEN, hf_secret, ct.SECRET_KEY_HF_TOKEN, True))
+    if r.output.endpoint:
+        env.append({"name": ct.ENV_S3_ENDPOINT, "value": r.output.endpoint})
+    return env
+
+
+def _common_env(r: Resolved, attempt: int) -> list[dict[str, Any]]:
+    env = [
+        {"name": ct.ENV_CONFIG_PATH, "value": ct.CONFIG_PATH},
+        {"name": ct.ENV_JOB_NAME, "value": r.meta.name},
+        {"name": ct.ENV_JOB_NAMESPACE, "value": r.meta.namespace},
+        {"name": ct.ENV_METRICS_PORT, "value": str(ct.METRICS_PORT)},
+        {"name": ct.ENV_ATTEMPT, "value": str(attempt)},
+        # Read-only root filesystem: every cache goes to the writable workspace emptyDir.
+        {"name": "HOME", "value": ct.WORK_DIR},
+        {"name": "XDG_CACHE_HOME", "value": ct.CACHE_DIR},
+        {"name": "HF_HOME", "value": ct.CACHE_DIR + "/huggingface"},
+        {"name": "TORCH_EXTENSIONS_DIR", "value": ct.CACHE_DIR + "/torch_extensions"},
+        {"name": "TRITON_CACHE_DIR", "value": ct.CACHE_DIR + "/triton"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": ct.ENV_TERMINATION_MESSAGE_PATH, "value": ct.TERMINATION_MESSAGE_PATH},
+    ]
+    return env + credential_env(r)
+
+
+def _security_context_pod() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": c.RUN_AS_USER,
+        "runAsGroup": c.RUN_AS_USER,
+        "fsGroup": c.RUN_AS_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _security_context_container() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _volumes(r: Resolved, shm: bool) -> list[dict[str, Any]]:
+    vols: list[dict[str, Any]] = [
+        {
+            "name": c.CONFIG_VOLUME,
+            "configMap": {"name": configmap_name(r.meta.name), "items": [{"key": ct.CONFIG_FILE_NAME, "path": ct.CONFIG_FILE_NAME}]},
+        },
+        {"name": c.WORKSPACE_VOLUME, "emptyDir": {}},
+        {"name": c.TMP_VOLUME, "emptyDir": {}},
+    ]
+    if shm:
+        vols.append({"name": c.SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
+    return vols
+
+
+def _mounts(shm: bool) -> list[dict[str, Any]]:
+    mounts = [
+        {"name": c.CONFIG_VOLUME, "mountPath": ct.CONFIG_MOUNT_DIR, "readOnly": True},
+        {"name": c.WORKSPACE_VOLUME, "mountPath": ct.WORK_DIR},
+        {"name": c.TMP_VOLUME, "mountPath": ct.TMP_DIR},
+    ]
+    if shm:
+        mounts.append({"name": c.SHM_VOLUME, "mountPath": ct.SHM_DIR})
+    return mounts
+
+
+# --- children -------------------------------------------------------------------------------------
+def build_configmap(r: Resolved) -> Manifest:
+    """<job>-config: the rendered TrainerConfig (no credentials: Secrets are named, never read)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            **_metadata(r.meta, configmap_name(r.meta.name)),
+            "annotations": {c.ANNOTATION_CONFIG_HASH: config_hash(r)},
+        },
+        "data": {ct.CONFIG_FILE_NAME: config_json(r)},
+    }
+
+
+def build_service(r: Resolved) -> Manifest:
+    """<job>-workers: headless, so <job>-<index>.<job>-workers resolves before pods are Ready."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(r.meta, service_name(r.meta.name), ct.COMPONENT_TRAINER),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": labels(r.meta, ct.COMPONENT_TRAINER),
+            "ports": [
+                {"name": ct.PORT_NAME_RENDEZVOUS, "port": ct.RENDEZVOUS_PORT, "targetPort": ct.RENDEZVOUS_PORT, "protocol": "TCP"},
+                {"name": ct.PORT_NAME_METRICS, "port": ct.METRICS_PORT, "targetPort": ct.METRICS_PORT, "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def _resources(r: Resolved, gpus: int) -> dict[str, Any]:
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    if r.cpu is not None:
+        requests["cpu"] = str(r.cpu)
+    if r.memory is not None:
+        requests["memory"] = str(r.memory)
+        limits["memory"] = str(r.memory)
+    if gpus > 0:
+        limits[c.GPU_RESOURCE] = str(gpus)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def trainer_command(r: Resolved) -> list[str]:
+    """torchrun reads --nnodes/--nproc-per-node/--node-rank/--master-* from the PET_* env."""
+    return ["torchrun", "--module", "finetune_trainer", "train", "--config", ct.CONFIG_PATH]
+
+
+def pod_template(r: Resolved, attempt: int) -> Manifest:
+    meta = r.meta
+    nproc = max(r.gpus_per_node, 1)
+    env = [
+        {"name": ct.ENV_NNODES, "value": str(r.nodes)},
+        {"name": ct.ENV_NPROC_PER_NODE, "value": str(nproc)},
+        {
+            "name": ct.ENV_NODE_RANK,
+            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{ct.ANNOTATION_JOB_COMPLETION_INDEX}']"}},
+        },
+        {"name": ct.ENV_MASTER_ADDR, "value": master_addr(meta)},
+        {"name": ct.ENV_MASTER_PORT, "value": str(ct.RENDEZVOUS_PORT)},
+        {"name": ct.ENV_MASTER_ADDR_COMPAT, "value": master_addr(meta)},
+        {"name": ct.ENV_MASTER_PORT_COMPAT, "value": str(ct.RENDEZVOUS_PORT)},
+        *_common_env(r, attempt),
+    ]
+    if r.cpu is not None and str(r.cpu).isdigit():
+        # torchrun leaves OMP_NUM_THREADS unset with one process per node (FIELD-NOTES).
+        env.append({"name": "OMP_NUM_THREADS", "value": str(max(int(str(r.cpu)) // nproc, 1))})
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "subdomain": service_name(meta.name),
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": c.TERMINATION_GRACE_SECONDS,
+        "securityContext": _security_context_pod(),
+        "containers": [
+            {
+                "name": c.TRAINER_CONTAINER,
+                "image": r.image,
+                "imagePullPolicy": r.image_pull_policy,
+                "command": trainer_command(r),
+                "env": env,
+                "ports": [
+                    {"name": ct.PORT_NAME_RENDEZVOUS, "containerPort": ct.RENDEZVOUS_PORT, "protocol": "TCP"},
+                    {"name": ct.PORT_NAME_METRICS, "containerPort": ct.METRICS_PORT, "protocol": "TCP"},
+                ],
+                "resources": _resources(r, r.gpus_per_node),
+                "volumeMounts": _mounts(shm=True),
+                "securityContext": _security_context_container(),
+                "terminationMessagePath": ct.TERMINATION_MESSAGE_PATH,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }
+        ],
+        "volumes": _volumes(r, shm=True),
+    }
+    if r.node_selector:
+        spec["nodeSelector"] = dict(sorted(r.node_selector.items()))
+    if r.tolerations:
+        spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in r.tolerations]
+    if r.priority_class_name:
+        spec["priorityClassName"] = r.priority_class_name
+    if r.service_account_name:
+        spec["serviceAccountName"] = r.service_account_name
+    return {
+        "metadata": {
+            "labels": {**labels(meta, ct.COMPONENT_TRAINER), ct.LABEL_ATTEMPT: str(attempt)},
+            "annotations": {c.ANNOTATION_CONFIG_HASH: config_hash(r)},
+        },
+        "spec": spec,
+    }
+
+
+def template_hash(template: Manifest) -> str:
+    return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """Disruptions (eviction, preemption, SIGTERM honoured after a checkpoint) don't fail the
+    attempt: the Job controller recreates that pod. Config/data errors fail the Job at once."""
+    return {
+        "rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+            {"action": "Ignore", "onExitCodes": {"containerName": c.TRAINER_CONTAINER, "operator": "In", "values": [ct.EXIT_PREEMPTED]}},
+            {"action": "FailJob", "onExitCodes": {"containerName": c.TRAINER_CONTAINER, "operator": "In", "values": list(ct.NON_RETRYABLE_EXIT_CODES)}},
+        ]
+    }
+
+
+def build_job(r: Resolved, attempt: int, suspend: bool | None) -> Manifest:
+    """The Indexed Job <job>: one pod per node, completions = parallelism = nodes.
+
+    `suspend=None` leaves Job.spec.suspend out of the applied configuration, so a field owned by
+    Kueue (which unsuspends admitted Jobs) is not taken back.
+    """
+    template = pod_template(r, attempt)
+    extra = {ct.LABEL_ATTEMPT: str(attempt)}
+    if r.spec.queue_name:
+        extra[ct.LABEL_KUEUE_QUEUE] = r.spec.queue_name
+    metadata = _metadata(r.meta, r.meta.name, ct.COMPONENT_TRAINER, extra)
+    metadata["annotations"] = {c.ANNOTATION_TEMPLATE_HASH: template_hash(template)}
+    spec: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": r.nodes,
+        "parallelism": r.nodes,
+        # A failed worker fails the attempt; the operator restarts the whole group.
+        "backoffLimit": 0,
+        "podFailurePolicy": pod_failure_policy(),
+        # Replace a disrupted pod only once it is gone, so ranks never overlap.
+        "podReplacementPolicy": "Failed",
+        "manualSelector": False,
+        "template": template,
+    }
+    if suspend is not None:
+        spec["suspend"] = suspend
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
+
+
+def build_validator(r: Resolved) -> Manifest:
+    """<job>-validate: a small CPU-only pod running `python -m finetune_trainer validate`; it checks
+    that model and dataset are reachable and the dataset parses, before any GPU is requested."""
+    meta = r.meta
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            **_metadata(meta, validator_name(meta.name), ct.COMPONENT_VALIDATOR),
+            "annotations": {c.ANNOTATION_CONFIG_HASH: config_hash(r)},
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "enableServiceLinks": False,
+            "automountServiceAccountToken": False,
+            "activeDeadlineSeconds": c.VALIDATOR_DEADLINE_SECONDS,
+            "securityContext": _security_context_pod(),
+            "containers": [
+                {
+                    "name": c.VALIDATOR_CONTAINER,
+                    "image": r.image,
+                    "imagePullPolicy": r.image_pull_policy,
+                    "command": ["python", "-m", "finetune_trainer", "validate", "--config", ct.CONFIG_PATH],
+                    "env": _common_env(r, 0),
+                    "resources": {
+                        "requests": {"cpu": c.VALIDATOR_CPU, "memory": c.VALIDATOR_MEMORY},
+                        "limits": {"memory": c.VALIDATOR_MEMORY},
+                    },
+                    "volumeMounts": _mounts(shm=False),
+                    "securityContext": _security_context_container(),
+                    "terminationMessagePath": ct.TERMINATION_MESSAGE_PATH,
+                    "terminationMessagePolicy": "FallbackToLogsOnError",
+                }
+            ],
+            "volumes": _volumes(r, shm=False),
+            **({"serviceAccountName": r.service_account_name} if r.service_account_name else {}),
+        },
+    }
+
+
+def build_children(r: Resolved, attempt: int, suspend: bool | None) -> list[Manifest]:
+    """Everything the training step needs, in apply order."""
+    return [build_configmap(r), build_service(r), build_job(r, attempt, suspend)]

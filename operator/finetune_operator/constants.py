@@ -1,0 +1,117 @@
+"""Every name the operator writes into the cluster: labels, annotations, phases, condition types
+and reasons, child-name suffixes, defaults. Names that cross into trainer pods live in the shared
+zero-import module `finetune_trainer.contract`; they are re-exported here as `contract`.
+"""
+
+from __future__ import annotations
+
+from finetune_trainer import contract
+
+__all__ = ["contract"]
+
+FIELD_MANAGER = "finetune-operator"
+PEERING_NAME = "finetune-operator"
+EVENT_SOURCE = "finetune-operator"
+
+# --- Child names (deterministic: re-running a reconcile never makes a second child) -----------
+CONFIGMAP_SUFFIX = "-config"
+SERVICE_SUFFIX = "-workers"
+VALIDATOR_SUFFIX = "-validate"
+#: Longest FineTuneJob name: the Job's pods are named <job>-<index>-<5 chars> and the Service
+#: <job>-workers must be a DNS label (63).
+MAX_JOB_NAME_LENGTH = 48
+
+# --- Labels / annotations written by the operator (beyond contract.LABEL_*) ------------------
+ANNOTATION_TEMPLATE_HASH = "finetune.dev/template-hash"
+ANNOTATION_CONFIG_HASH = "finetune.dev/config-hash"
+
+# --- Phases -------------------------------------------------------------------------------------
+PHASE_PENDING = "Pending"
+PHASE_VALIDATING = "Validating"
+PHASE_QUEUED = "Queued"
+PHASE_INITIALIZING = "Initializing"
+PHASE_RUNNING = "Running"
+PHASE_UPLOADING = "Uploading"
+PHASE_SUCCEEDED = "Succeeded"
+PHASE_FAILED = "Failed"
+PHASE_SUSPENDED = "Suspended"
+PHASES = (
+    PHASE_PENDING,
+    PHASE_VALIDATING,
+    PHASE_QUEUED,
+    PHASE_INITIALIZING,
+    PHASE_RUNNING,
+    PHASE_UPLOADING,
+    PHASE_SUCCEEDED,
+    PHASE_FAILED,
+    PHASE_SUSPENDED,
+)
+TERMINAL_PHASES = (PHASE_SUCCEEDED, PHASE_FAILED)
+#: Phases in which the rank-0 trainer is polled for progress.
+PROGRESS_PHASES = (PHASE_INITIALIZING, PHASE_RUNNING, PHASE_UPLOADING)
+
+# --- Condition types ----------------------------------------------------------------------------
+COND_VALIDATED = "Validated"  # the validation pod checked model + dataset
+COND_RUNNING = "Running"  # every worker of the current attempt is running
+COND_SUSPENDED = "Suspended"  # spec.suspend (or Kueue) holds the job
+COND_SUCCEEDED = "Succeeded"
+COND_FAILED = "Failed"
+CONDITION_TYPES = (COND_VALIDATED, COND_RUNNING, COND_SUSPENDED, COND_SUCCEEDED, COND_FAILED)
+
+# --- Condition reasons (constant CamelCase; messages carry the details) -----------------------
+REASON_RUNTIME_NOT_FOUND = "RuntimeNotFound"
+REASON_INVALID_SPEC = "InvalidSpec"
+REASON_METHOD_NOT_ALLOWED = "MethodNotAllowed"
+REASON_RUNTIME_LIMIT_EXCEEDED = "RuntimeLimitExceeded"
+REASON_IMAGE_OVERRIDE_NOT_ALLOWED = "ImageOverrideNotAllowed"
+REASON_VALIDATION_PENDING = "ValidationPending"
+REASON_VALIDATION_RUNNING = "ValidationRunning"
+REASON_VALIDATION_PASSED = "ValidationPassed"
+REASON_VALIDATION_FAILED = "ValidationFailed"
+REASON_QUEUED = "Queued"
+REASON_WORKERS_STARTING = "WorkersStarting"
+REASON_WORKERS_RUNNING = "WorkersRunning"
+REASON_UPLOADING = "Uploading"
+REASON_RESTARTING = "Restarting"
+REASON_SUSPENDED = "SuspendedByUser"
+REASON_RESUMED = "Resumed"
+REASON_NOT_SUSPENDED = "NotSuspended"
+REASON_TRAINING_SUCCEEDED = "TrainingSucceeded"
+REASON_CONFIG_ERROR = "ConfigError"
+REASON_DATA_ERROR = "DataError"
+REASON_RESTART_LIMIT_EXCEEDED = "RestartLimitExceeded"
+REASON_JOB_FAILED = "JobFailed"
+REASON_DISRUPTED = "WorkerDisrupted"
+#: Reasons that fail a job because of its spec: editing the spec (new generation) re-evaluates.
+SPEC_FAILURE_REASONS = (
+    REASON_INVALID_SPEC,
+    REASON_METHOD_NOT_ALLOWED,
+    REASON_RUNTIME_LIMIT_EXCEEDED,
+    REASON_IMAGE_OVERRIDE_NOT_ALLOWED,
+)
+
+# --- Event reasons (besides the condition reasons above) ---------------------------------------
+EVENT_PHASE_CHANGED = "PhaseChanged"
+
+# --- Defaults -------------------------------------------------------------------------------------
+DEFAULT_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
+DEFAULT_NODES = 1
+DEFAULT_GPUS_PER_NODE = 1
+DEFAULT_MAX_RESTARTS = 3
+VALIDATOR_CPU = "500m"
+VALIDATOR_MEMORY = "2Gi"
+VALIDATOR_DEADLINE_SECONDS = 1800
+TERMINATION_GRACE_SECONDS = 120
+RUN_AS_USER = 1000
+GPU_RESOURCE = "nvidia.com/gpu"
+#: Size of the writable emptyDirs on a read-only root filesystem.
+WORKSPACE_VOLUME = "workspace"
+TMP_VOLUME = "tmp"
+SHM_VOLUME = "dshm"
+CONFIG_VOLUME = "trainer-config"
+TRAINER_CONTAINER = "trainer"
+VALIDATOR_CONTAINER = "validate"
+#: Longest message copied into a condition or event (trainer output is cut, never a traceback).
+MAX_MESSAGE_LENGTH = 1024
+#: app.kubernetes.io/managed-by value on the CRDs (installed by the chart or `kubectl apply`).
+MANAGED_BY_CHART = "finetune-operator"

@@ -1,0 +1,160 @@
+"""kopf handlers: thin. Each one finds the FineTuneJob an event is about and calls the reconciler.
+
+All kopf settings live in `configure` (the one startup hook): peering (only one replica acts),
+progress/diff-base storage in annotations, watch timeouts, no kopf-posted events, and the
+metrics server. Indexes keep small views of FineTuneJobs, runtimes, Jobs and pods in memory so a
+reconcile reads no API objects.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+import kopf
+from prometheus_client import start_http_server
+
+from finetune_operator import constants as c
+from finetune_operator.kube import Kube
+from finetune_operator.progress import fetch_progress, progress_url
+from finetune_operator.reconcile import Indexes, Reconciler, ftj_record
+from finetune_operator.resolve import OperatorConfig
+from finetune_operator.views import job_view, pod_view
+
+ct = c.contract
+log = logging.getLogger(__name__)
+
+MANAGED = {ct.LABEL_MANAGED_BY: ct.MANAGED_BY}
+RESYNC_SECONDS = 60.0
+PROGRESS_SECONDS = 15.0
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    options = memo.get("options") or {}
+    settings.peering.name = c.PEERING_NAME
+    settings.peering.standalone = bool(options.get("standalone", False))
+    settings.peering.mandatory = not settings.peering.standalone
+    settings.peering.priority = int(options.get("priority", 0))
+    settings.peering.lifetime = int(options.get("peering_lifetime", 30))
+    settings.peering.clusterwide = not options.get("namespace")
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ct.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=ct.GROUP, key="last-handled-configuration")
+    settings.posting.enabled = False
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 60
+    settings.execution.max_workers = 4
+    settings.batching.idle_timeout = 30.0
+    port = int(options.get("metrics_port", 8080))
+    if port:
+        start_http_server(port, addr=str(options.get("metrics_addr", "0.0.0.0")))
+    kube = Kube.from_environment(workers=int(options.get("api_workers", 8)))
+    memo["reconciler"] = Reconciler(kube, OperatorConfig(default_image=str(options.get("default_image", c.DEFAULT_IMAGE))))
+    memo["http"] = None  # aiohttp session for progress polls, made lazily inside the loop
+
+
+@kopf.on.cleanup()
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    reconciler: Reconciler | None = memo.get("reconciler")
+    if reconciler is not None:
+        reconciler.kube.close()
+    if memo.get("http") is not None:
+        await memo["http"].close()
+
+
+@kopf.on.probe(id="reconciler")
+def probe(memo: kopf.Memo, **_: Any) -> bool:
+    return memo.get("reconciler") is not None
+
+
+# --- indexes ---------------------------------------------------------------------------------------
+@kopf.index(ct.GROUP, ct.VERSION, ct.PLURAL_JOB)
+def ftj_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, name): ftj_record(body)}
+
+
+@kopf.index(ct.GROUP, ct.VERSION, ct.PLURAL_RUNTIME)
+def runtime_index(name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+    return {name: dict(spec)}
+
+
+@kopf.index("batch", "v1", "jobs", labels=MANAGED)
+def child_index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, labels.get(ct.LABEL_JOB_NAME, "")): job_view(dict(body))}
+
+
+@kopf.index("v1", "pods", labels=MANAGED)
+def pod_index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace, labels.get(ct.LABEL_JOB_NAME, "")): pod_view(dict(body))}
+
+
+def _reconciler(memo: kopf.Memo, kw: dict[str, Any]) -> Reconciler:
+    r: Reconciler = memo["reconciler"]
+    if r.indexes is None:
+        r.indexes = Indexes(jobs=kw["ftj_index"], runtimes=kw["runtime_index"], children=kw["child_index"], pods=kw["pod_index"])
+    return r
+
+
+# --- events -------------------------------------------------------------------------------------------
+@kopf.on.event(ct.GROUP, ct.VERSION, ct.PLURAL_JOB)
+async def on_finetunejob(type: str | None, namespace: str, name: str, memo: kopf.Memo, **kw: Any) -> None:
+    r = _reconciler(memo, kw)
+    if type == "DELETED":
+        r.forget((namespace, name))
+        return
+    await r.reconcile((namespace, name))
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
+async def on_job(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kw: Any) -> None:
+    await _reconciler(memo, kw).reconcile((namespace, labels.get(ct.LABEL_JOB_NAME, "")))
+
+
+@kopf.on.event("v1", "pods", labels=MANAGED)
+async def on_pod(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kw: Any) -> None:
+    await _reconciler(memo, kw).reconcile((namespace, labels.get(ct.LABEL_JOB_NAME, "")))
+
+
+@kopf.on.event(ct.GROUP, ct.VERSION, ct.PLURAL_RUNTIME)
+async def on_runtime(name: str, memo: kopf.Memo, **kw: Any) -> None:
+    r = _reconciler(memo, kw)
+    for key in r.indexes.keys_using_runtime(name) if r.indexes else []:
+        await r.reconcile(key)
+
+
+def _active(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") not in c.TERMINAL_PHASES
+
+
+def _progressing(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") in c.PROGRESS_PHASES
+
+
+@kopf.timer(ct.GROUP, ct.VERSION, ct.PLURAL_JOB, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, when=_active)
+async def resync(namespace: str, name: str, memo: kopf.Memo, **kw: Any) -> None:
+    """Level-triggered safety net: a missed or failed event is corrected within a minute."""
+    await _reconciler(memo, kw).reconcile((namespace, name))
+
+
+@kopf.timer(ct.GROUP, ct.VERSION, ct.PLURAL_JOB, interval=PROGRESS_SECONDS, when=_progressing)
+async def poll_progress(namespace: str, name: str, status: kopf.Status, memo: kopf.Memo, **kw: Any) -> None:
+    """Read rank-0's /progress and fold it into the status (one patch, only if it changed)."""
+    r = _reconciler(memo, kw)
+    key = (namespace, name)
+    attempt = status.get("attempt", 0)
+    rank0 = next(
+        (p for p in r.indexes.pod_views(key) if p.component == ct.COMPONENT_TRAINER and p.index == 0 and p.attempt == attempt and p.phase == "Running" and p.pod_ip)
+        if r.indexes
+        else (),
+        None,
+    )
+    if rank0 is None or rank0.pod_ip is None:
+        return
+    if memo.get("http") is None:
+        memo["http"] = aiohttp.ClientSession()
+    progress = await fetch_progress(memo["http"], progress_url(rank0.pod_ip))
+    if progress is not None:
+        await r.reconcile(key, progress=progress)

@@ -1,0 +1,433 @@
+"""Status computation: (FineTuneJob, runtime, observed children, clock value) -> Plan.
+
+Pure. `decide` reads the previous status and what the watches saw, and returns the next status,
+the manifests to apply, the children to delete and the events to post. `reconcile` executes the
+plan; running `decide` again on the same observations gives the same plan, so a reconcile that
+is interrupted (operator killed, API error) is simply run again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from finetune_operator import builders
+from finetune_operator import constants as c
+from finetune_operator.api import (
+    ClusterFineTuneRuntimeSpec,
+    Condition,
+    FineTuneJobSpec,
+    FineTuneJobStatus,
+    InvalidResource,
+    OutputStatus,
+    Progress,
+    Workers,
+    parse_job,
+)
+from finetune_operator.resolve import JobMeta, OperatorConfig, Problem, Resolved, resolve
+from finetune_operator.views import JobView, PodView, format_time, parse_time
+
+ct = c.contract
+
+
+@dataclass(frozen=True)
+class Observed:
+    meta: JobMeta
+    spec: dict[str, Any]
+    status: FineTuneJobStatus
+    runtime: ClusterFineTuneRuntimeSpec | None
+    runtime_found: bool
+    validator: PodView | None
+    job: JobView | None
+    pods: tuple[PodView, ...]
+    now: datetime
+    config: OperatorConfig = field(default_factory=OperatorConfig)
+    #: Fresh progress from the rank-0 trainer (None: not polled this time; keep the last one).
+    progress: Progress | None = None
+
+
+@dataclass(frozen=True)
+class Delete:
+    kind: str  # "Job" | "Pod" | "FineTuneJob"
+    name: str
+    propagation: str = "Background"
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    status: FineTuneJobStatus
+    apply: list[dict[str, Any]] = field(default_factory=list)
+    delete: list[Delete] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    #: Seconds after which the job should be looked at again even without a watch event.
+    requeue_after: float | None = None
+
+
+def clip(text: str, limit: int = c.MAX_MESSAGE_LENGTH) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class _Next:
+    """The status being computed, starting from the previous one."""
+
+    def __init__(self, obs: Observed) -> None:
+        self.obs = obs
+        self.prev = obs.status
+        self.data: dict[str, Any] = obs.status.model_dump()
+        self.data["observed_generation"] = obs.meta.generation
+        self.conditions: dict[str, Condition] = {x.type: x for x in obs.status.conditions}
+        self.now = format_time(obs.now)
+
+    def set(self, **values: Any) -> None:
+        self.data.update(values)
+
+    def condition(self, type_: str, status: bool, reason: str, message: str) -> None:
+        flag = "True" if status else "False"
+        old = self.conditions.get(type_)
+        since = old.last_transition_time if old is not None and old.status == flag else self.now
+        self.conditions[type_] = Condition(
+            type=type_,  # type: ignore[arg-type]
+            status=flag,
+            reason=reason,
+            message=clip(message),
+            last_transition_time=since,
+            observed_generation=self.obs.meta.generation,
+        )
+
+    def clear(self, type_: str, reason: str, message: str = "") -> None:
+        """Set a condition False only if it was ever reported (keeps the list short)."""
+        if type_ in self.conditions:
+            self.condition(type_, False, reason, message)
+
+    def started(self) -> None:
+        if not self.data.get("start_time"):
+            self.data["start_time"] = self.now
+
+    def finished(self) -> None:
+        if not self.data.get("completion_time"):
+            self.data["completion_time"] = self.now
+
+    def build(self) -> FineTuneJobStatus:
+        order = {t: i for i, t in enumerate(c.CONDITION_TYPES)}
+        self.data["conditions"] = sorted(self.conditions.values(), key=lambda x: order.get(x.type, 99))
+        return FineTuneJobStatus.model_validate(self.data)
+
+
+def decide(obs: Observed) -> Plan:
+    nxt = _Next(obs)
+    prev = obs.status
+    if prev.phase in c.TERMINAL_PHASES and not _spec_failure_retry(obs):
+        return _finished_plan(obs, nxt)
+
+    try:
+        spec = parse_job(obs.spec)
+    except InvalidResource as err:
+        return _fail(obs, nxt, c.REASON_INVALID_SPEC, str(err))
+    resolved = resolve(obs.meta, spec, obs.runtime, obs.runtime_found, obs.config)
+    if isinstance(resolved, Problem):
+        if resolved.waiting:
+            nxt.set(phase=c.PHASE_PENDING, message=resolved.message)
+            nxt.condition(c.COND_VALIDATED, False, resolved.reason, resolved.message)
+            return _plan(obs, nxt)
+        return _fail(obs, nxt, resolved.reason, resolved.message)
+    nxt.set(workers=Workers(ready=_ready(obs), total=resolved.nodes).model_dump())
+
+    validated = prev.condition(c.COND_VALIDATED)
+    if validated is None or validated.status != "True":
+        plan = _validation_step(obs, nxt, spec, resolved)
+        if plan is not None:
+            return plan
+    return _training_step(obs, nxt, spec, resolved)
+
+
+# --- steps ----------------------------------------------------------------------------------------
+def _validation_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved) -> Plan | None:
+    """Returns a plan while validation is pending or failed; None once it passed."""
+    pod = obs.validator
+    if spec.suspend and pod is None:
+        nxt.set(phase=c.PHASE_SUSPENDED, message="suspended before validation")
+        nxt.condition(c.COND_SUSPENDED, True, c.REASON_SUSPENDED, "spec.suspend is true")
+        return _plan(obs, nxt)
+    nxt.clear(c.COND_SUSPENDED, c.REASON_NOT_SUSPENDED)
+    apply: list[dict[str, Any]] = []
+    deletes: list[Delete] = []
+    if pod is None:
+        apply = [builders.build_configmap(r), builders.build_validator(r)]
+        reason, message = c.REASON_VALIDATION_PENDING, "validation pod created"
+    elif pod.phase == "Succeeded":
+        nxt.condition(c.COND_VALIDATED, True, c.REASON_VALIDATION_PASSED, "model and dataset are reachable and the dataset parses")
+        return None
+    elif pod.phase == "Failed" and (pod.disrupted or pod.deleting):
+        if not pod.deleting:
+            deletes = [Delete("Pod", pod.name)]
+        reason, message = c.REASON_VALIDATION_PENDING, f"validation pod {pod.name} was disrupted; retrying"
+    elif pod.phase == "Failed":
+        detail = pod.message or pod.reason or "no message (see the pod's log)"
+        message = f"validation pod {pod.name} failed ({_exit_meaning(pod.exit_code)}): {detail}"
+        nxt.condition(c.COND_VALIDATED, False, c.REASON_VALIDATION_FAILED, message)
+        return _fail(obs, nxt, c.REASON_VALIDATION_FAILED, message)
+    else:
+        running = pod.phase == "Running"
+        reason = c.REASON_VALIDATION_RUNNING if running else c.REASON_VALIDATION_PENDING
+        message = f"validation pod {pod.name} is {pod.phase.lower()}"
+    nxt.started()
+    nxt.set(phase=c.PHASE_VALIDATING, message=message)
+    nxt.condition(c.COND_VALIDATED, False, reason, message)
+    return _plan(obs, nxt, apply=apply, delete=deletes)
+
+
+def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved) -> Plan:
+    prev = obs.status
+    attempt = prev.attempt
+    job = obs.job
+    nxt.started()
+    if obs.progress is not None:
+        nxt.set(progress=_with_eta(obs.progress).model_dump())
+
+    # A Job from an earlier attempt: wait until it is gone, then create the next one.
+    if job is not None and (job.attempt != attempt or job.deleting):
+        deletes = [] if job.deleting else [Delete("Job", job.name, "Foreground")]
+        nxt.set(phase=c.PHASE_INITIALIZING, message=f"waiting for attempt {job.attempt} to be removed")
+        return _plan(obs, nxt, delete=deletes)
+
+    if job is None:
+        suspend = bool(spec.suspend or spec.queue_name)
+        phase = c.PHASE_SUSPENDED if spec.suspend else (c.PHASE_QUEUED if spec.queue_name else c.PHASE_INITIALIZING)
+        nxt.set(phase=phase, message=f"attempt {attempt}: Job {job_name(obs)} created")
+        _suspension(nxt, spec, suspended=suspend)
+        return _plan(obs, nxt, apply=builders.build_children(r, attempt, suspend))
+
+    # The Job of the current attempt exists.
+    apply: list[dict[str, Any]] = []
+    desired = _desired_suspend(spec, job)
+    if desired is not None and desired != job.suspended:
+        apply = [builders.build_job(r, attempt, desired)]
+    suspended = job.suspended if desired is None else desired
+    _gpu_seconds(obs, nxt, r)
+
+    if suspended and not job.complete:
+        phase = c.PHASE_SUSPENDED if spec.suspend else c.PHASE_QUEUED
+        nxt.set(phase=phase, message="spec.suspend is true" if spec.suspend else f"waiting for admission by Kueue queue {spec.queue_name!r}")
+        _suspension(nxt, spec, suspended=True)
+        nxt.clear(c.COND_RUNNING, c.REASON_SUSPENDED if spec.suspend else c.REASON_QUEUED)
+        return _plan(obs, nxt, apply=apply)
+    _suspension(nxt, spec, suspended=False)
+
+    pods = [p for p in obs.pods if p.attempt == attempt and p.component == ct.COMPONENT_TRAINER]
+    failed = [p for p in pods if p.phase == "Failed" and not p.disrupted and p.exit_code != ct.EXIT_PREEMPTED]
+    fatal = [p for p in failed if p.exit_code in ct.NON_RETRYABLE_EXIT_CODES]
+    if fatal:
+        p = fatal[0]
+        reason = c.REASON_CONFIG_ERROR if p.exit_code == ct.EXIT_CONFIG_ERROR else c.REASON_DATA_ERROR
+        return _fail(obs, nxt, reason, f"{_who(p)} exited with code {p.exit_code} ({_exit_meaning(p.exit_code)}): {p.message or 'see its log'}")
+    if (failed or job.failed) and not job.complete:
+        what = (
+            f"{_who(failed[0])} exited with code {failed[0].exit_code}" + (f": {failed[0].message}" if failed[0].message else "")
+            if failed
+            else f"Job {job.name} failed ({job.failed_reason}): {job.failed_message or ''}"
+        )
+        if prev.restarts >= spec.max_restarts:
+            return _fail(
+                obs,
+                nxt,
+                c.REASON_RESTART_LIMIT_EXCEEDED,
+                f"attempt {attempt} failed: {what}; maxRestarts ({spec.max_restarts}) reached",
+            )
+        message = f"attempt {attempt} failed: {what}; restarting the group as attempt {attempt + 1} ({prev.restarts + 1}/{spec.max_restarts})"
+        nxt.set(
+            phase=c.PHASE_INITIALIZING,
+            message=clip(message),
+            attempt=attempt + 1,
+            restarts=prev.restarts + 1,
+            prior_gpu_seconds=nxt.data.get("gpu_seconds") or 0.0,
+        )
+        nxt.condition(c.COND_RUNNING, False, c.REASON_RESTARTING, message)
+        plan = _plan(obs, nxt, apply=apply, delete=[Delete("Job", job.name, "Foreground")])
+        plan.events.append(Event("Warning", c.REASON_RESTARTING, clip(message)))
+        return plan
+
+    if job.complete:
+        nxt.finished()
+        summary = _summary(pods)
+        out = {k: summary.get(k) for k in ("adapterUri", "manifestUri", "sha256")}
+        if any(out.values()):
+            nxt.set(output=OutputStatus.model_validate({k: v for k, v in out.items() if isinstance(v, str)}).model_dump())
+        tokens = summary.get("trainedTokens")
+        if isinstance(tokens, int) and tokens >= 0:
+            nxt.set(trained_tokens=tokens)
+        progress = dict(nxt.data.get("progress") or {})
+        progress.update(percent=100.0, eta_seconds=0, eta="0s", stage="done")
+        nxt.set(progress=progress, phase=c.PHASE_SUCCEEDED, message="training finished; adapter uploaded")
+        nxt.condition(c.COND_RUNNING, False, c.REASON_TRAINING_SUCCEEDED, "all workers finished")
+        nxt.condition(c.COND_SUCCEEDED, True, c.REASON_TRAINING_SUCCEEDED, f"adapter at {out.get('adapterUri') or r.output.uri}")
+        return _finished_plan(obs, nxt, apply=apply)
+
+    ready = _ready(obs, attempt)
+    if ready >= r.nodes:
+        stage = ((nxt.data.get("progress") or {}).get("stage") or "").lower()
+        uploading = stage == "uploading"
+        nxt.set(
+            phase=c.PHASE_UPLOADING if uploading else c.PHASE_RUNNING,
+            message="uploading the adapter" if uploading else f"attempt {attempt}: {ready}/{r.nodes} workers running",
+        )
+        nxt.condition(c.COND_RUNNING, True, c.REASON_UPLOADING if uploading else c.REASON_WORKERS_RUNNING, f"{ready}/{r.nodes} workers running")
+    else:
+        nxt.set(phase=c.PHASE_INITIALIZING, message=f"attempt {attempt}: {ready}/{r.nodes} workers running")
+        nxt.condition(c.COND_RUNNING, False, c.REASON_WORKERS_STARTING, f"{ready}/{r.nodes} workers running")
+    tokens = (nxt.data.get("progress") or {}).get("trained_tokens")
+    if isinstance(tokens, int):
+        nxt.set(trained_tokens=tokens)
+    return _plan(obs, nxt, apply=apply)
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+def job_name(obs: Observed) -> str:
+    return obs.meta.name
+
+
+def _desired_suspend(spec: FineTuneJobSpec, job: JobView) -> bool | None:
+    """Job.spec.suspend to apply. None leaves the field to its other owner (Kueue): with a queue,
+    the operator keeps a Job suspended until Kueue admits it, and never unsuspends it itself."""
+    if spec.suspend:
+        return True
+    if spec.queue_name:
+        return True if job.suspended else None
+    return False
+
+
+def _suspension(nxt: _Next, spec: FineTuneJobSpec, suspended: bool) -> None:
+    if suspended and spec.suspend:
+        nxt.condition(c.COND_SUSPENDED, True, c.REASON_SUSPENDED, "spec.suspend is true")
+    elif suspended:
+        nxt.condition(c.COND_SUSPENDED, True, c.REASON_QUEUED, f"queued in Kueue queue {spec.queue_name!r}")
+    else:
+        nxt.clear(c.COND_SUSPENDED, c.REASON_RESUMED, "running")
+
+
+def _spec_failure_retry(obs: Observed) -> bool:
+    """A job that failed because of its spec is looked at again once the spec was edited."""
+    failed = obs.status.condition(c.COND_FAILED)
+    return (
+        obs.status.phase == c.PHASE_FAILED
+        and failed is not None
+        and failed.reason in c.SPEC_FAILURE_REASONS
+        and obs.status.observed_generation != obs.meta.generation
+    )
+
+
+def _ready(obs: Observed, attempt: int | None = None) -> int:
+    att = obs.status.attempt if attempt is None else attempt
+    return sum(
+        1
+        for p in obs.pods
+        if p.component == ct.COMPONENT_TRAINER and p.attempt == att and p.phase == "Running" and p.ready and not p.deleting
+    )
+
+
+def _who(p: PodView) -> str:
+    return f"worker {p.index} (pod {p.name})" if p.index is not None else f"pod {p.name}"
+
+
+def _exit_meaning(code: int | None) -> str:
+    return {
+        ct.EXIT_CONFIG_ERROR: "configuration error",
+        ct.EXIT_DATA_ERROR: "model or dataset error",
+        ct.EXIT_TRAINING_ERROR: "training error",
+        ct.EXIT_PREEMPTED: "preempted",
+        137: "killed (out of memory?)",
+    }.get(code or -1, f"exit code {code}")
+
+
+def _summary(pods: list[PodView]) -> dict[str, Any]:
+    """The rank-0 trainer's final JSON summary (its termination message), if any."""
+    for p in sorted(pods, key=lambda x: (x.index or 0, x.phase != "Succeeded")):
+        if p.index in (0, None) and p.message:
+            try:
+                data = json.loads(p.message)
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                return data
+    return {}
+
+
+def _gpu_seconds(obs: Observed, nxt: _Next, r: Resolved) -> None:
+    if r.gpus_per_node <= 0:
+        return
+    total = float(obs.status.prior_gpu_seconds or 0.0)
+    for p in obs.pods:
+        if p.attempt != obs.status.attempt or p.component != ct.COMPONENT_TRAINER:
+            continue
+        start = parse_time(p.start_time)
+        end = parse_time(p.finish_time) or (obs.now if p.phase == "Running" else None)
+        if start and end and end > start:
+            total += (end - start).total_seconds() * r.gpus_per_node
+    nxt.set(gpu_seconds=float(round(total)))
+
+
+def _with_eta(p: Progress) -> Progress:
+    if p.eta_seconds is None:
+        return p
+    return p.model_copy(update={"eta": human_duration(p.eta_seconds)})
+
+
+def human_duration(seconds: int) -> str:
+    d = timedelta(seconds=max(int(seconds), 0))
+    h, rem = divmod(int(d.total_seconds()), 3600)
+    m, s = divmod(rem, 60)
+    if h:
+        return f"{h}h{m:02d}m"
+    if m:
+        return f"{m}m{s:02d}s"
+    return f"{s}s"
+
+
+def _fail(obs: Observed, nxt: _Next, reason: str, message: str) -> Plan:
+    nxt.set(phase=c.PHASE_FAILED, message=clip(message))
+    nxt.finished()
+    nxt.condition(c.COND_FAILED, True, reason, message)
+    nxt.clear(c.COND_RUNNING, reason, "the job failed")
+    return _finished_plan(obs, nxt)
+
+
+def _finished_plan(obs: Observed, nxt: _Next, apply: list[dict[str, Any]] | None = None) -> Plan:
+    plan = _plan(obs, nxt, apply=apply or [])
+    ttl = obs.spec.get("ttlSecondsAfterFinished")
+    done = parse_time(plan.status.completion_time)
+    if isinstance(ttl, int) and done is not None:
+        left = (done + timedelta(seconds=ttl) - obs.now).total_seconds()
+        if left <= 0:
+            plan.delete.append(Delete("FineTuneJob", obs.meta.name))
+        else:
+            plan.requeue_after = left
+    return plan
+
+
+def _plan(obs: Observed, nxt: _Next, apply: list[dict[str, Any]] | None = None, delete: list[Delete] | None = None) -> Plan:
+    status = nxt.build()
+    plan = Plan(status=status, apply=list(apply or []), delete=list(delete or []))
+    if status.phase != obs.status.phase and status.phase is not None:
+        failed = status.phase == c.PHASE_FAILED
+        reason = _main_reason(status) or c.EVENT_PHASE_CHANGED
+        plan.events.append(
+            Event("Warning" if failed else "Normal", reason, clip(f"{obs.status.phase or 'New'} -> {status.phase}: {status.message or ''}"))
+        )
+    return plan
+
+
+def _main_reason(status: FineTuneJobStatus) -> str | None:
+    for type_ in (c.COND_FAILED, c.COND_SUCCEEDED, c.COND_SUSPENDED, c.COND_RUNNING, c.COND_VALIDATED):
+        cond = status.condition(type_)
+        if cond is not None and (cond.status == "True" or type_ in (c.COND_RUNNING, c.COND_VALIDATED)):
+            return cond.reason
+    return None

@@ -1,0 +1,225 @@
+"""Reconcile one FineTuneJob: gather what the watches saw, `plan.decide`, execute the plan.
+
+Level-triggered: any event on a FineTuneJob, its runtime, its Job or its pods, and a periodic
+resync, runs the same function for that job; a per-job lock serializes runs. The plan is
+executed in a fixed order (apply children, delete, one status patch if the status changed, then
+events), so a run interrupted half-way is completed by the next one. Failed runs are retried with
+exponential backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from finetune_operator import constants as c
+from finetune_operator import metrics
+from finetune_operator.api import (
+    FineTuneJobStatus,
+    InvalidResource,
+    Progress,
+    parse_runtime,
+    parse_status,
+)
+from finetune_operator.kube import Kube, KubeError
+from finetune_operator.plan import Observed, Plan, decide
+from finetune_operator.resolve import JobMeta, OperatorConfig
+from finetune_operator.views import JobView, PodView
+
+ct = c.contract
+log = logging.getLogger(__name__)
+Key = tuple[str, str]
+Index = Mapping[Any, Collection[Any]]
+
+RETRY_MIN_SECONDS = 1.0
+RETRY_MAX_SECONDS = 60.0
+
+
+@dataclass
+class Indexes:
+    """The kopf indexes (live, updated in place by kopf) the reconciler reads from."""
+
+    jobs: Index  # (ns, name) -> [FineTuneJob record]
+    runtimes: Index  # name -> [runtime spec dict]
+    children: Index  # (ns, job) -> [JobView]
+    pods: Index  # (ns, job) -> [PodView]
+
+    def ftj(self, key: Key) -> dict[str, Any] | None:
+        store = self.jobs.get(key)
+        return next(iter(store), None) if store else None
+
+    def runtime(self, name: str) -> tuple[dict[str, Any] | None, bool]:
+        store = self.runtimes.get(name)
+        value = next(iter(store), None) if store else None
+        return value, value is not None
+
+    def training_job(self, key: Key) -> JobView | None:
+        store = self.children.get(key) or ()
+        views = [v for v in store if isinstance(v, JobView)]
+        # Normally one; while an attempt is replaced, the newest attempt wins.
+        return max(views, key=lambda v: (v.attempt or 0, not v.deleting), default=None)
+
+    def pod_views(self, key: Key) -> tuple[PodView, ...]:
+        return tuple(v for v in (self.pods.get(key) or ()) if isinstance(v, PodView))
+
+    def keys_using_runtime(self, name: str) -> list[Key]:
+        return [k for k, store in self.jobs.items() for rec in store if ((rec.get("spec") or {}).get("runtimeRef") or {}).get("name") == name]
+
+
+def ftj_record(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the FineTuneJob index keeps per job."""
+    meta = body.get("metadata") or {}
+    return {
+        "uid": meta.get("uid", ""),
+        "generation": int(meta.get("generation") or 1),
+        "deleting": meta.get("deletionTimestamp") is not None,
+        "spec": _plain(body.get("spec") or {}),
+        "status": _plain(body.get("status") or {}),
+    }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, config: OperatorConfig, clock: Callable[[], datetime] | None = None) -> None:
+        self.kube = kube
+        self.config = config
+        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.indexes: Indexes | None = None
+        self.phases = metrics.PhaseBook()
+        self._locks: dict[Key, asyncio.Lock] = {}
+        #: Last status this process wrote, per job (uid, status): newer than the watch cache.
+        self._written: dict[Key, tuple[str, FineTuneJobStatus]] = {}
+        self._retry: dict[Key, asyncio.TimerHandle] = {}
+        self._failures: dict[Key, int] = {}
+
+    # --- entry points -------------------------------------------------------------------------
+    async def reconcile(self, key: Key, progress: Progress | None = None) -> Plan | None:
+        if self.indexes is None:
+            return None
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            started = time.perf_counter()
+            try:
+                plan = await self._reconcile(key, progress)
+            except (KubeError, OSError) as err:
+                metrics.ERRORS.labels("api").inc()
+                self._schedule_retry(key, failed=True)
+                log.warning("reconcile %s/%s failed (will retry): %s", key[0], key[1], err)
+                return None
+            except Exception:
+                metrics.ERRORS.labels("internal").inc()
+                self._schedule_retry(key, failed=True)
+                log.exception("reconcile %s/%s crashed (will retry)", key[0], key[1])
+                return None
+            finally:
+                metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+            self._failures.pop(key, None)
+            if plan is not None and plan.requeue_after is not None:
+                self._schedule_retry(key, delay=plan.requeue_after)
+            return plan
+
+    def forget(self, key: Key) -> None:
+        self._written.pop(key, None)
+        self._locks.pop(key, None)
+        self._failures.pop(key, None)
+        handle = self._retry.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+        self.phases.forget(key)
+
+    def observed_phase(self, key: Key) -> str | None:
+        written = self._written.get(key)
+        return written[1].phase if written else None
+
+    # --- internals ----------------------------------------------------------------------------
+    async def _reconcile(self, key: Key, progress: Progress | None) -> Plan | None:
+        assert self.indexes is not None
+        rec = self.indexes.ftj(key)
+        if rec is None or rec["deleting"]:
+            return None
+        ns, name = key
+        meta = JobMeta(name=name, namespace=ns, uid=rec["uid"], generation=rec["generation"])
+        written = self._written.get(key)
+        previous = written[1] if written and written[0] == meta.uid else parse_status(rec["status"])
+
+        runtime = None
+        found = False
+        ref = (rec["spec"].get("runtimeRef") or {}).get("name")
+        if ref:
+            raw, found = self.indexes.runtime(ref)
+            if raw is not None:
+                try:
+                    runtime = parse_runtime(raw)
+                except InvalidResource as err:
+                    log.warning("ClusterFineTuneRuntime %s is invalid: %s", ref, err)
+                    found = False
+        pods = self.indexes.pod_views(key)
+        validator = next((p for p in pods if p.component == ct.COMPONENT_VALIDATOR), None)
+        observed = Observed(
+            meta=meta,
+            spec=rec["spec"],
+            status=previous,
+            runtime=runtime,
+            runtime_found=found,
+            validator=validator,
+            job=self.indexes.training_job(key),
+            pods=tuple(p for p in pods if p.component == ct.COMPONENT_TRAINER),
+            now=self.clock(),
+            config=self.config,
+            progress=progress,
+        )
+        plan = decide(observed)
+        await self._execute(meta, previous, plan)
+        return plan
+
+    async def _execute(self, meta: JobMeta, previous: FineTuneJobStatus, plan: Plan) -> None:
+        key = (meta.namespace, meta.name)
+        for manifest in plan.apply:
+            await self.kube.apply(manifest)
+            metrics.APPLIES.labels(manifest["kind"]).inc()
+        for item in plan.delete:
+            await self.kube.delete(meta.namespace, item)
+        old, new = previous.to_wire(), plan.status.to_wire()
+        if new != old:
+            patch: dict[str, Any] = {k: None for k in old if k not in new}
+            patch.update(new)
+            if not await self.kube.patch_status(meta.namespace, meta.name, patch):
+                return
+            metrics.STATUS_PATCHES.inc()
+            self._written[key] = (meta.uid, plan.status)
+        if plan.status.phase == c.PHASE_FAILED and previous.phase != c.PHASE_FAILED:
+            failed = plan.status.condition(c.COND_FAILED)
+            metrics.JOB_FAILURES.labels(meta.namespace, meta.name, failed.reason if failed else "Unknown").inc()
+        if plan.status.restarts > previous.restarts:
+            metrics.RESTARTS.inc(plan.status.restarts - previous.restarts)
+        self.phases.set(key, plan.status.phase)
+        for event in plan.events:
+            await self.kube.event(meta, event, self.clock())
+
+    def _schedule_retry(self, key: Key, failed: bool = False, delay: float | None = None) -> None:
+        if failed:
+            n = self._failures[key] = self._failures.get(key, 0) + 1
+            delay = min(RETRY_MIN_SECONDS * 2 ** (n - 1), RETRY_MAX_SECONDS)
+        if delay is None:
+            return
+        old = self._retry.pop(key, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        self._retry[key] = loop.call_later(delay, lambda: loop.create_task(self._retried(key)))
+
+    async def _retried(self, key: Key) -> None:
+        self._retry.pop(key, None)
+        await self.reconcile(key)

@@ -1,0 +1,153 @@
+"""Merge a FineTuneJob with its ClusterFineTuneRuntime and check what the API server cannot.
+
+Pure: no client, no clock. `resolve` returns either a `Resolved` (everything the builders need)
+or a `Problem` (a constant reason and a readable message naming the field).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from finetune_trainer.config import OutputTarget, TrainerConfig
+
+from finetune_operator import constants as c
+from finetune_operator.api import ClusterFineTuneRuntimeSpec, FineTuneJobSpec, Toleration
+
+
+@dataclass(frozen=True)
+class JobMeta:
+    """Identity of the FineTuneJob (for names, owner references and labels)."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int = 1
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Operator-wide settings (from its command line / environment, passed in, never read here)."""
+
+    default_image: str = c.DEFAULT_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    meta: JobMeta
+    spec: FineTuneJobSpec
+    image: str
+    nodes: int
+    gpus_per_node: int
+    cpu: str | int | None
+    memory: str | int | None
+    output: OutputTarget
+    node_selector: dict[str, str]
+    tolerations: tuple[Toleration, ...]
+    priority_class_name: str | None
+    service_account_name: str | None
+    image_pull_policy: str
+    trainer_config: TrainerConfig
+
+
+@dataclass(frozen=True)
+class Problem:
+    reason: str
+    message: str
+    #: True when the job waits (e.g. for its runtime to appear) instead of failing.
+    waiting: bool = False
+
+
+def resolve(
+    meta: JobMeta,
+    spec: FineTuneJobSpec,
+    runtime: ClusterFineTuneRuntimeSpec | None,
+    runtime_found: bool,
+    config: OperatorConfig,
+) -> Resolved | Problem:
+    ref = spec.runtime_ref
+    if ref is not None and not runtime_found:
+        return Problem(
+            c.REASON_RUNTIME_NOT_FOUND,
+            f"spec.runtimeRef.name: ClusterFineTuneRuntime {ref.name!r} does not exist (waiting for it)",
+            waiting=True,
+        )
+    rt = runtime if ref is not None else None
+
+    image = spec.image or (rt.image if rt else config.default_image)
+    if rt is not None and spec.image is not None and spec.image != rt.image and not rt.allow_image_override:
+        return Problem(
+            c.REASON_IMAGE_OVERRIDE_NOT_ALLOWED,
+            f"spec.image: runtime {ref.name!r} does not allow overriding its image {rt.image!r}",  # type: ignore[union-attr]
+        )
+
+    nodes = spec.resources.nodes or (rt.resources.nodes if rt else None) or c.DEFAULT_NODES
+    gpus = next(
+        g for g in (spec.resources.gpus_per_node, rt.resources.gpus_per_node if rt else None, c.DEFAULT_GPUS_PER_NODE) if g is not None
+    )
+    cpu = spec.resources.cpu if spec.resources.cpu is not None else (rt.resources.cpu if rt else None)
+    memory = spec.resources.memory if spec.resources.memory is not None else (rt.resources.memory if rt else None)
+
+    if rt is not None:
+        name = ref.name  # type: ignore[union-attr]
+        if rt.allowed_methods is not None and spec.method.type not in rt.allowed_methods:
+            return Problem(
+                c.REASON_METHOD_NOT_ALLOWED,
+                f"spec.method.type: {spec.method.type!r} is not allowed by runtime {name!r} (allowed: {', '.join(rt.allowed_methods)})",
+            )
+        if rt.max_nodes is not None and nodes > rt.max_nodes:
+            return Problem(
+                c.REASON_RUNTIME_LIMIT_EXCEEDED,
+                f"spec.resources.nodes: {nodes} exceeds maxNodes {rt.max_nodes} of runtime {name!r}",
+            )
+        if rt.max_gpus_per_node is not None and gpus > rt.max_gpus_per_node:
+            return Problem(
+                c.REASON_RUNTIME_LIMIT_EXCEEDED,
+                f"spec.resources.gpusPerNode: {gpus} exceeds maxGpusPerNode {rt.max_gpus_per_node} of runtime {name!r}",
+            )
+        if rt.max_total_gpus is not None and nodes * gpus > rt.max_total_gpus:
+            return Problem(
+                c.REASON_RUNTIME_LIMIT_EXCEEDED,
+                f"spec.resources: {nodes} nodes x {gpus} GPUs = {nodes * gpus} exceeds maxTotalGpus {rt.max_total_gpus} of runtime {name!r}",
+            )
+    if spec.method.type == "qlora" and gpus == 0:
+        return Problem(c.REASON_INVALID_SPEC, "spec.resources.gpusPerNode: method.type qlora needs at least 1 GPU per node")
+
+    output = spec.output
+    if output is None:
+        if rt is None or rt.default_output is None:
+            return Problem(
+                c.REASON_INVALID_SPEC,
+                f"spec.output: not set and runtime {ref.name if ref else '<none>'!r} has no defaultOutput",
+            )
+        base = rt.default_output
+        output = base.model_copy(update={"uri": f"{base.uri.rstrip('/')}/{meta.namespace}/{meta.name}/"})
+
+    trainer_config = TrainerConfig(
+        job_name=meta.name,
+        namespace=meta.namespace,
+        model=spec.model,
+        dataset=spec.dataset,
+        method=spec.method,
+        hyperparameters=spec.hyperparameters,
+        checkpoint=spec.checkpoint,
+        output=output,
+        metrics_port=c.contract.METRICS_PORT,
+    )
+    return Resolved(
+        meta=meta,
+        spec=spec,
+        image=image,
+        nodes=nodes,
+        gpus_per_node=gpus,
+        cpu=cpu,
+        memory=memory,
+        output=output,
+        node_selector=dict(rt.node_selector or {}) if rt else {},
+        tolerations=tuple(rt.tolerations or ()) if rt else (),
+        priority_class_name=rt.priority_class_name if rt else None,
+        service_account_name=rt.service_account_name if rt else None,
+        image_pull_policy=config.image_pull_policy,
+        trainer_config=trainer_config,
+    )
+

@@ -1,0 +1,137 @@
+"""Small immutable views of the children the operator watches (pure: dict in, dataclass out).
+
+kopf indexes keep these (not whole bodies) in memory, which keeps the operator's footprint small
+with thousands of jobs, and the status computation reads only these fields.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from finetune_operator import constants as c
+
+ct = c.contract
+
+
+@dataclass(frozen=True)
+class PodView:
+    name: str
+    job: str
+    component: str
+    attempt: int | None
+    index: int | None
+    phase: str
+    ready: bool
+    start_time: str | None
+    finish_time: str | None
+    exit_code: int | None
+    #: Termination message of the main container (the trainer's JSON summary or its error).
+    message: str | None
+    reason: str | None
+    disrupted: bool
+    deleting: bool
+    pod_ip: str | None
+
+
+@dataclass(frozen=True)
+class JobView:
+    name: str
+    attempt: int | None
+    suspended: bool
+    complete: bool
+    failed: bool
+    failed_reason: str | None
+    failed_message: str | None
+    deleting: bool
+    active: int
+    ready: int
+    succeeded: int
+    failed_pods: int
+
+
+def _int(value: Any) -> int | None:
+    with contextlib.suppress(TypeError, ValueError):
+        return int(value)
+    return None
+
+
+def pod_view(body: dict[str, Any]) -> PodView:
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    status = body.get("status") or {}
+    conditions = {x.get("type"): x for x in status.get("conditions") or []}
+    ready = (conditions.get("Ready") or {}).get("status") == "True"
+    disrupted = (conditions.get("DisruptionTarget") or {}).get("status") == "True" or status.get("reason") in (
+        "Evicted",
+        "Preempting",
+        "Terminated",
+    )
+    exit_code = None
+    message = None
+    finish = None
+    main = (labels.get(ct.LABEL_COMPONENT) == ct.COMPONENT_VALIDATOR and c.VALIDATOR_CONTAINER) or c.TRAINER_CONTAINER
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("name") != main:
+            continue
+        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        if term:
+            exit_code = _int(term.get("exitCode"))
+            message = term.get("message") or None
+            finish = term.get("finishedAt")
+    return PodView(
+        name=meta.get("name", ""),
+        job=labels.get(ct.LABEL_JOB_NAME, ""),
+        component=labels.get(ct.LABEL_COMPONENT, ""),
+        attempt=_int(labels.get(ct.LABEL_ATTEMPT)),
+        index=_int(annotations.get(ct.ANNOTATION_JOB_COMPLETION_INDEX) or labels.get(ct.ANNOTATION_JOB_COMPLETION_INDEX)),
+        phase=status.get("phase") or "Pending",
+        ready=ready,
+        start_time=status.get("startTime"),
+        finish_time=finish,
+        exit_code=exit_code,
+        message=message,
+        reason=status.get("reason"),
+        disrupted=disrupted,
+        deleting=meta.get("deletionTimestamp") is not None,
+        pod_ip=status.get("podIP"),
+    )
+
+
+def job_view(body: dict[str, Any]) -> JobView:
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    conds = {x.get("type"): x for x in status.get("conditions") or [] if x.get("status") == "True"}
+    failed = conds.get("Failed") or conds.get("FailureTarget")
+    return JobView(
+        name=meta.get("name", ""),
+        attempt=_int(labels.get(ct.LABEL_ATTEMPT)),
+        suspended=bool(spec.get("suspend")),
+        complete="Complete" in conds,
+        failed=failed is not None,
+        failed_reason=(failed or {}).get("reason"),
+        failed_message=(failed or {}).get("message"),
+        deleting=meta.get("deletionTimestamp") is not None,
+        active=int(status.get("active") or 0),
+        ready=int(status.get("ready") or 0),
+        succeeded=int(status.get("succeeded") or 0),
+        failed_pods=int(status.get("failed") or 0),
+    )
+
+
+def parse_time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def format_time(value: datetime) -> str:
+    return value.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
