@@ -57,4 +57,4 @@ chart-crds: ## Copy crds/ into charts/finetune-operator/crds (tests fail when th
 chart-lint: install cluster-build ## helm lint --strict + helm template of the chart, and the CRD drift check
 	$(PY) hack/sync_chart_crds.py --check
 	"$$(bash hack/build-control-plane.sh --print-bin)/helm" lint --strict charts/finetune-operator
-	"$$(bash hack/build-control-plane.sh --print-bin)/helm" template ftop charts/finetune-operator --include-crds > /dev/null
+	"$$(bash hack/build-control-plane.sh --print-bin)/helm" template ftop charts/finetune-operator --include-crds --kube-version 1.34.0 > /dev/null

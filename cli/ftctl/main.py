@@ -30,6 +30,7 @@ import typer
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .errors import FtctlError, UserError
@@ -66,7 +67,7 @@ def clean_errors(fn: F) -> F:
         except FtctlError as e:
             if os.environ.get("FTCTL_DEBUG"):
                 raise
-            err.print(f"[bold red]error:[/] {e}", markup=True)
+            err.print(Text.assemble(("error:", "bold red"), " ", str(e)))
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err.print("interrupted")

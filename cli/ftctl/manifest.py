@@ -95,11 +95,45 @@ def check_document(doc: dict[str, Any], path: pathlib.Path) -> Any:
         try:
             parsed = parse_job(spec)
         except InvalidResource as err:
-            problems.extend(str(err).splitlines())
+            problems.extend(_friendlier(line, spec) for line in str(err).splitlines())
     if problems:
         listing = "\n".join(f"  {p}" for p in problems)
         raise UserError(f"{path} is not a valid FineTuneJob:\n{listing}")
     return parsed
+
+
+def _friendlier(line: str, spec: dict[str, Any]) -> str:
+    """Replace pydantic's regex dump for a pattern mismatch by the field's own description."""
+    m = re.match(r"^spec\.([\w.]+): String should match pattern", line)
+    if not m:
+        return line
+    from finetune_operator.api import FineTuneJobSpec
+
+    path = m.group(1).split(".")
+    model: Any = FineTuneJobSpec
+    value: Any = spec
+    description = None
+    for part in path:
+        field = next((f for n, f in getattr(model, "model_fields", {}).items()
+                      if (f.alias or n) == part or n == part), None)
+        value = value.get(part) if isinstance(value, dict) else None
+        if field is None:
+            return line
+        description = field.description
+        model = _model_of(field.annotation)
+    if not description:
+        return line
+    return f"spec.{m.group(1)}: {value!r} is not valid (expected {description})"
+
+
+def _model_of(annotation: Any) -> Any:
+    """The pydantic model inside `X | None` (or the annotation itself)."""
+    from typing import get_args
+
+    for arg in (annotation, *get_args(annotation)):
+        if hasattr(arg, "model_fields"):
+            return arg
+    return None
 
 
 def load(path: pathlib.Path) -> JobManifest:

@@ -20,6 +20,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "finetune-operator"
 RELEASE = "ftop"
 NAMESPACE = "finetune-system"
+#: `helm template` renders for this API version (the harness builds kube-apiserver v1.34).
+KUBE_VERSION = "1.34.0"
 
 
 @functools.cache
@@ -45,7 +47,7 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 def render_text(values: dict[str, Any] | None = None, *, include_crds: bool = False,
                 release: str = RELEASE, namespace: str = NAMESPACE) -> str:
     with tempfile.TemporaryDirectory() as d:
-        args = ["template", release, str(CHART), "--namespace", namespace,
+        args = ["template", release, str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION,
                 *_values_args(values, pathlib.Path(d))]
         if include_crds:
             args.append("--include-crds")
@@ -63,7 +65,7 @@ def render(values: dict[str, Any] | None = None, **kwargs: Any) -> list[dict[str
 def template_error(values: dict[str, Any]) -> str:
     """helm's error output for values that must fail; AssertionError if they render."""
     with tempfile.TemporaryDirectory() as d:
-        proc = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+        proc = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION,
                     *_values_args(values, pathlib.Path(d)), check=False)
     if proc.returncode == 0:
         raise AssertionError(f"helm template accepted values it should reject: {values}")

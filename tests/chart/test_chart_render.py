@@ -137,22 +137,17 @@ def test_watch_namespaces_bind_per_namespace_and_pass_them_to_the_operator() -> 
     assert pm["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
 
 
-def test_chart_rbac_covers_every_rule_of_the_operators_rbac_file() -> None:
-    """operator/ may ship its own RBAC (e.g. for `make run`); the chart must grant at least that."""
-    files = [p for p in (REPO / "operator").rglob("*.yaml") if "rbac" in p.name.lower()]
-    if not files:
-        pytest.skip("the operator ships no RBAC file of its own; the chart is the only RBAC")
-    chart_rules = _rules(render())
-    granted = {(g, r, v) for rule in chart_rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
-    for path in files:
-        for doc in yaml.safe_load_all(path.read_text()):
-            if not doc or doc.get("kind") not in ("ClusterRole", "Role"):
-                continue
-            for rule in doc.get("rules", []):
-                for g in rule.get("apiGroups", []):
-                    for r in rule.get("resources", []):
-                        for v in rule.get("verbs", []):
-                            assert (g, r, v) in granted, f"{path}: the chart does not grant {v} {r}.{g}"
+def _triples(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+@pytest.mark.parametrize("values", [None, {"watchNamespaces": ["team-a"]}], ids=["cluster", "namespaced"])
+def test_chart_rbac_equals_the_operators_own_rbac_file(values: dict[str, Any] | None) -> None:
+    """operator/finetune_operator/rbac.yaml lists the operator's API calls; the chart grants exactly that."""
+    path = REPO / "operator" / "finetune_operator" / "rbac.yaml"
+    theirs = [r for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] in ("ClusterRole", "Role")
+              for r in d.get("rules", [])]
+    assert _triples(_rules(render(values))) == _triples(theirs)
 
 
 def test_chart_crds_are_in_sync_with_crds_dir() -> None:

@@ -48,11 +48,15 @@ def test_service_monitor_without_service_is_rejected() -> None:
     assert "metrics.serviceMonitor.enabled needs metrics.service.enabled" in message
 
 
+def test_several_replicas_need_cluster_wide_peering() -> None:
+    message = template_error({"replicaCount": 2, "watchNamespaces": ["team-a"]})
+    assert "replicaCount > 1 needs watchNamespaces empty" in message
+
+
 def test_good_values_are_accepted() -> None:
     docs = render({
         "replicaCount": 2,
         "image": {"repository": "registry.example.com/ml/finetune-operator", "tag": "0.1.0", "pullPolicy": "Always"},
-        "watchNamespaces": ["team-a"],
         "logLevel": "debug",
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": 536870912}},
         "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],

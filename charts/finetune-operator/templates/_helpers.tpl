@@ -47,13 +47,20 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
-{{/* Command-line arguments of the operator (finetune_operator.main). */}}
+{{/* Command-line arguments of the operator (operator/finetune_operator/main.py). */}}
 {{- define "finetune-operator.args" -}}
 - --liveness=http://0.0.0.0:{{ .Values.health.port }}/healthz
+- --metrics-port={{ .Values.metrics.port }}
 {{- if .Values.watchNamespaces }}
 {{- range .Values.watchNamespaces }}
 - --namespace={{ . }}
 {{- end }}
+{{- /*
+Watching a namespace list, kopf would elect a leader through namespaced KopfPeering objects,
+whose CRD the operator does not ship; with mandatory peering it would pause forever. One
+replica without peering is the safe setting (enforced in deployment.yaml).
+*/}}
+- --standalone
 {{- else }}
 - --all-namespaces
 {{- end }}
@@ -61,8 +68,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* Environment of the operator container (names read by finetune_operator's settings). */}}
 {{- define "finetune-operator.env" -}}
-- name: FINETUNE_OPERATOR_METRICS_PORT
-  value: {{ .Values.metrics.port | quote }}
 - name: FINETUNE_OPERATOR_TRAINER_IMAGE
   value: {{ .Values.trainerImage | quote }}
 - name: FINETUNE_OPERATOR_LOG_LEVEL

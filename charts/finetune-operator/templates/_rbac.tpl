@@ -1,6 +1,8 @@
 {{/*
-The operator's permissions, one rule per API call family in operator/finetune_operator.
-Keep in step with the operator's own RBAC file (tests/chart checks that they match).
+The operator's permissions: exactly operator/finetune_operator/rbac.yaml (the operator's own
+statement of the API calls it makes), split into cluster-scoped and namespaced rules so that
+`watchNamespaces` can bind the namespaced half per namespace. tests/chart fails when the two
+differ in any (apiGroup, resource, verb).
 */}}
 
 {{/* Cluster-scoped: presets, and what kopf needs to discover resources and elect a leader. */}}
@@ -8,6 +10,7 @@ Keep in step with the operator's own RBAC file (tests/chart checks that they mat
 - apiGroups: [finetune.dev]
   resources: [clusterfinetuneruntimes]
   verbs: [get, list, watch]
+# kopf: resource discovery and peering (only one replica acts).
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
@@ -19,31 +22,30 @@ Keep in step with the operator's own RBAC file (tests/chart checks that they mat
   verbs: [get, list, watch, patch]
 {{- end -}}
 
-{{/* In watched namespaces: FineTuneJobs, their children, pods (read-only) and events. */}}
+{{/* In watched namespaces: FineTuneJobs, their children, pods and events. No Secrets. */}}
 {{- define "finetune-operator.namespacedRules" -}}
-# watch jobs; patch (kopf finalizers/annotations); delete (ttlSecondsAfterFinished)
+# FineTuneJobs: watched; deleted after ttlSecondsAfterFinished.
 - apiGroups: [finetune.dev]
   resources: [finetunejobs]
-  verbs: [get, list, watch, patch, update, delete]
+  verbs: [get, list, watch, patch, delete]
+# One status patch per reconcile, through the status subresource.
 - apiGroups: [finetune.dev]
   resources: [finetunejobs/status]
-  verbs: [get, patch, update]
-# children, applied server-side under the field manager finetune-operator
+  verbs: [get, patch]
+# Children, server-side applied under the field manager finetune-operator. Jobs are watched; a
+# failed attempt's Job is deleted.
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [configmaps, services]
-  verbs: [get, list, watch, create, patch, update, delete]
-# trainer pods are read (phases, exit codes, IPs for /progress); the validation step is a pod
-# the operator applies and deletes itself
+  verbs: [get, create, patch]
+# Trainer pods are watched (phases, exit codes, IPs for /progress); the validation pod is
+# applied, and deleted when it was disrupted.
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, create, patch, delete]
-- apiGroups: ["", events.k8s.io]
+- apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
-- apiGroups: [kopf.dev]
-  resources: [kopfpeerings]
-  verbs: [get, list, watch, patch]
+  verbs: [create]
 {{- end -}}

@@ -17,22 +17,22 @@ tests/chart (which render this block through `helm template --show-only`).
     - alert: FineTuneJobStalled
       # The rank-0 trainer reports the same step for stalledMinutes while the job runs.
       expr: |
-        max by (namespace, job_name) (changes(finetune_trainer_step{node_rank="0"}[{{ $r.stalledMinutes }}m])) == 0
-        and max by (namespace, job_name) (finetune_trainer_step{node_rank="0"}) < max by (namespace, job_name) (finetune_trainer_total_steps{node_rank="0"})
+        max by (namespace, job) (changes(finetune_trainer_step{node_rank="0"}[{{ $r.stalledMinutes }}m])) == 0
+        and max by (namespace, job) (finetune_trainer_step{node_rank="0"}) < max by (namespace, job) (finetune_trainer_total_steps{node_rank="0"})
       for: 1m
       labels:
         severity: {{ $r.severity }}
       annotations:
-        summary: "FineTuneJob {{`{{ $labels.namespace }}/{{ $labels.job_name }}`}} made no progress for {{ $r.stalledMinutes }} minutes"
-        description: "The training step has not advanced; the job may hang in a collective or on storage. Check `ftctl logs {{`{{ $labels.job_name }}`}}`."
+        summary: "FineTuneJob {{`{{ $labels.namespace }}/{{ $labels.job }}`}} made no progress for {{ $r.stalledMinutes }} minutes"
+        description: "The training step has not advanced; the job may hang in a collective or on storage. Check `ftctl logs {{`{{ $labels.job }}`}}`."
     - alert: FineTuneJobGPUsIdle
       # GPUs of a running job stay almost unused (data loading, a dead rank, a stuck upload).
       expr: |
-        avg by (namespace, job_name) (avg_over_time(finetune_trainer_gpu_utilization_percent[{{ $r.gpuIdleMinutes }}m])) < {{ $r.gpuIdlePercent }}
+        avg by (namespace, job) (avg_over_time(finetune_trainer_gpu_utilization_ratio[{{ $r.gpuIdleMinutes }}m])) * 100 < {{ $r.gpuIdlePercent }}
       for: {{ $r.gpuIdleMinutes }}m
       labels:
         severity: {{ $r.severity }}
       annotations:
-        summary: "GPUs of FineTuneJob {{`{{ $labels.namespace }}/{{ $labels.job_name }}`}} below {{ $r.gpuIdlePercent }}% for {{ $r.gpuIdleMinutes }} minutes"
+        summary: "GPUs of FineTuneJob {{`{{ $labels.namespace }}/{{ $labels.job }}`}} below {{ $r.gpuIdlePercent }}% for {{ $r.gpuIdleMinutes }} minutes"
         description: "Mean GPU utilization is {{`{{ $value | printf \"%.1f\" }}`}}%. The job holds GPUs it does not use."
 {{- end -}}
