@@ -49,6 +49,10 @@ cluster-down: ## Stop the control plane started by cluster-up
 demo: install ## Fine-tune MiniLM on the bundled sentiment data on this CPU (ftctl run --local, local S3 server)
 	$(PY) hack/demo.py
 
+.PHONY: crds
+crds: install ## Regenerate crds/ from the pydantic models in operator/finetune_operator/api.py (tests fail on drift)
+	$(PY) -m finetune_operator.crdgen crds/
+
 .PHONY: chart-crds
 chart-crds: ## Copy crds/ into charts/finetune-operator/crds (tests fail when they drift)
 	$(PY) hack/sync_chart_crds.py

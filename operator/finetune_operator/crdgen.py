@@ -169,7 +169,7 @@ def finetunejob_crd() -> dict[str, Any]:
             cel(
                 f"size(self.metadata.name) <= {c.MAX_JOB_NAME_LENGTH}",
                 f"metadata.name must be at most {c.MAX_JOB_NAME_LENGTH} characters (it names the Job, its pods and the <name>-workers Service)",
-                ".metadata.name",
+                None,
                 "FieldValueInvalid",
             ),
             *_immutability_rules(list(spec["properties"])),
@@ -247,7 +247,7 @@ def render() -> dict[str, str]:
     files = {
         "finetune.dev_finetunejobs.yaml": [finetunejob_crd()],
         "finetune.dev_clusterfinetuneruntimes.yaml": [runtime_crd()],
-        "kopf.dev_clusterkopfpeerings.yaml": [kopf_peering_crd(), peering_object()],
+        "kopf.dev_clusterkopfpeerings.yaml": [kopf_peering_crd()],
     }
     return {
         name: HEADER + "---\n".join(yaml.safe_dump(doc, sort_keys=False, width=120) for doc in docs)

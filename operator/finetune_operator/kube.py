@@ -13,6 +13,7 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlencode
 
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
@@ -61,21 +62,21 @@ class Kube:
 
     # --- raw ------------------------------------------------------------------------------------
     def _call(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None, content_type: str = "application/json") -> tuple[int, Any]:
-        method_, url, headers, body_, _ = self.api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=query or [],
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body,
-            auth_settings=["BearerToken"],
+        cfg = self.api.configuration
+        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        bearer = (cfg.auth_settings().get("BearerToken") or {}).get("value")
+        if bearer:
+            headers["Authorization"] = bearer
+        url = cfg.host + path + ("?" + urlencode(query) if query else "")
+        resp = self.api.rest_client.pool_manager.request(
+            method, url, body=json.dumps(body) if body is not None else None, headers=headers, timeout=30.0
         )
-        resp = self.api.call_api(method_, url, header_params=headers, body=body_, _request_timeout=30)
-        raw = resp.read()
+        raw = resp.data
         try:
             data = json.loads(raw) if raw else None
         except ValueError:
             data = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-        return resp.status, data
+        return int(resp.status), data
 
     async def _run(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None, content_type: str = "application/json") -> tuple[int, Any]:
         loop = asyncio.get_running_loop()

@@ -173,7 +173,8 @@ def _validation_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolv
         reason, message = c.REASON_VALIDATION_PENDING, f"validation pod {pod.name} was disrupted; retrying"
     elif pod.phase == "Failed":
         detail = pod.message or pod.reason or "no message (see the pod's log)"
-        message = f"validation pod {pod.name} failed ({_exit_meaning(pod.exit_code)}): {detail}"
+        code = f"exit code {pod.exit_code}, {_exit_meaning(pod.exit_code)}" if pod.exit_code is not None else "no exit code"
+        message = f"validation pod {pod.name} failed ({code}): {detail}"
         nxt.condition(c.COND_VALIDATED, False, c.REASON_VALIDATION_FAILED, message)
         return _fail(obs, nxt, c.REASON_VALIDATION_FAILED, message)
     else:

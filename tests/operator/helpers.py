@@ -1,0 +1,140 @@
+"""Shared helpers for the operator tests: example manifests and Observed builders."""
+
+from __future__ import annotations
+
+import pathlib
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import yaml
+
+from finetune_operator.api import ClusterFineTuneRuntimeSpec, FineTuneJobStatus, parse_runtime
+from finetune_operator.plan import Observed
+from finetune_operator.resolve import JobMeta
+from finetune_operator.views import JobView, PodView
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+GOLDEN = pathlib.Path(__file__).parent / "golden"
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+UID = "11111111-2222-3333-4444-555555555555"
+
+
+def load(path: pathlib.Path) -> dict[str, Any]:
+    doc = yaml.safe_load(path.read_text())
+    assert isinstance(doc, dict)
+    return doc
+
+
+def example_jobs() -> list[pathlib.Path]:
+    return sorted(p for p in EXAMPLES.glob("*.yaml") if load(p)["kind"] == "FineTuneJob")
+
+
+def example_runtimes() -> dict[str, ClusterFineTuneRuntimeSpec]:
+    out = {}
+    for p in sorted(EXAMPLES.glob("*.yaml")):
+        doc = load(p)
+        if doc["kind"] == "ClusterFineTuneRuntime":
+            out[doc["metadata"]["name"]] = parse_runtime(doc["spec"])
+    return out
+
+
+def minimal_spec(**over: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {"uri": "hf://org/tiny-llama"},
+        "dataset": {"uri": "s3://data-bucket/train.jsonl", "format": "chat"},
+        "resources": {"nodes": 2, "gpusPerNode": 4},
+        "output": {"uri": "s3://out-bucket/run/", "secretRef": {"name": "s3-creds"}},
+        "maxRestarts": 2,
+    }
+    spec.update(over)
+    return spec
+
+
+def pod(
+    name: str,
+    *,
+    component: str = "trainer",
+    attempt: int | None = 0,
+    index: int | None = 0,
+    phase: str = "Running",
+    ready: bool = True,
+    exit_code: int | None = None,
+    message: str | None = None,
+    disrupted: bool = False,
+    deleting: bool = False,
+    start: datetime | None = T0,
+    finish: datetime | None = None,
+) -> PodView:
+    return PodView(
+        name=name,
+        job="job",
+        component=component,
+        attempt=attempt,
+        index=index,
+        phase=phase,
+        ready=ready,
+        start_time=start.isoformat().replace("+00:00", "Z") if start else None,
+        finish_time=finish.isoformat().replace("+00:00", "Z") if finish else None,
+        exit_code=exit_code,
+        message=message,
+        reason="Evicted" if disrupted else None,
+        disrupted=disrupted,
+        deleting=deleting,
+        pod_ip="10.0.0.1",
+    )
+
+
+def job(attempt: int = 0, **over: Any) -> JobView:
+    values: dict[str, Any] = dict(
+        name="job",
+        attempt=attempt,
+        suspended=False,
+        complete=False,
+        failed=False,
+        failed_reason=None,
+        failed_message=None,
+        deleting=False,
+        active=2,
+        ready=2,
+        succeeded=0,
+        failed_pods=0,
+    )
+    values.update(over)
+    return JobView(**values)
+
+
+def observed(
+    spec: dict[str, Any] | None = None,
+    status: dict[str, Any] | None = None,
+    *,
+    validator: PodView | None = None,
+    job_view: JobView | None = None,
+    pods: tuple[PodView, ...] = (),
+    runtime: ClusterFineTuneRuntimeSpec | None = None,
+    runtime_found: bool = False,
+    now: datetime = T0 + timedelta(minutes=10),
+    generation: int = 1,
+    **kw: Any,
+) -> Observed:
+    return Observed(
+        meta=JobMeta(name="job", namespace="ns", uid=UID, generation=generation),
+        spec=spec or minimal_spec(),
+        status=FineTuneJobStatus.model_validate(status or {}),
+        runtime=runtime,
+        runtime_found=runtime_found,
+        validator=validator,
+        job=job_view,
+        pods=pods,
+        now=now,
+        **kw,
+    )
+
+
+VALIDATED = {
+    "type": "Validated",
+    "status": "True",
+    "reason": "ValidationPassed",
+    "message": "ok",
+    "lastTransitionTime": "2026-01-01T12:00:00Z",
+}

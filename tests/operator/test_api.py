@@ -1,0 +1,127 @@
+"""The API models, the generated CRDs (drift check), progress parsing and child views."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from finetune_operator import crdgen
+from finetune_operator.api import InvalidResource, parse_job
+from finetune_operator.progress import parse_progress, progress_url
+from finetune_operator.views import job_view, pod_view
+from tests.operator.helpers import REPO, example_jobs, load
+from tests.operator.malformed import CASES, Case
+
+
+def test_committed_crds_match_the_models() -> None:
+    """crds/ is generated from operator/finetune_operator/api.py; run `make crds` after a change."""
+    assert crdgen.main(["--check", str(REPO / "crds")]) == 0
+
+
+def _walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    if isinstance(node, dict):
+        out.append((path, node))
+        for k, v in node.get("properties", {}).items():
+            out += _walk(v, f"{path}.{k}")
+        if "items" in node:
+            out += _walk(node["items"], path + "[]")
+        if isinstance(node.get("additionalProperties"), dict):
+            out += _walk(node["additionalProperties"], path + "{}")
+    return out
+
+
+@pytest.mark.parametrize("crd", [crdgen.finetunejob_crd(), crdgen.runtime_crd()], ids=["finetunejobs", "runtimes"])
+def test_schema_is_structural_and_bounded(crd: dict[str, Any]) -> None:
+    schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    for path, node in _walk(schema):
+        assert "$ref" not in node and "title" not in node and "default" not in node, path
+        assert "type" in node or node.get("x-kubernetes-int-or-string"), f"{path} has no type"
+        if "anyOf" in node:
+            assert node.get("x-kubernetes-int-or-string"), path
+        if node.get("type") == "string" and path.count(".") > 1:
+            assert "maxLength" in node or "enum" in node, f"{path} unbounded (CEL cost)"
+        if node.get("type") == "array":
+            assert "maxItems" in node, path
+        for rule in node.get("x-kubernetes-validations", []):
+            assert rule["message"] and rule["rule"], path
+
+
+def test_finetunejob_crd_shape() -> None:
+    crd = crdgen.finetunejob_crd()
+    spec = crd["spec"]
+    version = spec["versions"][0]
+    assert spec["scope"] == "Namespaced" and spec["names"]["shortNames"] == ["ftj"]
+    assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
+    columns = {col["name"]: col["jsonPath"] for col in version["additionalPrinterColumns"]}
+    assert columns["Phase"] == ".status.phase" and columns["Progress"] == ".status.progress.percent"
+    assert columns["Loss"] == ".status.progress.loss" and columns["ETA"] == ".status.progress.eta"
+    assert columns["Age"] == ".metadata.creationTimestamp"
+    root = version["schema"]["openAPIV3Schema"]
+    props = root["properties"]["spec"]["properties"]
+    assert props["method"]["properties"]["type"]["enum"] == ["lora", "qlora", "full"]
+    assert props["model"]["properties"]["uri"]["pattern"].startswith("^(hf://")
+    assert root["properties"]["spec"]["required"] == ["dataset", "model"]
+    assert root["properties"]["status"]["properties"]["phase"]["enum"][0] == "Pending"
+    rules = root["x-kubernetes-validations"]
+    immutable = [r for r in rules if "immutable" in r["message"]]
+    assert {r["fieldPath"] for r in immutable} == {f".spec.{k}" for k in props if k not in crdgen.MUTABLE_AFTER_START}
+    assert all("oldSelf.status.startTime" in r["rule"] for r in immutable)
+
+
+def test_runtime_crd_is_cluster_scoped() -> None:
+    crd = crdgen.runtime_crd()
+    assert crd["spec"]["scope"] == "Cluster"
+    props = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert {"image", "resources", "nodeSelector", "tolerations", "allowedMethods", "maxNodes", "maxGpusPerNode", "defaultOutput"} <= props.keys()
+    assert props["allowedMethods"]["x-kubernetes-list-type"] == "set"
+
+
+@pytest.mark.parametrize("path", example_jobs(), ids=lambda p: p.stem)
+def test_examples_parse(path: Any) -> None:
+    parse_job(load(path)["spec"])
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.parse_field is not None], ids=lambda c: c.id)
+def test_malformed_rejected_by_the_models_too(case: Case) -> None:
+    """Each CEL/schema rule has a pydantic twin: parse_job (used by ftctl) rejects the same specs."""
+    with pytest.raises(InvalidResource) as err:
+        parse_job(case.spec)
+    assert (case.parse_field or case.field) in str(err.value)
+
+
+def test_progress_parsing() -> None:
+    p = parse_progress({"step": 30, "totalSteps": 120, "loss": 0.123456, "tokensPerSecond": 2712.33, "etaSeconds": 95, "stage": "training", "unknown": 1})
+    assert p is not None and p.percent == 25.0 and p.loss == 0.1235 and p.tokens_per_second == 2712.3 and p.eta_seconds == 95
+    assert parse_progress({"global_step": 5, "max_steps": 10, "train_loss": "1.5"}) == parse_progress({"step": 5, "totalSteps": 10, "loss": 1.5})
+    assert parse_progress("nonsense") is None and parse_progress({}) is None
+    assert progress_url("10.1.2.3") == "http://10.1.2.3:9400/progress"
+    assert progress_url("fd00::1") == "http://[fd00::1]:9400/progress"
+
+
+def test_views_read_pods_and_jobs() -> None:
+    body = yaml.safe_load(
+        """
+metadata:
+  name: j-1-abcde
+  labels: {finetune.dev/job-name: j, finetune.dev/component: trainer, finetune.dev/attempt: "2"}
+  annotations: {batch.kubernetes.io/job-completion-index: "1"}
+status:
+  phase: Failed
+  reason: Evicted
+  podIP: 10.0.0.7
+  startTime: "2026-01-01T00:00:00Z"
+  conditions: [{type: DisruptionTarget, status: "True"}]
+  containerStatuses:
+  - name: trainer
+    state: {terminated: {exitCode: 137, message: "oom", finishedAt: "2026-01-01T00:10:00Z"}}
+"""
+    )
+    v = pod_view(body)
+    assert (v.job, v.attempt, v.index, v.phase, v.exit_code, v.message, v.disrupted) == ("j", 2, 1, "Failed", 137, "oom", True)
+    j = job_view({"metadata": {"name": "j", "labels": {"finetune.dev/attempt": "1"}}, "spec": {"suspend": True}, "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}})
+    assert j.failed and j.failed_reason == "BackoffLimitExceeded" and j.suspended and j.attempt == 1 and not j.complete
+    assert json.loads(json.dumps(v.__dict__))["name"] == "j-1-abcde"

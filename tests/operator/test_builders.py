@@ -1,0 +1,231 @@
+"""Desired-state builders: tables of properties and golden YAML for every example manifest.
+
+Regenerate the golden files after an intended change with
+    UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/operator/test_builders.py
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Any
+
+import pytest
+import yaml
+
+from finetune_operator import builders
+from finetune_operator import constants as c
+from finetune_operator.api import parse_job, parse_runtime
+from finetune_operator.resolve import JobMeta, OperatorConfig, Problem, Resolved, resolve
+from tests.operator.helpers import GOLDEN, UID, example_jobs, example_runtimes, load, minimal_spec
+
+ct = c.contract
+CREDENTIAL_ENV = {ct.ENV_AWS_ACCESS_KEY_ID, ct.ENV_AWS_SECRET_ACCESS_KEY, ct.ENV_AWS_SESSION_TOKEN, ct.ENV_HF_TOKEN}
+
+
+def resolved_example(path: pathlib.Path) -> Resolved:
+    doc = load(path)
+    spec = parse_job(doc["spec"])
+    meta = JobMeta(doc["metadata"]["name"], doc["metadata"]["namespace"], UID, 1)
+    runtimes = example_runtimes()
+    runtime = runtimes.get(spec.runtime_ref.name) if spec.runtime_ref else None
+    r = resolve(meta, spec, runtime, runtime is not None, OperatorConfig())
+    assert isinstance(r, Resolved), r
+    return r
+
+
+def resolved(spec: dict[str, Any] | None = None, runtime: dict[str, Any] | None = None) -> Resolved | Problem:
+    parsed = parse_job(spec or minimal_spec())
+    rt = parse_runtime(runtime) if runtime is not None else None
+    return resolve(JobMeta("job", "ns", UID, 1), parsed, rt, rt is not None, OperatorConfig())
+
+
+def children(r: Resolved) -> list[dict[str, Any]]:
+    suspend = bool(r.spec.suspend or r.spec.queue_name)
+    return [*builders.build_children(r, 0, suspend), builders.build_validator(r)]
+
+
+EXAMPLES = example_jobs()
+
+
+def test_there_are_examples_of_each_kind() -> None:
+    names = {p.stem for p in EXAMPLES}
+    assert {"lora-chat", "classification-minilm", "deepspeed-full"} <= names
+    assert "a100-lora" in example_runtimes()
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_golden_children(path: pathlib.Path) -> None:
+    rendered = "---\n".join(yaml.safe_dump(m, sort_keys=True, width=120) for m in children(resolved_example(path)))
+    golden = GOLDEN / f"{path.stem}.yaml"
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        golden.write_text(rendered)
+    assert golden.exists(), f"{golden} missing: run with UPDATE_GOLDEN=1"
+    assert rendered == golden.read_text(), f"children of {path.name} differ from {golden.name} (UPDATE_GOLDEN=1 if intended)"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_builders_are_deterministic(path: pathlib.Path) -> None:
+    assert children(resolved_example(path)) == children(resolved_example(path))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_job_shape(path: pathlib.Path) -> None:
+    r = resolved_example(path)
+    cm, svc, job, validator = children(r)
+    name = r.meta.name
+    assert [cm["metadata"]["name"], svc["metadata"]["name"], job["metadata"]["name"], validator["metadata"]["name"]] == [
+        f"{name}-config",
+        f"{name}-workers",
+        name,
+        f"{name}-validate",
+    ]
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == r.nodes
+    assert spec["backoffLimit"] == 0
+    pod = spec["template"]["spec"]
+    assert pod["subdomain"] == svc["metadata"]["name"]
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    for m in (cm, svc, job, validator):
+        (owner,) = m["metadata"]["ownerReferences"]
+        assert owner == {"apiVersion": "finetune.dev/v1alpha1", "kind": "FineTuneJob", "name": name, "uid": UID, "controller": True, "blockOwnerDeletion": True}
+        assert m["metadata"]["labels"][ct.LABEL_MANAGED_BY] == ct.MANAGED_BY
+        assert m["metadata"]["labels"][ct.LABEL_JOB_NAME] == name
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_trainer_container(path: pathlib.Path) -> None:
+    r = resolved_example(path)
+    job = builders.build_job(r, 2, None)
+    pod = job["spec"]["template"]["spec"]
+    (ctr,) = pod["containers"]
+    env = {e["name"]: e for e in ctr["env"]}
+    master = f"{r.meta.name}-0.{r.meta.name}-workers.{r.meta.namespace}.svc"
+    assert env[ct.ENV_NNODES]["value"] == str(r.nodes)
+    assert env[ct.ENV_NPROC_PER_NODE]["value"] == str(max(r.gpus_per_node, 1))
+    assert env[ct.ENV_NODE_RANK]["valueFrom"]["fieldRef"]["fieldPath"] == f"metadata.annotations['{ct.ANNOTATION_JOB_COMPLETION_INDEX}']"
+    assert env[ct.ENV_MASTER_ADDR]["value"] == env[ct.ENV_MASTER_ADDR_COMPAT]["value"] == master
+    assert env[ct.ENV_MASTER_PORT]["value"] == env[ct.ENV_MASTER_PORT_COMPAT]["value"] == str(ct.RENDEZVOUS_PORT)
+    assert env[ct.ENV_CONFIG_PATH]["value"] == ct.CONFIG_PATH
+    assert env[ct.ENV_ATTEMPT]["value"] == "2"
+    assert job["metadata"]["labels"][ct.LABEL_ATTEMPT] == "2"
+    assert "RANK" not in env and "WORLD_SIZE" not in env
+    # credentials: only secretKeyRef, never literal values
+    for key in CREDENTIAL_ENV & env.keys():
+        assert "value" not in env[key] and "secretKeyRef" in env[key]["valueFrom"]
+    # GPUs, ports, volumes
+    limits = ctr["resources"].get("limits", {})
+    if r.gpus_per_node:
+        assert limits[c.GPU_RESOURCE] == str(r.gpus_per_node)
+    else:
+        assert c.GPU_RESOURCE not in limits
+    assert {(p["name"], p["containerPort"]) for p in ctr["ports"]} == {("rendezvous", 29500), ("metrics", 9400)}
+    mounts = {m["mountPath"]: m for m in ctr["volumeMounts"]}
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols[mounts["/dev/shm"]["name"]]["emptyDir"] == {"medium": "Memory"}
+    assert mounts[ct.CONFIG_MOUNT_DIR]["readOnly"] is True
+    assert vols[mounts[ct.CONFIG_MOUNT_DIR]["name"]]["configMap"]["name"] == f"{r.meta.name}-config"
+    for writable in (ct.TMP_DIR, ct.WORK_DIR, ct.SHM_DIR):
+        assert "emptyDir" in vols[mounts[writable]["name"]]
+    # PSA restricted
+    sc = ctr["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert ctr["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert pod["restartPolicy"] == "Never"
+
+
+def test_pod_failure_policy_ignores_disruptions_and_fails_fast_on_config_errors() -> None:
+    rules = builders.pod_failure_policy()["rules"]
+    assert rules[0] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert rules[1]["action"] == "Ignore" and rules[1]["onExitCodes"]["values"] == [ct.EXIT_PREEMPTED]
+    assert rules[2]["action"] == "FailJob" and rules[2]["onExitCodes"]["values"] == list(ct.NON_RETRYABLE_EXIT_CODES)
+
+
+@pytest.mark.parametrize(
+    ("spec_over", "suspend", "want_suspend", "want_queue"),
+    [
+        ({}, False, False, None),
+        ({"suspend": True}, True, True, None),
+        ({"queueName": "team-a"}, True, True, "team-a"),
+        ({"queueName": "team-a"}, None, None, "team-a"),  # leave suspend to Kueue once admitted
+    ],
+)
+def test_suspend_and_queue(spec_over: dict[str, Any], suspend: bool | None, want_suspend: bool | None, want_queue: str | None) -> None:
+    r = resolved(minimal_spec(**spec_over))
+    assert isinstance(r, Resolved)
+    job = builders.build_job(r, 0, suspend)
+    assert job["spec"].get("suspend") == want_suspend
+    assert job["metadata"]["labels"].get(ct.LABEL_KUEUE_QUEUE) == want_queue
+
+
+def test_validator_takes_no_gpu_and_runs_validate() -> None:
+    r = resolved_example(next(p for p in EXAMPLES if p.stem == "deepspeed-full"))
+    pod = builders.build_validator(r)
+    (ctr,) = pod["spec"]["containers"]
+    assert ctr["command"][-4:] == ["finetune_trainer", "validate", "--config", ct.CONFIG_PATH]
+    assert c.GPU_RESOURCE not in ctr["resources"].get("limits", {})
+    assert c.GPU_RESOURCE not in ctr["resources"].get("requests", {})
+    assert pod["spec"]["restartPolicy"] == "Never"
+    assert "nodeSelector" not in pod["spec"] and "tolerations" not in pod["spec"]
+
+
+def test_configmap_holds_the_rendered_trainer_config_and_no_secret_values() -> None:
+    r = resolved_example(next(p for p in EXAMPLES if p.stem == "classification-minilm"))
+    cm = builders.build_configmap(r)
+    text = cm["data"][ct.CONFIG_FILE_NAME]
+    cfg = yaml.safe_load(text)
+    assert cfg["apiVersion"] == "finetune.dev/trainer-v1"
+    assert cfg["jobName"] == "minilm-sentiment" and cfg["namespace"] == "team-a"
+    assert cfg["dataset"]["format"] == "classification"
+    assert cfg["metricsPort"] == ct.METRICS_PORT
+    # Secret *names* may travel (so the trainer knows which were given); values never can: the
+    # operator never reads a Secret, so there is nothing to leak. No env-style keys either.
+    assert "AWS_SECRET_ACCESS_KEY" not in text and "HF_TOKEN" not in text
+
+
+def test_runtime_defaults_placement_and_default_output() -> None:
+    r = resolved_example(next(p for p in EXAMPLES if p.stem == "lora-chat"))
+    rt = example_runtimes()["a100-lora"]
+    assert r.image == rt.image and r.gpus_per_node == 8 and r.nodes == 2 and r.memory == "400Gi"
+    assert r.output.uri == "s3://ml-artifacts/finetunes/team-a/llama-chat-lora/"
+    assert r.output.secret_ref is not None and r.output.secret_ref.name == "s3-credentials"
+    pod = builders.build_job(r, 0, True)["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["priorityClassName"] == "training"
+
+
+RUNTIME = {"image": "reg.example/trainer:1", "allowedMethods": ["lora"], "maxNodes": 2, "maxGpusPerNode": 4, "maxTotalGpus": 6}
+
+
+@pytest.mark.parametrize(
+    ("spec", "runtime", "reason", "needle"),
+    [
+        (minimal_spec(runtimeRef={"name": "rt"}, method={"type": "full"}), RUNTIME, c.REASON_METHOD_NOT_ALLOWED, "spec.method.type"),
+        (minimal_spec(runtimeRef={"name": "rt"}, resources={"nodes": 3, "gpusPerNode": 1}), RUNTIME, c.REASON_RUNTIME_LIMIT_EXCEEDED, "spec.resources.nodes"),
+        (minimal_spec(runtimeRef={"name": "rt"}, resources={"nodes": 1, "gpusPerNode": 8}), RUNTIME, c.REASON_RUNTIME_LIMIT_EXCEEDED, "spec.resources.gpusPerNode"),
+        (minimal_spec(runtimeRef={"name": "rt"}, resources={"nodes": 2, "gpusPerNode": 4}), RUNTIME, c.REASON_RUNTIME_LIMIT_EXCEEDED, "maxTotalGpus"),
+        (minimal_spec(runtimeRef={"name": "rt"}, image="other/image:2"), RUNTIME, c.REASON_IMAGE_OVERRIDE_NOT_ALLOWED, "spec.image"),
+        ({**minimal_spec(runtimeRef={"name": "rt"}, resources={"nodes": 1, "gpusPerNode": 1}), "output": None}, RUNTIME, c.REASON_INVALID_SPEC, "spec.output"),
+    ],
+)
+def test_resolve_problems(spec: dict[str, Any], runtime: dict[str, Any], reason: str, needle: str) -> None:
+    spec = {k: v for k, v in spec.items() if v is not None}
+    problem = resolved(spec, runtime)
+    assert isinstance(problem, Problem)
+    assert problem.reason == reason and needle in problem.message and not problem.waiting
+
+
+def test_missing_runtime_waits() -> None:
+    spec = parse_job(minimal_spec(runtimeRef={"name": "nope"}))
+    problem = resolve(JobMeta("job", "ns", UID), spec, None, False, OperatorConfig())
+    assert isinstance(problem, Problem) and problem.waiting and problem.reason == c.REASON_RUNTIME_NOT_FOUND
+
+
+def test_image_override_allowed_by_runtime() -> None:
+    r = resolved(minimal_spec(runtimeRef={"name": "rt"}, image="other/image:2", resources={"nodes": 1, "gpusPerNode": 1}), {**RUNTIME, "allowImageOverride": True})
+    assert isinstance(r, Resolved) and r.image == "other/image:2"

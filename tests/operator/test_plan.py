@@ -1,0 +1,242 @@
+"""Status computation (plan.decide): pure tables from observed state to phase, conditions,
+children to apply/delete and events."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from finetune_operator import constants as c
+from finetune_operator.api import Progress, parse_runtime
+from finetune_operator.plan import Delete, decide
+from tests.operator.helpers import T0, VALIDATED, job, minimal_spec, observed, pod
+
+ct = c.contract
+RUNNING_STATUS: dict[str, Any] = {"phase": "Running", "conditions": [VALIDATED], "startTime": "2026-01-01T12:00:00Z"}
+
+
+def kinds(plan: Any) -> list[str]:
+    return [m["kind"] for m in plan.apply]
+
+
+def cond(plan: Any, type_: str) -> Any:
+    return plan.status.condition(type_)
+
+
+def test_new_job_starts_validation_first() -> None:
+    plan = decide(observed())
+    assert plan.status.phase == "Validating"
+    assert kinds(plan) == ["ConfigMap", "Pod"]
+    assert plan.apply[1]["metadata"]["labels"][ct.LABEL_COMPONENT] == ct.COMPONENT_VALIDATOR
+    assert cond(plan, "Validated").status == "False" and cond(plan, "Validated").reason == c.REASON_VALIDATION_PENDING
+    assert plan.status.start_time is not None
+    assert [e.reason for e in plan.events] == [c.REASON_VALIDATION_PENDING]
+
+
+def test_running_validation_pod() -> None:
+    plan = decide(observed(status={"phase": "Validating"}, validator=pod("job-validate", component="validator", index=None)))
+    assert plan.status.phase == "Validating" and not plan.apply and not plan.events
+    assert cond(plan, "Validated").reason == c.REASON_VALIDATION_RUNNING
+
+
+def test_validation_passed_creates_training_children() -> None:
+    v = pod("job-validate", component="validator", index=None, phase="Succeeded", ready=False, exit_code=0)
+    plan = decide(observed(status={"phase": "Validating"}, validator=v))
+    assert kinds(plan) == ["ConfigMap", "Service", "Job"]
+    assert plan.apply[2]["spec"]["suspend"] is False
+    assert plan.status.phase == "Initializing"
+    assert cond(plan, "Validated").status == "True" and cond(plan, "Validated").reason == c.REASON_VALIDATION_PASSED
+
+
+def test_validation_failure_ends_the_job_with_the_reason_and_takes_no_gpu() -> None:
+    v = pod("job-validate", component="validator", index=None, phase="Failed", ready=False, exit_code=3, message="dataset line 7: missing 'messages'")
+    plan = decide(observed(status={"phase": "Validating"}, validator=v))
+    assert plan.status.phase == "Failed"
+    assert not any(m["kind"] == "Job" for m in plan.apply)
+    failed = cond(plan, "Failed")
+    assert failed.reason == c.REASON_VALIDATION_FAILED
+    assert "exit code 3" in failed.message and "missing 'messages'" in failed.message
+    assert plan.status.completion_time is not None
+    assert plan.events and plan.events[0].type == "Warning"
+
+
+def test_disrupted_validation_pod_is_retried() -> None:
+    v = pod("job-validate", component="validator", index=None, phase="Failed", ready=False, disrupted=True, exit_code=137)
+    plan = decide(observed(status={"phase": "Validating"}, validator=v))
+    assert plan.status.phase == "Validating" and plan.delete == [Delete("Pod", "job-validate")]
+
+
+@pytest.mark.parametrize(
+    ("pods", "phase", "ready", "running_reason"),
+    [
+        ((), "Initializing", 0, c.REASON_WORKERS_STARTING),
+        ((pod("job-0", index=0),), "Initializing", 1, c.REASON_WORKERS_STARTING),
+        ((pod("job-0", index=0), pod("job-1", index=1, ready=False, phase="Pending")), "Initializing", 1, c.REASON_WORKERS_STARTING),
+        ((pod("job-0", index=0), pod("job-1", index=1)), "Running", 2, c.REASON_WORKERS_RUNNING),
+        # pods of an older attempt do not count
+        ((pod("job-0", index=0, attempt=1), pod("job-1", index=1, attempt=1)), "Initializing", 0, c.REASON_WORKERS_STARTING),
+    ],
+)
+def test_worker_readiness(pods: tuple[Any, ...], phase: str, ready: int, running_reason: str) -> None:
+    plan = decide(observed(status=RUNNING_STATUS, job_view=job(), pods=pods))
+    assert plan.status.phase == phase
+    assert plan.status.workers is not None and (plan.status.workers.ready, plan.status.workers.total) == (ready, 2)
+    assert cond(plan, "Running").reason == running_reason
+    assert not plan.apply and not plan.delete
+
+
+def test_gpu_seconds_accumulate_over_running_pods_and_prior_attempts() -> None:
+    pods = (pod("job-0", index=0, start=T0), pod("job-1", index=1, start=T0 + timedelta(minutes=5)))
+    plan = decide(observed(status={**RUNNING_STATUS, "priorGpuSeconds": 100.0}, job_view=job(), pods=pods, now=T0 + timedelta(minutes=10)))
+    # (600 s + 300 s) x 4 GPUs + 100
+    assert plan.status.gpu_seconds == 3700.0
+
+
+def test_failed_worker_restarts_the_group() -> None:
+    pods = (pod("job-0", index=0), pod("job-1", index=1, phase="Failed", ready=False, exit_code=4, message="NCCL timeout"))
+    plan = decide(observed(status=RUNNING_STATUS, job_view=job(failed=True), pods=pods))
+    assert plan.delete == [Delete("Job", "job", "Foreground")]
+    assert plan.status.restarts == 1 and plan.status.attempt == 1
+    assert plan.status.phase == "Initializing"
+    assert cond(plan, "Running").reason == c.REASON_RESTARTING and "worker 1" in cond(plan, "Running").message
+    assert any(e.reason == c.REASON_RESTARTING and e.type == "Warning" for e in plan.events)
+
+
+def test_next_attempt_waits_for_the_old_job_then_recreates() -> None:
+    status = {**RUNNING_STATUS, "phase": "Initializing", "attempt": 1, "restarts": 1}
+    waiting = decide(observed(status=status, job_view=job(attempt=0, deleting=True)))
+    assert not waiting.apply and not waiting.delete and waiting.status.phase == "Initializing"
+    created = decide(observed(status=status, job_view=None))
+    job_manifest = created.apply[-1]
+    assert job_manifest["kind"] == "Job" and job_manifest["metadata"]["labels"][ct.LABEL_ATTEMPT] == "1"
+    env = {e["name"]: e.get("value") for e in job_manifest["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env[ct.ENV_ATTEMPT] == "1"
+
+
+def test_restart_limit_fails_the_job() -> None:
+    status = {**RUNNING_STATUS, "attempt": 2, "restarts": 2}
+    pods = (pod("job-0", index=0, attempt=2, phase="Failed", ready=False, exit_code=4),)
+    plan = decide(observed(status=status, job_view=job(attempt=2, failed=True), pods=pods))
+    assert plan.status.phase == "Failed" and not plan.delete
+    assert cond(plan, "Failed").reason == c.REASON_RESTART_LIMIT_EXCEEDED
+    assert "maxRestarts (2)" in cond(plan, "Failed").message
+
+
+@pytest.mark.parametrize(("code", "reason"), [(2, c.REASON_CONFIG_ERROR), (3, c.REASON_DATA_ERROR)])
+def test_non_retryable_exit_codes_fail_at_once(code: int, reason: str) -> None:
+    pods = (pod("job-0", index=0, phase="Failed", ready=False, exit_code=code, message="bad"),)
+    plan = decide(observed(status=RUNNING_STATUS, job_view=job(failed=True), pods=pods))
+    assert plan.status.phase == "Failed" and plan.status.restarts == 0 and not plan.delete
+    assert cond(plan, "Failed").reason == reason and f"code {code}" in cond(plan, "Failed").message
+
+
+@pytest.mark.parametrize("kind", ["evicted", "preempted"])
+def test_disruptions_do_not_count(kind: str) -> None:
+    bad = (
+        pod("job-1-a", index=1, phase="Failed", ready=False, disrupted=True, exit_code=137)
+        if kind == "evicted"
+        else pod("job-1-a", index=1, phase="Failed", ready=False, exit_code=ct.EXIT_PREEMPTED)
+    )
+    pods = (pod("job-0", index=0), bad, pod("job-1-b", index=1, phase="Pending", ready=False))
+    plan = decide(observed(status=RUNNING_STATUS, job_view=job(), pods=pods))
+    assert plan.status.restarts == 0 and not plan.delete and plan.status.phase == "Initializing"
+
+
+def test_success_reads_the_rank0_summary() -> None:
+    summary = {"adapterUri": "s3://out-bucket/run/adapter/", "manifestUri": "s3://out-bucket/run/manifest.json", "sha256": "ab" * 32, "trainedTokens": 12345}
+    pods = (
+        pod("job-0", index=0, phase="Succeeded", ready=False, exit_code=0, message=json.dumps(summary)),
+        pod("job-1", index=1, phase="Succeeded", ready=False, exit_code=0),
+    )
+    plan = decide(observed(status=RUNNING_STATUS, job_view=job(complete=True), pods=pods))
+    assert plan.status.phase == "Succeeded"
+    assert plan.status.output is not None and plan.status.output.adapter_uri == summary["adapterUri"]
+    assert plan.status.output.manifest_uri == summary["manifestUri"] and plan.status.output.sha256 == summary["sha256"]
+    assert plan.status.trained_tokens == 12345
+    assert plan.status.progress is not None and plan.status.progress.percent == 100.0
+    assert cond(plan, "Succeeded").status == "True" and plan.status.completion_time is not None
+
+
+def test_terminal_phases_stay_terminal() -> None:
+    status = {"phase": "Succeeded", "completionTime": "2026-01-01T12:05:00Z", "observedGeneration": 1}
+    plan = decide(observed(status=status, job_view=None))
+    assert plan.status.phase == "Succeeded" and not plan.apply and not plan.delete
+
+
+def test_ttl_after_finished() -> None:
+    status = {"phase": "Succeeded", "completionTime": "2026-01-01T12:05:00Z", "observedGeneration": 1}
+    spec = minimal_spec(ttlSecondsAfterFinished=600)
+    early = decide(observed(spec, status, now=T0 + timedelta(minutes=10)))
+    assert early.requeue_after == 300 and not early.delete
+    late = decide(observed(spec, status, now=T0 + timedelta(minutes=16)))
+    assert late.delete == [Delete("FineTuneJob", "job")]
+
+
+@pytest.mark.parametrize(
+    ("spec_over", "job_suspended", "phase", "want_apply_suspend"),
+    [
+        ({"suspend": True}, False, "Suspended", True),  # user suspends a running job
+        ({"suspend": True}, True, "Suspended", None),  # already suspended: nothing to apply
+        ({}, True, "Initializing", False),  # resume
+        ({"queueName": "q"}, True, "Queued", None),  # waiting for Kueue: never unsuspend ourselves
+        ({"queueName": "q"}, False, "Running", None),  # admitted by Kueue
+    ],
+)
+def test_suspend_resume_and_queue(spec_over: dict[str, Any], job_suspended: bool, phase: str, want_apply_suspend: bool | None) -> None:
+    pods = () if job_suspended or spec_over.get("suspend") else (pod("job-0", index=0), pod("job-1", index=1))
+    plan = decide(observed(minimal_spec(**spec_over), RUNNING_STATUS, job_view=job(suspended=job_suspended), pods=pods))
+    assert plan.status.phase == phase
+    got = plan.apply[0]["spec"].get("suspend") if plan.apply else None
+    assert got == want_apply_suspend
+    if phase in ("Suspended", "Queued"):
+        assert cond(plan, "Suspended").status == "True"
+
+
+def test_suspended_before_validation_creates_nothing() -> None:
+    plan = decide(observed(minimal_spec(suspend=True)))
+    assert plan.status.phase == "Suspended" and not plan.apply
+
+
+def test_missing_runtime_waits_in_pending() -> None:
+    plan = decide(observed(minimal_spec(runtimeRef={"name": "gpu"})))
+    assert plan.status.phase == "Pending" and not plan.apply
+    assert cond(plan, "Validated").reason == c.REASON_RUNTIME_NOT_FOUND
+
+
+def test_spec_failure_is_reevaluated_after_an_edit() -> None:
+    runtime = parse_runtime({"image": "r/t:1", "allowedMethods": ["full"]})
+    spec = minimal_spec(runtimeRef={"name": "rt"})
+    failed = decide(observed(spec, runtime=runtime, runtime_found=True))
+    assert failed.status.phase == "Failed" and cond(failed, "Failed").reason == c.REASON_METHOD_NOT_ALLOWED
+    status = failed.status.to_wire()
+    same = decide(observed(spec, status, runtime=runtime, runtime_found=True))
+    assert same.status.phase == "Failed" and not same.apply
+    edited = decide(observed(minimal_spec(runtimeRef={"name": "rt"}, method={"type": "full"}), status, runtime=runtime, runtime_found=True, generation=2))
+    assert edited.status.phase == "Validating" and kinds(edited) == ["ConfigMap", "Pod"]
+
+
+def test_progress_is_folded_into_status() -> None:
+    progress = Progress(step=50, total_steps=200, percent=25.0, loss=1.2345, tokens_per_second=1000.0, eta_seconds=3725, trained_tokens=5000)
+    pods = (pod("job-0", index=0), pod("job-1", index=1))
+    plan = decide(observed(status=RUNNING_STATUS, job_view=job(), pods=pods, progress=progress))
+    assert plan.status.progress is not None and plan.status.progress.eta == "1h02m" and plan.status.progress.percent == 25.0
+    assert plan.status.trained_tokens == 5000
+    uploading = decide(observed(status=RUNNING_STATUS, job_view=job(), pods=pods, progress=progress.model_copy(update={"stage": "uploading"})))
+    assert uploading.status.phase == "Uploading"
+
+
+def test_same_observation_same_plan_and_no_status_change() -> None:
+    pods = (pod("job-0", index=0), pod("job-1", index=1))
+    first = decide(observed(status=RUNNING_STATUS, job_view=job(), pods=pods))
+    second = decide(observed(status=first.status.to_wire(), job_view=job(), pods=pods))
+    assert second.status == first.status and not second.apply and not second.events
+
+
+def test_condition_transition_time_kept_while_status_unchanged() -> None:
+    pods = (pod("job-0", index=0), pod("job-1", index=1))
+    first = decide(observed(status=RUNNING_STATUS, job_view=job(), pods=pods, now=T0))
+    later = decide(observed(status=first.status.to_wire(), job_view=job(), pods=pods, now=T0 + timedelta(hours=1)))
+    assert cond(later, "Running").last_transition_time == cond(first, "Running").last_transition_time
