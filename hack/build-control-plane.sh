@@ -44,6 +44,13 @@ mkdir -p "$BIN" "$SRC"
 T0=$(date +%s)
 log() { printf '[build-control-plane %4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 
+# One build at a time per version stamp (tests, make targets and other checkouts share the cache).
+exec 9>"$ROOT/.build.lock"
+if ! flock -n 9; then
+  log "another build of $STAMP is running; waiting for it"
+  flock 9
+fi
+
 need() {  # need NAME... -> true when any of the binaries is missing
   local n
   for n in "$@"; do [[ -x "$BIN/$n" ]] || return 0; done
@@ -57,8 +64,8 @@ gobuild() {
   if [[ -x "$BIN/$name" ]]; then log "$name: already built, skipping"; return; fi
   t=$(date +%s)
   log "$name: go build $pkg ..."
-  (cd "$dir" && go build -p "$P" -trimpath -ldflags "-s -w $ld" -o "$BIN/$name.tmp" "$pkg")
-  mv "$BIN/$name.tmp" "$BIN/$name"
+  (cd "$dir" && go build -p "$P" -trimpath -ldflags "-s -w $ld" -o "$BIN/$name.tmp.$$" "$pkg")
+  mv "$BIN/$name.tmp.$$" "$BIN/$name"
   log "$name: built in $(( $(date +%s) - t ))s ($(du -h "$BIN/$name" | cut -f1))"
 }
 
