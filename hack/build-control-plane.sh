@@ -42,6 +42,7 @@ P="${GO_BUILD_P:-2}"
 mkdir -p "$BIN" "$SRC"
 
 T0=$(date +%s)
+BUILT=0
 log() { printf '[build-control-plane %4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 
 # One build at a time per version stamp (tests, make targets and other checkouts share the cache).
@@ -66,6 +67,7 @@ gobuild() {
   log "$name: go build $pkg ..."
   (cd "$dir" && go build -p "$P" -trimpath -ldflags "-s -w $ld" -o "$BIN/$name.tmp.$$" "$pkg")
   mv "$BIN/$name.tmp.$$" "$BIN/$name"
+  BUILT=1
   log "$name: built in $(( $(date +%s) - t ))s ($(du -h "$BIN/$name" | cut -f1))"
 }
 
@@ -145,8 +147,10 @@ if need helm; then
 else log "helm: already built, skipping"; fi
 
 echo "$STAMP" > "$BIN/VERSION"
-log "done: $BIN"
-for b in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm; do
-  printf '  %-24s %s\n' "$b" "$(du -h "$BIN/$b" | cut -f1)"
-done
-log "cache size: $(du -sh "$CACHE" 2>/dev/null | cut -f1) in $CACHE"
+log "done in $(( $(date +%s) - T0 ))s: $BIN"
+if [[ "$BUILT" == 1 ]]; then
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm; do
+    printf '  %-24s %s\n' "$b" "$(du -h "$BIN/$b" | cut -f1)"
+  done
+  log "cache size: $(du -sh "$CACHE" 2>/dev/null | cut -f1) in $CACHE"
+fi
