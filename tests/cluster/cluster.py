@@ -294,8 +294,21 @@ class ControlPlane:
 
         ``detach=False``: the processes belong to this Python process and are stopped at exit,
         on SIGTERM/SIGHUP, and (PDEATHSIG) when it dies. ``detach=True``: they outlive it.
+        A free port taken by someone else between choosing and binding it (other control
+        planes start concurrently) is retried with new ports, twice at most.
         """
+        for attempt in range(3):
+            try:
+                return self._start_once(detach=detach, timeout=timeout)
+            except ClusterError as exc:
+                if attempt == 2 or "address already in use" not in str(exc):
+                    raise
+                eprint(f"[tests.cluster] port clash, retrying with new ports: {exc.args[0][:200]}")
+        raise AssertionError("unreachable")
+
+    def _start_once(self, *, detach: bool, timeout: float) -> ControlPlane:
         t0 = time.monotonic()
+        self.components = {}
         self.state_dir.mkdir(parents=True, exist_ok=True)
         for stale in ("etcd-data", "pki", "apiserver-certs"):
             _rmtree(self.state_dir / stale)

@@ -137,3 +137,37 @@ def test_cli_up_status_down(tmp_path: Path) -> None:
     assert record is not None
     assert _survivors(record) == {}
     assert run("status").returncode == 1
+
+
+def test_a_port_taken_meanwhile_is_retried_with_new_ports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process binds etcd's port between choosing and binding it: start retries."""
+    import socket
+
+    from tests.cluster import cluster as cluster_mod
+
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    taken = blocker.getsockname()[1]
+    real_free_port = cluster_mod.free_port
+    handed_out: list[int] = []
+
+    def free_port() -> int:
+        port = taken if not handed_out else real_free_port()
+        handed_out.append(port)
+        return port
+
+    monkeypatch.setattr(cluster_mod, "free_port", free_port)
+    cp = ControlPlane(tmp_path / "cluster", nodes=1)
+    try:
+        cp.start()
+        assert cp.healthy()
+        assert cp.ports["etcd"] != taken
+        assert handed_out.count(taken) == 1 and len(handed_out) == 12  # two attempts
+        record = {"pids": cp.pids(), "argv0": {n: c.argv[0] for n, c in cp.components.items()}}
+    finally:
+        cp.stop()
+        blocker.close()
+    assert _survivors(record) == {}
