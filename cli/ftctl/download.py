@@ -79,9 +79,14 @@ def read_metrics(text: str) -> list[dict[str, Any]]:
 
 def plot_loss(rows: list[dict[str, Any]], dest: pathlib.Path, title: str) -> bool:
     """Draw train (and eval) loss against step into `dest`; False when there is nothing to draw."""
-    train = [(r["step"], r["loss"]) for r in rows if _num(r.get("loss")) and "step" in r]
-    evals = [(r["step"], r["evalLoss"]) for r in rows if _num(r.get("evalLoss")) and "step" in r]
-    evals += [(r["step"], r["eval_loss"]) for r in rows if _num(r.get("eval_loss")) and "step" in r]
+    rows = [r for r in rows if "step" in r and not r.get("final")]  # "final" repeats the last step
+    train = [(r["step"], r["loss"]) for r in rows if _num(r.get("loss"))]
+    # rows carry the latest eval loss forward: keep only the steps where a new one appeared
+    evals: list[tuple[Any, Any]] = []
+    for r in rows:
+        value = r.get("evalLoss", r.get("eval_loss"))
+        if _num(value) and (not evals or value != evals[-1][1]):
+            evals.append((r["step"], value))
     if not train and not evals:
         return False
     try:
@@ -97,7 +102,7 @@ def plot_loss(rows: list[dict[str, Any]], dest: pathlib.Path, title: str) -> boo
     if train:
         ax.plot(*zip(*train, strict=True), label="train loss")
     if evals:
-        ax.plot(*zip(*sorted(evals), strict=True), "o-", label="eval loss")
+        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)

@@ -72,13 +72,17 @@ def trainer_config(job: JobManifest, overrides: Overrides) -> TrainerConfig:
             f"{job.path}: spec.output is not set (the cluster takes it from runtime "
             f"{spec.runtime_ref.name if spec.runtime_ref else '?'}); pass --output DIR or --output s3://bucket/prefix/"
         )
-    if overrides.endpoint:
-        output["endpoint"] = overrides.endpoint
     data["output"] = output
     if overrides.model:
         data["model"] = {**data["model"], "uri": _local_or_uri(overrides.model)}
     if overrides.dataset:
         data["dataset"] = {**data["dataset"], "uri": _local_or_uri(overrides.dataset)}
+    for block in ("model", "dataset", "output"):
+        # --endpoint replaces every S3 endpoint of the manifest (in-cluster names do not resolve here)
+        if not data[block]["uri"].startswith("s3://"):
+            data[block].pop("endpoint", None)
+        elif overrides.endpoint:
+            data[block]["endpoint"] = overrides.endpoint
     if overrides.max_steps is not None:
         data["hyperparameters"] = {**data["hyperparameters"], "maxSteps": overrides.max_steps}
         every = data["checkpoint"].get("everySteps")
@@ -236,17 +240,22 @@ def summary_table(result: RunResult) -> Table:
 
 
 # --- pre-flight (ftctl validate) ---------------------------------------------------------------
-def preflight(job: JobManifest) -> dict[str, Any]:
+def preflight(job: JobManifest, overrides: Overrides | None = None) -> dict[str, Any]:
     """The trainer's `validate` command on this machine: model + dataset reachable, rows parse."""
-    overrides = Overrides(output=None if job.spec.output is not None else tempfile.gettempdir())
-    config = trainer_config(job, overrides)
+    given = overrides or Overrides()
+    with tempfile.TemporaryDirectory(prefix="ftctl-out-") as scratch:
+        config = trainer_config(job, dataclasses.replace(given, output=scratch))
+        return _preflight(job, config)
+
+
+def _preflight(job: JobManifest, config: TrainerConfig) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="ftctl-validate-") as d:
         work = pathlib.Path(d)
         config_path = write_config(config, work)
         summary_path = work / "summary.json"
         env = _env_for(config)
         env["FINETUNE_WORK_DIR"] = str(work / "trainer")
-        code = _run_trainer(["validate", "--config", str(config_path), "--summary", str(summary_path)],
+        code = _run_trainer(["validate", "--config", str(config_path), "--termination-log", str(summary_path)],
                             env=env, nproc=1)
         summary: dict[str, Any] = {}
         if summary_path.exists():
@@ -258,9 +267,17 @@ def preflight(job: JobManifest) -> dict[str, Any]:
 
 
 def describe_preflight(summary: dict[str, Any]) -> str:
+    """One line from the trainer's validate summary: rows, split, token lengths, labels."""
+    data = summary.get("dataset") or {}
+    model = summary.get("model") or {}
     parts = []
-    for key, label in (("rows", "rows"), ("trainRows", "training rows"), ("validationRows", "validation rows"),
-                       ("tooLong", "rows longer than maxSeqLength")):
-        if key in summary:
-            parts.append(f"{summary[key]} {label}")
+    if model.get("modelType"):
+        parts.append(f"model {model['modelType']}")
+    for key, label in (("rows", "rows"), ("trainRows", "train"), ("validationRows", "validation"),
+                       ("maxTokens", "max tokens"), ("meanTokens", "mean tokens"),
+                       ("rowsLongerThanMaxSeqLength", "rows longer than maxSeqLength")):
+        if key in data:
+            parts.append(f"{data[key]} {label}")
+    if data.get("labels"):
+        parts.append(f"labels {', '.join(map(str, data['labels']))}")
     return ", ".join(parts) or "dataset parses"

@@ -52,6 +52,10 @@ KubeconfigOpt = Annotated[
     str | None, typer.Option("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config)")
 ]
 ContextOpt = Annotated[str | None, typer.Option("--context", help="kubeconfig context")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override a spec field, e.g. --set hyperparameters.epochs=4 (repeatable)"),
+]
 NamespaceOpt = Annotated[
     str | None, typer.Option("--namespace", "-n", help="namespace (default: the manifest's, else the context's)")
 ]
@@ -106,17 +110,25 @@ def validate(
         bool,
         typer.Option(help="also check that the model and dataset are reachable and the dataset parses"),
     ] = True,
+    model: Annotated[str | None, typer.Option(help="pre-flight this model URI instead of spec.model.uri")] = None,
+    dataset: Annotated[str | None, typer.Option(help="pre-flight this dataset URI instead of spec.dataset.uri")] = None,
+    endpoint: Annotated[str | None, typer.Option(help="S3 endpoint for the pre-flight (else $AWS_ENDPOINT_URL)")] = None,
+    set_: SetOpt = None,
 ) -> None:
-    """Check a FineTuneJob manifest against the API schema, then pre-flight its model and dataset."""
+    """Check a FineTuneJob manifest against the API schema, then pre-flight its model and dataset.
+
+    The pre-flight runs the trainer's `validate` command here, with this shell's credentials
+    (AWS_*, HF_TOKEN): model and tokenizer load, dataset reachable, every row parses.
+    """
     from . import manifest
 
-    job = manifest.load(file)
+    job = manifest.load(file, set_)
     out.print(f"[green]✓[/] {file}: FineTuneJob {job.name!r} matches the schema")
     if not preflight:
         return
     from . import local
 
-    summary = local.preflight(job)
+    summary = local.preflight(job, local.Overrides(model=model, dataset=dataset, endpoint=endpoint))
     out.print(f"[green]✓[/] model and dataset reachable; {local.describe_preflight(summary)}")
 
 
@@ -126,13 +138,14 @@ def validate(
 def submit(
     file: Annotated[pathlib.Path, typer.Argument(help="FineTuneJob manifest (YAML)")],
     namespace: NamespaceOpt = None,
+    set_: SetOpt = None,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
 ) -> None:
     """Validate a FineTuneJob manifest and create it in the cluster."""
     from . import manifest
 
-    job = manifest.load(file)
+    job = manifest.load(file, set_)
     cluster = _cluster(kubeconfig, context)
     ns = namespace or job.namespace or cluster.default_namespace
     body = dict(job.document)
@@ -310,7 +323,7 @@ def run(
         str | None, typer.Option(help="override spec.output.uri: a directory or s3://bucket/prefix/")
     ] = None,
     endpoint: Annotated[
-        str | None, typer.Option(help="override spec.output.endpoint (S3-compatible endpoint URL)")
+        str | None, typer.Option(help="S3-compatible endpoint URL for every s3:// URI of the manifest (model, dataset, output)")
     ] = None,
     model: Annotated[str | None, typer.Option(help="override spec.model.uri (e.g. a local directory)")] = None,
     dataset: Annotated[str | None, typer.Option(help="override spec.dataset.uri")] = None,
@@ -323,6 +336,7 @@ def run(
     workdir: Annotated[
         pathlib.Path | None, typer.Option(help="scratch directory (default: a temporary one)")
     ] = None,
+    set_: SetOpt = None,
 ) -> None:
     """Train a FineTuneJob manifest on this machine: no cluster, same trainer, same outputs.
 
@@ -333,7 +347,7 @@ def run(
 
     if not local_:
         raise UserError("only local runs are supported: pass --local (use `ftctl submit` for the cluster)")
-    job = manifest.load(file)
+    job = manifest.load(file, set_)
     overrides = local.Overrides(
         output=output, endpoint=endpoint, model=model, dataset=dataset, max_steps=max_steps
     )

@@ -136,7 +136,36 @@ def _model_of(annotation: Any) -> Any:
     return None
 
 
-def load(path: pathlib.Path) -> JobManifest:
+def apply_sets(doc: dict[str, Any], assignments: list[str], path: pathlib.Path) -> dict[str, Any]:
+    """Apply `--set spec.a.b=value` (value parsed as YAML) to a copy of the document."""
+    import copy
+
+    out = copy.deepcopy(doc)
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item!r}: expected PATH=VALUE, e.g. spec.hyperparameters.epochs=4")
+        parts = key.strip().split(".")
+        if parts[0] != "spec":
+            parts.insert(0, "spec")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise UserError(f"--set {item!r}: the value is not valid YAML") from None
+        node: Any = out
+        for part in parts[:-1]:
+            if not isinstance(node, dict):
+                raise UserError(f"--set {item!r}: {part} is not a mapping in {path}")
+            node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {item!r}: {'.'.join(parts[:-1])} is not a mapping in {path}")
+        node[parts[-1]] = value
+    return out
+
+
+def load(path: pathlib.Path, sets: list[str] | None = None) -> JobManifest:
     doc = read_document(path)
+    if sets:
+        doc = apply_sets(doc, sets, path)
     spec = check_document(doc, path)
     return JobManifest(path=path, document=doc, spec=spec)
