@@ -7,7 +7,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import yaml
-
 from finetune_operator.api import ClusterFineTuneRuntimeSpec, FineTuneJobStatus, parse_runtime
 from finetune_operator.plan import Observed
 from finetune_operator.resolve import JobMeta

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 import yaml
-
 from finetune_operator import crdgen
 from finetune_operator.api import InvalidResource, parse_job
 from finetune_operator.progress import parse_progress, progress_url
 from finetune_operator.views import job_view, pod_view
+
 from tests.operator.helpers import REPO, example_jobs, load
 from tests.operator.malformed import CASES, Case
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 import yaml
-
 from finetune_operator import builders
 from finetune_operator import constants as c
 from finetune_operator.api import parse_job, parse_runtime
 from finetune_operator.resolve import JobMeta, OperatorConfig, Problem, Resolved, resolve
+
 from tests.operator.helpers import GOLDEN, UID, example_jobs, example_runtimes, load, minimal_spec
 
 ct = c.contract

@@ -8,10 +8,10 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-
 from finetune_operator import constants as c
 from finetune_operator.api import Progress, parse_runtime
 from finetune_operator.plan import Delete, decide
+
 from tests.operator.helpers import T0, VALIDATED, job, minimal_spec, observed, pod
 
 ct = c.contract

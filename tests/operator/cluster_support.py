@@ -1,0 +1,230 @@
+"""Running the operator against the real control plane, as a ServiceAccount with exactly the
+RBAC of operator/finetune_operator/rbac.yaml, and driving its pods through kwok.
+
+`operator` (session fixture): installs crds/, the peering object, the ServiceAccount and its
+ClusterRole(Binding), then runs `python -m finetune_operator.main` with a TokenRequest kubeconfig
+for that ServiceAccount. `Kube` bundles the admin API clients and wait/annotate helpers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from finetune_operator import constants as c
+from kubernetes import client as k8s
+from kubernetes.client.rest import ApiException
+
+from tests.cluster import kwok
+from tests.cluster.cluster import ControlPlane, free_port
+from tests.operator.helpers import REPO
+
+ct = c.contract
+OPERATOR_NAMESPACE = "ftop-system"
+OPERATOR_SA = "finetune-operator"
+RBAC_FILE = REPO / "operator" / "finetune_operator" / "rbac.yaml"
+TEST_IMAGE = "registry.invalid/finetune-trainer:test"
+
+
+class Kube:
+    """Admin API clients plus polling helpers used by the integration tests."""
+
+    def __init__(self, cluster: ControlPlane) -> None:
+        self.cluster = cluster
+        self.api = cluster.api_client()
+        self.core = k8s.CoreV1Api(self.api)
+        self.batch = k8s.BatchV1Api(self.api)
+        self.custom = k8s.CustomObjectsApi(self.api)
+
+    # --- FineTuneJobs ---------------------------------------------------------------------------
+    def create_ftj(self, namespace: str, name: str, spec: dict[str, Any], annotations: dict[str, str] | None = None) -> dict[str, Any]:
+        body = {"apiVersion": ct.API_VERSION, "kind": ct.KIND_JOB, "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+        if annotations:
+            body["metadata"]["annotations"] = annotations
+        return dict(self.custom.create_namespaced_custom_object(ct.GROUP, ct.VERSION, namespace, ct.PLURAL_JOB, body))
+
+    def ftj(self, namespace: str, name: str) -> dict[str, Any]:
+        return dict(self.custom.get_namespaced_custom_object(ct.GROUP, ct.VERSION, namespace, ct.PLURAL_JOB, name))
+
+    def patch_spec(self, namespace: str, name: str, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(ct.GROUP, ct.VERSION, namespace, ct.PLURAL_JOB, name, {"spec": spec})
+
+    def status(self, namespace: str, name: str) -> dict[str, Any]:
+        return dict(self.ftj(namespace, name).get("status") or {})
+
+    def condition(self, namespace: str, name: str, type_: str) -> dict[str, Any]:
+        return next((x for x in self.status(namespace, name).get("conditions", []) if x["type"] == type_), {})
+
+    def wait_phase(self, namespace: str, name: str, phase: str, timeout: float = 60) -> dict[str, Any]:
+        return self.wait(lambda: self.status(namespace, name).get("phase") == phase and self.status(namespace, name), f"{name} in phase {phase}", timeout, lambda: self.status(namespace, name))
+
+    # --- children ---------------------------------------------------------------------------------
+    def pods(self, namespace: str, selector: str = "") -> list[Any]:
+        return list(self.core.list_namespaced_pod(namespace, label_selector=selector).items)
+
+    def trainer_pods(self, namespace: str, job: str, attempt: int | None = None) -> list[Any]:
+        sel = f"{ct.LABEL_JOB_NAME}={job},{ct.LABEL_COMPONENT}={ct.COMPONENT_TRAINER}"
+        if attempt is not None:
+            sel += f",{ct.LABEL_ATTEMPT}={attempt}"
+        return [p for p in self.pods(namespace, sel) if p.metadata.deletion_timestamp is None]
+
+    def jobs(self, namespace: str) -> list[Any]:
+        return list(self.batch.list_namespaced_job(namespace).items)
+
+    def job(self, namespace: str, name: str) -> Any | None:
+        try:
+            return self.batch.read_namespaced_job(name, namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise
+
+    def set_result(self, namespace: str, pod: str, result: str, exit_code: int | None = None) -> None:
+        kwok.set_pod_result(self.core, namespace, pod, result, exit_code=exit_code)
+
+    def pass_validation(self, namespace: str, job: str, timeout: float = 60) -> None:
+        name = f"{job}-validate"
+        self.wait(lambda: any(p.metadata.name == name and p.status.phase == "Running" for p in self.pods(namespace)), f"validation pod {name} running", timeout)
+        self.set_result(namespace, name, kwok.SUCCEEDED)
+
+    def wait_running_pods(self, namespace: str, job: str, count: int, attempt: int | None = None, timeout: float = 60) -> list[Any]:
+        def ready() -> list[Any] | None:
+            pods = [p for p in self.trainer_pods(namespace, job, attempt) if p.status.phase == "Running"]
+            return pods if len(pods) == count else None
+
+        return self.wait(ready, f"{count} running trainer pods of {job}", timeout)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def wait(check: Callable[[], Any], what: str, timeout: float = 60, show: Callable[[], Any] | None = None, interval: float = 0.25) -> Any:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            try:
+                last = check()
+            except ApiException as err:
+                if err.status != 404:
+                    raise
+                last = None
+            if last:
+                return last
+            time.sleep(interval)
+        detail = show() if show else last
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; last seen: {detail}")
+
+
+class OperatorProcess:
+    """The operator, run as the ServiceAccount with the rbac.yaml ClusterRole only."""
+
+    def __init__(self, cluster: ControlPlane, log_dir: Path) -> None:
+        self.cluster = cluster
+        self.log_dir = log_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = 0
+        self.liveness_port = 0
+        self.starts = 0
+        self.kubeconfig = cluster.service_account_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_SA)
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / f"operator-{self.starts}.log"
+
+    def start(self, priority: int) -> None:
+        self.starts += 1
+        self.metrics_port, self.liveness_port = free_port(), free_port()
+        env = {
+            **self.cluster.env(self.kubeconfig),
+            "FINETUNE_OPERATOR_TRAINER_IMAGE": TEST_IMAGE,
+            "PYTHONUNBUFFERED": "1",
+        }
+        argv = [
+            sys.executable, "-m", "finetune_operator.main",
+            "--metrics-port", str(self.metrics_port), "--metrics-addr", "127.0.0.1",
+            "--liveness-port", str(self.liveness_port),
+            "--priority", str(priority), "--peering-lifetime", "10",
+        ]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+        Kube.wait(self.healthy, "operator liveness endpoint", 60, self.tail)
+
+    def healthy(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"operator exited ({self.proc.returncode if self.proc else None}):\n{self.tail()}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as r:
+                return bool(r.status == 200)
+        except OSError:
+            return False
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, no peering goodbye (a crash)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def install(cluster: ControlPlane) -> None:
+    """CRDs, peering object, operator namespace + ServiceAccount + ClusterRole(Binding)."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.finetune.dev", "crd/clusterfinetuneruntimes.finetune.dev", "crd/clusterkopfpeerings.kopf.dev")
+    role = yaml.safe_load(RBAC_FILE.read_text())
+    docs = [
+        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": c.PEERING_NAME}},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": OPERATOR_SA, "namespace": OPERATOR_NAMESPACE}},
+        role,
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": role["metadata"]["name"]},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]},
+            "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": OPERATOR_NAMESPACE}],
+        },
+    ]
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input="---\n".join(yaml.safe_dump(d) for d in docs))
+
+
+@pytest.fixture(scope="session")
+def kube(kube_cluster: ControlPlane) -> Kube:
+    return Kube(kube_cluster)
+
+
+@pytest.fixture(scope="session")
+def ftop(kube_cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    install(kube_cluster)
+    proc = OperatorProcess(kube_cluster, tmp_path_factory.mktemp("operator"))
+    proc.start(priority=100)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        print(f"\n[tests.operator] operator log ({proc.log_path}), last lines:\n{proc.tail(20)}", file=sys.stderr)
+
+

@@ -1,0 +1,313 @@
+"""The operator against the real control plane (tests/cluster), running as a ServiceAccount with
+exactly operator/finetune_operator/rbac.yaml; pods are driven through their lifecycle by kwok.
+
+Run just these:  .venv/bin/python -m pytest tests/operator -m cluster
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import subprocess
+from typing import Any
+
+import pytest
+import yaml
+from finetune_operator import constants as c
+
+from tests.cluster import kwok
+from tests.cluster.cluster import ControlPlane
+from tests.operator.cluster_support import (
+    OPERATOR_NAMESPACE,
+    OPERATOR_SA,
+    TEST_IMAGE,
+    Kube,
+    OperatorProcess,
+)
+from tests.operator.helpers import EXAMPLES, load, minimal_spec
+from tests.operator.malformed import CASES, Case
+
+pytestmark = pytest.mark.cluster
+ct = c.contract
+
+
+def small(**over: Any) -> dict[str, Any]:
+    """A 2-node, 1-GPU-per-node job that fits the fake nodes."""
+    spec = minimal_spec(resources={"nodes": 2, "gpusPerNode": 1, "cpu": "1", "memory": "1Gi"})
+    spec.update(over)
+    return spec
+
+
+def start_running(kube: Kube, ns: str, name: str, spec: dict[str, Any] | None = None, nodes: int = 2) -> None:
+    kube.create_ftj(ns, name, spec or small())
+    kube.pass_validation(ns, name)
+    kube.wait_running_pods(ns, name, nodes, attempt=0)
+    kube.wait_phase(ns, name, "Running")
+
+
+# --- examples -----------------------------------------------------------------------------------------
+def test_examples_are_accepted_and_become_the_right_children(kube: Kube, ftop: OperatorProcess, kube_cluster: ControlPlane, kube_namespace: str) -> None:
+    ns = kube_namespace
+    kube_cluster.kubectl("apply", "-f", str(EXAMPLES / "runtime-a100-lora.yaml"))
+    priority_class = {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "training"}, "value": 1000}
+    kube_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(priority_class))  # named by the preset
+    docs = {p.stem: load(p) for p in EXAMPLES.glob("*.yaml") if load(p)["kind"] == "FineTuneJob"}
+    for doc in docs.values():
+        doc["metadata"]["namespace"] = ns
+        out = kube_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(doc))
+        assert "created" in out.stdout
+    names = {stem: doc["metadata"]["name"] for stem, doc in docs.items()}
+    for name in names.values():
+        kube.pass_validation(ns, name)
+
+    # every example: ConfigMap with the TrainerConfig, headless Service, Indexed Job
+    for stem, name in names.items():
+        job = kube.wait(lambda n=name: kube.job(ns, n), f"Job {name}")
+        spec = docs[stem]["spec"]
+        nodes = spec["resources"]["nodes"]
+        assert job.spec.completion_mode == "Indexed" and job.spec.completions == job.spec.parallelism == nodes
+        assert job.metadata.owner_references[0].kind == "FineTuneJob" and job.metadata.owner_references[0].controller
+        assert job.spec.template.spec.subdomain == f"{name}-workers"
+        cm = kube.core.read_namespaced_config_map(f"{name}-config", ns)
+        config = yaml.safe_load(cm.data[ct.CONFIG_FILE_NAME])
+        assert config["jobName"] == name and config["namespace"] == ns and config["model"]["uri"] == spec["model"]["uri"]
+        svc = kube.core.read_namespaced_service(f"{name}-workers", ns)
+        assert svc.spec.cluster_ip == "None"
+        ctr = job.spec.template.spec.containers[0]
+        env = {e.name: e for e in ctr.env}
+        assert env[ct.ENV_MASTER_ADDR].value == f"{name}-0.{name}-workers.{ns}.svc"
+        for secret_env in (ct.ENV_AWS_ACCESS_KEY_ID, ct.ENV_AWS_SECRET_ACCESS_KEY):
+            if secret_env in env:
+                assert env[secret_env].value is None and env[secret_env].value_from.secret_key_ref.name
+
+    # the preset filled in image, GPUs and output; queueName -> Kueue label and a suspended Job
+    chat = kube.job(ns, names["lora-chat"])
+    assert chat.metadata.labels[ct.LABEL_KUEUE_QUEUE] == "team-a" and chat.spec.suspend is True
+    assert chat.spec.template.spec.containers[0].image == "ghcr.io/finetune-operator/trainer:0.1.0"
+    assert chat.spec.template.spec.containers[0].resources.limits["nvidia.com/gpu"] == "8"
+    kube.wait_phase(ns, names["lora-chat"], "Queued")
+    assert kube.condition(ns, names["lora-chat"], "Suspended")["reason"] == c.REASON_QUEUED
+    # the CPU classification job runs on a fake node: Running with 1/1 workers
+    kube.wait_running_pods(ns, names["classification-minilm"], 1)
+    st = kube.wait_phase(ns, names["classification-minilm"], "Running")
+    assert st["workers"] == {"ready": 1, "total": 1}
+    pod = kube.trainer_pods(ns, names["classification-minilm"])[0]
+    assert pod.spec.hostname == f"{names['classification-minilm']}-0"
+    # 4 pods of 900Gi do not fit the fake nodes (512Gi): all 4 workers created, none running
+    kube.wait(lambda: len(kube.trainer_pods(ns, names["deepspeed-full"])) == 4, "4 worker pods")
+    st = kube.wait_phase(ns, names["deepspeed-full"], "Initializing")
+    assert st["workers"] == {"ready": 0, "total": 4}
+    assert kube.condition(ns, names["deepspeed-full"], "Running")["reason"] == c.REASON_WORKERS_STARTING
+    # Kueue admits the queued job (simulated: another field manager unsuspends the Job)
+    kube.batch.patch_namespaced_job(names["lora-chat"], ns, {"spec": {"suspend": False}})
+    kube.wait(lambda: len(kube.trainer_pods(ns, names["lora-chat"])) == 2, "admitted chat job pods")
+    kube.wait_phase(ns, names["lora-chat"], "Initializing")  # 2 x 8 GPUs but the fake nodes hold the other jobs' GPUs
+    assert kube.job(ns, names["lora-chat"]).spec.suspend is False  # the operator did not take it back
+    kube_cluster.kubectl("delete", "-f", str(EXAMPLES / "runtime-a100-lora.yaml"), "--wait=false")
+
+
+# --- admission -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
+def test_malformed_manifest_is_rejected_naming_the_field(case: Case, kube_cluster: ControlPlane, ftop: OperatorProcess) -> None:
+    doc = {"apiVersion": ct.API_VERSION, "kind": ct.KIND_JOB, "metadata": {"name": case.name, "namespace": "default"}, "spec": case.spec}
+    proc = kube_cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert proc.returncode != 0, f"{case.id} was accepted: {proc.stdout}"
+    assert case.field in proc.stderr, f"{case.id}: message does not name {case.field}: {proc.stderr}"
+
+
+def test_at_least_fifteen_malformed_cases() -> None:
+    assert len(CASES) >= 15
+
+
+def test_spec_is_immutable_once_started_except_suspend(kube: Kube, ftop: OperatorProcess, kube_cluster: ControlPlane, kube_namespace: str) -> None:
+    ns = kube_namespace
+    kube.create_ftj(ns, "frozen", small())
+    kube.wait(lambda: kube.status(ns, "frozen").get("startTime"), "startTime")
+    patch = '{"spec": {"model": {"uri": "hf://org/other-model"}}}'
+    proc = kube_cluster.kubectl("-n", ns, "patch", "ftj", "frozen", "--type=merge", "-p", patch, check=False)
+    assert proc.returncode != 0 and "spec.model" in proc.stderr and "immutable" in proc.stderr, proc.stderr
+    kube_cluster.kubectl("-n", ns, "patch", "ftj", "frozen", "--type=merge", "-p", '{"spec": {"suspend": true}}')
+    assert kube.ftj(ns, "frozen")["spec"]["suspend"] is True
+
+
+# --- lifecycles -------------------------------------------------------------------------------------------------
+def test_success_lifecycle_phases_conditions_events(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    ns = kube_namespace
+    kube.create_ftj(ns, "ok", small())
+    st = kube.wait_phase(ns, "ok", "Validating")
+    assert st["conditions"][0]["type"] == "Validated" and st["conditions"][0]["status"] == "False"
+    assert kube.job(ns, "ok") is None  # no GPU before validation
+    kube.pass_validation(ns, "ok")
+    pods = kube.wait_running_pods(ns, "ok", 2, attempt=0)
+    st = kube.wait_phase(ns, "ok", "Running")
+    assert st["workers"] == {"ready": 2, "total": 2}
+    assert kube.condition(ns, "ok", "Validated")["reason"] == c.REASON_VALIDATION_PASSED
+    assert kube.condition(ns, "ok", "Running")["status"] == "True"
+    for p in pods:
+        kube.set_result(ns, p.metadata.name, kwok.SUCCEEDED)
+    st = kube.wait_phase(ns, "ok", "Succeeded")
+    assert st["completionTime"] and st["startTime"] and st["restarts"] == 0
+    assert kube.condition(ns, "ok", "Succeeded")["status"] == "True"
+    events = kube.core.list_namespaced_event(ns, field_selector="involvedObject.name=ok").items
+    reasons = {e.reason for e in events}
+    assert {c.REASON_VALIDATION_PENDING, c.REASON_VALIDATION_PASSED, c.REASON_WORKERS_RUNNING, c.REASON_TRAINING_SUCCEEDED} <= reasons, reasons
+
+
+def test_failed_worker_restarts_the_group_then_fails_past_max_restarts(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    ns = kube_namespace
+    start_running(kube, ns, "flaky", small(maxRestarts=1))
+    first_uid = kube.job(ns, "flaky").metadata.uid
+    victim = sorted(kube.trainer_pods(ns, "flaky", 0), key=lambda p: p.metadata.name)[1]
+    kube.set_result(ns, victim.metadata.name, kwok.FAILED, exit_code=ct.EXIT_TRAINING_ERROR)
+    # group restart: a new Job (attempt 1) with all workers, FINETUNE_ATTEMPT=1
+    kube.wait(lambda: (j := kube.job(ns, "flaky")) is not None and j.metadata.uid != first_uid and j, "the attempt-1 Job", 90)
+    pods = kube.wait_running_pods(ns, "flaky", 2, attempt=1, timeout=90)
+    env = {e.name: e.value for e in pods[0].spec.containers[0].env}
+    assert env[ct.ENV_ATTEMPT] == "1"
+    st = kube.wait_phase(ns, "flaky", "Running")
+    assert st["restarts"] == 1 and st["attempt"] == 1
+    assert "attempt 0 failed" in kube.condition(ns, "flaky", "Running").get("message", "") or st["phase"] == "Running"
+    # second failure: maxRestarts (1) reached -> Failed
+    kube.set_result(ns, pods[0].metadata.name, kwok.FAILED, exit_code=ct.EXIT_TRAINING_ERROR)
+    st = kube.wait_phase(ns, "flaky", "Failed", 90)
+    failed = kube.condition(ns, "flaky", "Failed")
+    assert failed["reason"] == c.REASON_RESTART_LIMIT_EXCEEDED and "maxRestarts (1)" in failed["message"]
+    assert st["restarts"] == 1
+    assert ftop.metrics().count("finetune_operator_restarts_total") >= 1
+
+
+def test_eviction_is_a_disruption_not_a_failure(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    ns = kube_namespace
+    start_running(kube, ns, "evicted")
+    uid = kube.job(ns, "evicted").metadata.uid
+    victim = kube.trainer_pods(ns, "evicted", 0)[0]
+    kube.set_result(ns, victim.metadata.name, kwok.EVICTED)
+    # the Job controller replaces the evicted pod (podFailurePolicy Ignore); no group restart
+    kube.wait(
+        lambda: any(p.metadata.name != victim.metadata.name and p.status.phase == "Running" for p in kube.trainer_pods(ns, "evicted", 0))
+        and len([p for p in kube.trainer_pods(ns, "evicted", 0) if p.status.phase == "Running"]) == 2,
+        "replacement pod",
+        60,
+    )
+    st = kube.wait_phase(ns, "evicted", "Running")
+    assert st["restarts"] == 0 and st["attempt"] == 0 and kube.job(ns, "evicted").metadata.uid == uid
+
+
+def test_config_error_fails_at_once(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    ns = kube_namespace
+    start_running(kube, ns, "badcfg")
+    pod = kube.trainer_pods(ns, "badcfg", 0)[0]
+    kube.set_result(ns, pod.metadata.name, kwok.FAILED, exit_code=ct.EXIT_CONFIG_ERROR)
+    st = kube.wait_phase(ns, "badcfg", "Failed")
+    assert st["restarts"] == 0 and kube.condition(ns, "badcfg", "Failed")["reason"] == c.REASON_CONFIG_ERROR
+
+
+def test_validation_failure_never_takes_a_gpu(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    ns = kube_namespace
+    kube.create_ftj(ns, "baddata", small())
+    kube.wait(lambda: any(p.metadata.name == "baddata-validate" and p.status.phase == "Running" for p in kube.pods(ns)), "validation pod")
+    validator = kube.core.read_namespaced_pod("baddata-validate", ns)
+    assert "nvidia.com/gpu" not in (validator.spec.containers[0].resources.limits or {})
+    kube.set_result(ns, "baddata-validate", kwok.FAILED, exit_code=ct.EXIT_DATA_ERROR)
+    kube.wait_phase(ns, "baddata", "Failed")
+    failed = kube.condition(ns, "baddata", "Failed")
+    assert failed["reason"] == c.REASON_VALIDATION_FAILED and "exit code 3" in failed["message"]
+    assert kube.job(ns, "baddata") is None
+
+
+def test_suspend_and_resume(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    ns = kube_namespace
+    start_running(kube, ns, "pausable")
+    kube.patch_spec(ns, "pausable", {"suspend": True})
+    kube.wait_phase(ns, "pausable", "Suspended")
+    kube.wait(lambda: kube.job(ns, "pausable").spec.suspend is True, "Job suspended")
+    kube.wait(lambda: not kube.trainer_pods(ns, "pausable"), "pods removed", 60)
+    assert kube.condition(ns, "pausable", "Suspended")["status"] == "True"
+    kube.patch_spec(ns, "pausable", {"suspend": False})
+    kube.wait_running_pods(ns, "pausable", 2, attempt=0)
+    st = kube.wait_phase(ns, "pausable", "Running")
+    assert st["restarts"] == 0 and kube.condition(ns, "pausable", "Suspended")["status"] == "False"
+
+
+def test_delete_cleans_up_children(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    ns = kube_namespace
+    start_running(kube, ns, "gone")
+    kube.custom.delete_namespaced_custom_object(ct.GROUP, ct.VERSION, ns, ct.PLURAL_JOB, "gone")
+    sel = f"{ct.LABEL_JOB_NAME}=gone"
+
+    def empty() -> bool:
+        return (
+            not kube.batch.list_namespaced_job(ns, label_selector=sel).items
+            and not kube.core.list_namespaced_config_map(ns, label_selector=sel).items
+            and not kube.core.list_namespaced_service(ns, label_selector=sel).items
+            and not kube.core.list_namespaced_pod(ns, label_selector=sel).items
+        )
+
+    kube.wait(empty, "children garbage-collected", 90)
+
+
+def test_operator_killed_mid_reconcile_leaves_exactly_one_job(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    ns = kube_namespace
+    names = [f"burst-{i}" for i in range(20)]
+    for name in names:
+        kube.create_ftj(ns, name, small(resources={"nodes": 1, "gpusPerNode": 0}))
+    # validation pods appear; pass them all, kill the operator while it creates the training Jobs
+    kube.wait(lambda: len([p for p in kube.pods(ns, f"{ct.LABEL_COMPONENT}=validator") if p.status.phase == "Running"]) == len(names), "validation pods", 90)
+    for name in names:
+        kube.set_result(ns, f"{name}-validate", kwok.SUCCEEDED)
+    kube.wait(lambda: len(kube.jobs(ns)) >= 1, "the first Job")
+    ftop.kill()
+    partial = len(kube.jobs(ns))
+    ftop.start(priority=200)  # a higher priority than the dead peer: acts at once
+    kube.wait(lambda: len(kube.jobs(ns)) == len(names), "a Job for every FineTuneJob", 90)
+    for name in names:
+        kube.wait_phase(ns, name, "Running", 60)
+    jobs = kube.jobs(ns)
+    assert sorted(j.metadata.name for j in jobs) == sorted(names), "duplicate or missing Jobs"
+    assert len(kube.pods(ns, f"{ct.LABEL_COMPONENT}=validator")) == len(names)
+    assert all(kube.status(ns, n)["restarts"] == 0 for n in names)
+    print(f"Jobs present when the operator was killed: {partial}/{len(names)}")
+
+
+# --- operator process ---------------------------------------------------------------------------------------
+def test_metrics_and_liveness(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    ns = kube_namespace
+    kube.create_ftj(ns, "metered", small())
+    kube.wait_phase(ns, "metered", "Validating")
+    text = kube.wait(lambda: (t := ftop.metrics()) and re.search(r'finetune_operator_jobs\{phase="Validating"\} [1-9]', t) and t, "jobs gauge")
+    for name in ("finetune_operator_reconcile_duration_seconds_bucket", "finetune_operator_errors_total", "finetune_operator_restarts_total"):
+        assert name in text
+    assert ftop.healthy()
+
+
+def test_operator_service_account_cannot_read_secrets(kube_cluster: ControlPlane, ftop: OperatorProcess) -> None:
+    sa = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SA}"
+    for verb in ("get", "list", "watch"):
+        proc = kube_cluster.kubectl("auth", "can-i", verb, "secrets", "--all-namespaces", "--as", sa, check=False)
+        assert proc.stdout.strip() == "no", (verb, proc.stdout, proc.stderr)
+    proc = kube_cluster.kubectl("auth", "can-i", "patch", "finetunejobs.finetune.dev/status", "-n", "default", "--as", sa, check=False)
+    assert proc.stdout.strip() == "yes"
+
+
+def test_no_secret_values_in_status_or_events(kube: Kube, ftop: OperatorProcess, kube_cluster: ControlPlane, kube_namespace: str) -> None:
+    ns = kube_namespace
+    secret_value = "s3cr3t-VALUE-never-shown"
+    kube.core.create_namespaced_secret(ns, {"metadata": {"name": "s3-creds"}, "stringData": {"AWS_ACCESS_KEY_ID": "AKIA", "AWS_SECRET_ACCESS_KEY": secret_value}})
+    start_running(kube, ns, "secretive")
+    everything = subprocess.run(
+        [str(kube_cluster.tool("kubectl")), "-n", ns, "get", "ftj,jobs,pods,configmaps,events", "-o", "yaml"],
+        capture_output=True, text=True, env=kube_cluster.env(), check=True,
+    ).stdout
+    assert secret_value not in everything and secret_value not in ftop.metrics()
+    assert secret_value not in ftop.tail(10_000)
+    job = kube.job(ns, "secretive")
+    env = {e.name: e for e in job.spec.template.spec.containers[0].env}
+    assert env[ct.ENV_AWS_SECRET_ACCESS_KEY].value_from.secret_key_ref.name == "s3-creds"
+
+
+def test_image_defaults_to_the_operator_setting(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    ns = kube_namespace
+    kube.create_ftj(ns, "plain", copy.deepcopy(small()))
+    kube.pass_validation(ns, "plain")
+    job = kube.wait(lambda: kube.job(ns, "plain"), "Job")
+    assert job.spec.template.spec.containers[0].image == TEST_IMAGE
