@@ -1,5 +1,6 @@
 """No control-plane process outlives whoever started it: a pytest session that ends normally,
-one stopped by SIGTERM, one killed with SIGKILL, and `python -m tests.cluster up`/`down`.
+one stopped by SIGTERM or Ctrl-C (SIGINT), one killed with SIGKILL, `python -m tests.cluster
+up`/`down`, and a start whose first choice of port was taken meanwhile.
 
 Run: .venv/bin/python -m pytest tests/cluster/test_no_leftovers.py
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,6 +53,7 @@ def _probe(tmp_path: Path, *, hang: bool) -> tuple[subprocess.Popen[str], Path]:
         "FTOP_CLUSTER": "own",
         "FTOP_PROBE_OUT": str(out),
         "FTOP_PROBE_HANG": "1" if hang else "0",
+        "FTOP_KEEP_CLUSTER_DIR": "1" if hang else "0",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(PROBE)],
@@ -89,13 +92,18 @@ def test_a_session_that_ends_normally_leaves_no_process(tmp_path: Path) -> None:
     assert not Path(record["state_dir"]).exists()  # cleaned after a passing session
 
 
-def test_sigterm_during_the_session_stops_every_component(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_during_the_session_stops_every_component(tmp_path: Path, sig: int) -> None:
     proc, out = _probe(tmp_path, hang=True)
     record = _wait_record(proc, out)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0, output
     assert _wait_gone(record) == {}, output
+    # an orderly stop (SIGTERM from the harness), not only PDEATHSIG's SIGKILL
+    apiserver_log = Path(record["state_dir"], "logs", "kube-apiserver.log").read_text()
+    assert "[graceful-termination] shutdown event" in apiserver_log
+    shutil.rmtree(record["state_dir"], ignore_errors=True)
 
 
 def test_sigkill_of_the_owner_takes_the_components_down(tmp_path: Path) -> None:
@@ -104,6 +112,7 @@ def test_sigkill_of_the_owner_takes_the_components_down(tmp_path: Path) -> None:
     proc.kill()  # no Python cleanup runs: PR_SET_PDEATHSIG must do it
     proc.communicate(timeout=30)
     assert _wait_gone(record) == {}
+    shutil.rmtree(record["state_dir"], ignore_errors=True)
 
 
 def test_cli_up_status_down(tmp_path: Path) -> None:
