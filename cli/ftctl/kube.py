@@ -137,6 +137,8 @@ class _api_errors:  # noqa: N801 - a context manager
         if isinstance(exc, ApiException):
             message = _status_message(exc)
             if exc.status == 404:
+                if self.creating and "namespaces" in message:
+                    raise UserError(f"cannot create {self.what}: {message}") from None
                 if "the server could not find the requested resource" in message.lower():
                     raise CommandFailed(
                         "the FineTuneJob CRD is not installed on this cluster "

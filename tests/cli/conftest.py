@@ -10,6 +10,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from tests.cluster.fixtures import kube_cluster, kube_namespace
+
+__all__ = ["kube_cluster", "kube_namespace"]
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DATA = REPO / "examples" / "data" / "sentiment.jsonl"
 

@@ -1,0 +1,131 @@
+"""ftctl's cluster commands against the real control plane (tests/cluster): submit, list,
+status, logs, download, with the CRDs from crds/ installed and an admin kubeconfig.
+
+Run: .venv/bin/python -m pytest tests/cli/test_cluster_commands.py
+
+The operator is not running here (tests/chart and tests/operator run it); where a command
+needs a status, the test writes it through the status subresource as the operator would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import pytest
+import yaml
+
+from finetune_trainer import contract
+from tests.cli.conftest import REPO, VALID_JOB, s3_client
+from tests.cluster.cluster import ControlPlane
+
+pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(scope="module")
+def crds(kube_cluster: ControlPlane) -> ControlPlane:
+    for path in sorted((REPO / "crds").glob("finetune.dev_*.yaml")):
+        kube_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+    kube_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                         "crd/finetunejobs.finetune.dev", "crd/clusterfinetuneruntimes.finetune.dev")
+    return kube_cluster
+
+
+def ftctl(cluster: ControlPlane, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([sys.executable, "-m", "ftctl", *args], env={**cluster.env(), **(env or {})},
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def manifest(tmp_path: pathlib.Path, name: str, namespace: str, **spec: Any) -> pathlib.Path:
+    doc = json.loads(json.dumps(VALID_JOB))
+    doc["metadata"] = {"name": name, "namespace": namespace}
+    doc["spec"].update(spec)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_submit_list_status(crds: ControlPlane, kube_namespace: str, tmp_path: pathlib.Path) -> None:
+    path = manifest(tmp_path, "sentiment", kube_namespace)
+    proc = ftctl(crds, "submit", str(path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"finetunejob.finetune.dev/sentiment created in {kube_namespace}" in proc.stdout
+    again = ftctl(crds, "submit", str(path))
+    assert again.returncode == 2 and "already exists" in again.stderr
+    listed = ftctl(crds, "list", "-n", kube_namespace)
+    assert listed.returncode == 0 and "sentiment" in listed.stdout
+    everywhere = ftctl(crds, "list", "-A")
+    assert kube_namespace in everywhere.stdout
+    _patch_status(crds, kube_namespace, "sentiment", {
+        "phase": "Running", "workers": {"ready": 1, "total": 1},
+        "progress": {"step": 30, "totalSteps": 120, "percent": 25.0, "loss": 0.4321, "tokensPerSecond": 2750.0, "etaSeconds": 95},
+    })
+    listed = ftctl(crds, "list", "-n", kube_namespace)
+    assert "Running" in listed.stdout and "25%" in listed.stdout and "0.4321" in listed.stdout
+    status = ftctl(crds, "status", "sentiment", "-n", kube_namespace, "--once")
+    assert status.returncode == 0, status.stderr
+    for text in ("Running", "step 30/120", "loss 0.4321", "2750 tok/s", "ETA 1m35s", "1/1 ready"):
+        assert text in status.stdout, f"{text!r} not in:\n{status.stdout}"
+    raw = ftctl(crds, "status", "sentiment", "-n", kube_namespace, "-o", "json")
+    assert json.loads(raw.stdout)["progress"]["step"] == 30
+
+
+def test_api_server_rejection_is_reported_with_the_field(crds: ControlPlane, kube_namespace: str,
+                                                          tmp_path: pathlib.Path) -> None:
+    # metadata.namespace that does not exist: the API server, not ftctl, says no
+    path = manifest(tmp_path, "nowhere", "no-such-namespace-" + uuid.uuid4().hex[:6])
+    proc = ftctl(crds, "submit", str(path))
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "cannot create FineTuneJob" in proc.stderr and "namespaces" in proc.stderr and "not found" in proc.stderr
+
+
+def test_status_logs_of_unknown_job(crds: ControlPlane, kube_namespace: str) -> None:
+    for cmd in (["status", "ghost", "--once"], ["logs", "ghost"], ["download", "ghost", "/tmp/x"]):
+        proc = ftctl(crds, *cmd, "-n", kube_namespace)
+        assert proc.returncode == 2, cmd
+        assert f"FineTuneJob {kube_namespace}/ghost not found" in proc.stderr
+
+
+def test_logs_before_pods_exist_and_download_before_success(crds: ControlPlane, kube_namespace: str,
+                                                            tmp_path: pathlib.Path) -> None:
+    ftctl(crds, "submit", str(manifest(tmp_path, "early", kube_namespace)))
+    logs = ftctl(crds, "logs", "early", "-n", kube_namespace)
+    assert logs.returncode == 2 and "has no rank-0 trainer pod yet" in logs.stderr
+    dl = ftctl(crds, "download", "early", str(tmp_path / "d"), "-n", kube_namespace)
+    assert dl.returncode == 2 and "has no output yet" in dl.stderr
+
+
+def test_download_by_job_name_from_its_status(crds: ControlPlane, kube_namespace: str, tmp_path: pathlib.Path,
+                                              s3_server: str) -> None:
+    """A Succeeded job's status names its manifest; download fetches and verifies from there."""
+    bucket = f"out-{uuid.uuid4().hex[:8]}"
+    s3 = s3_client(s3_server)
+    s3.create_bucket(Bucket=bucket)
+    weights = b"\x00adapter-bytes" * 100
+    history = "".join(json.dumps({"step": i, "loss": 1.0 / i}) + "\n" for i in range(1, 11))
+    files = {"adapter/adapter_model.safetensors": weights, contract.METRICS_HISTORY_NAME: history.encode()}
+    for key, body in files.items():
+        s3.put_object(Bucket=bucket, Key=f"job/{key}", Body=body)
+    s3.put_object(Bucket=bucket, Key="job/manifest.json", Body=json.dumps({"files": [
+        {"path": k, "sha256": hashlib.sha256(v).hexdigest(), "size": len(v)} for k, v in files.items()]}).encode())
+    path = manifest(tmp_path, "done", kube_namespace, output={"uri": f"s3://{bucket}/job/", "endpoint": s3_server})
+    assert ftctl(crds, "submit", str(path)).returncode == 0
+    _patch_status(crds, kube_namespace, "done", {"phase": "Succeeded", "output": {
+        "adapterUri": f"s3://{bucket}/job/adapter/", "manifestUri": f"s3://{bucket}/job/manifest.json"}})
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+    proc = ftctl(crds, "download", "done", str(tmp_path / "dl"), "-n", kube_namespace, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "dl" / "adapter" / "adapter_model.safetensors").read_bytes() == weights
+    assert (tmp_path / "dl" / "loss.png").stat().st_size > 1000
+
+
+def _patch_status(cluster: ControlPlane, namespace: str, name: str, status: dict[str, Any]) -> None:
+    cluster.kubectl("patch", "finetunejob", name, "-n", namespace, "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": status}))
