@@ -41,9 +41,21 @@ export CGO_ENABLED=0
 P="${GO_BUILD_P:-2}"
 mkdir -p "$BIN" "$SRC"
 
+need() {  # need NAME... -> true when any of the binaries is missing
+  local n
+  for n in "$@"; do [[ -x "$BIN/$n" ]] || return 0; done
+  return 1
+}
+
 T0=$(date +%s)
 BUILT=0
 log() { printf '[build-control-plane %4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
+
+if need etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm \
+    && ! command -v go >/dev/null 2>&1; then
+  echo "build-control-plane: the go command is not on PATH (Go >= 1.24 is needed to build $STAMP)" >&2
+  exit 1
+fi
 
 # One build at a time per version stamp (tests, make targets and other checkouts share the cache).
 exec 9>"$ROOT/.build.lock"
@@ -51,12 +63,6 @@ if ! flock -n 9; then
   log "another build of $STAMP is running; waiting for it"
   flock 9
 fi
-
-need() {  # need NAME... -> true when any of the binaries is missing
-  local n
-  for n in "$@"; do [[ -x "$BIN/$n" ]] || return 0; done
-  return 1
-}
 
 # ---- wrapper-module builder --------------------------------------------------------------
 # gobuild MODDIR OUTNAME PKG LDFLAGS
