@@ -139,11 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: manifest.get(k) for k in ("baseModel", "method", "metrics")}, indent=2))
     print("\n== loss by step (metrics.jsonl)")
     print(f"{'step':>6} {'train loss':>11} {'eval loss':>10} {'tokens/s':>9}")
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     def fmt(value: object, spec: str) -> str:
         return format(value, spec) if isinstance(value, int | float) else "-"
 
-    for row in rows:
+    for row in history:
         if row.get("step") == 1 or row.get("step", 1) % 10 == 0 or row.get("final"):
             print(f"{row.get('step', '-'):>6} {fmt(row.get('loss'), '.4f'):>11} {fmt(row.get('evalLoss'), '.4f'):>10} "
                   f"{fmt(row.get('tokensPerSecond'), ',.0f'):>9}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 from finetune_trainer import contract
 
@@ -118,7 +118,7 @@ def _incluster_namespace() -> str:
     return p.read_text().strip() if p.exists() else "default"
 
 
-class _api_errors:  # noqa: N801 - a context manager
+class _api_errors:
     """Turn kubernetes ApiException / connection errors into clean messages."""
 
     def __init__(self, what: str, *, creating: bool = False) -> None:
@@ -128,7 +128,7 @@ class _api_errors:  # noqa: N801 - a context manager
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
         if exc is None:
             return False
         import urllib3

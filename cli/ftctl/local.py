@@ -123,7 +123,7 @@ def _env_for(config: TrainerConfig) -> dict[str, str]:
 
 def write_config(config: TrainerConfig, directory: pathlib.Path) -> pathlib.Path:
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / contract.CONFIG_FILE_NAME
+    path: pathlib.Path = directory / str(contract.CONFIG_FILE_NAME)
     path.write_text(config.to_json())
     return path
 

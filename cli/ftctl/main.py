@@ -21,7 +21,6 @@ import functools
 import json
 import os
 import pathlib
-import sys
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
@@ -366,4 +365,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -11,7 +11,7 @@ import dataclasses
 import os
 import pathlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlparse
 
 from .errors import CommandFailed, UserError
@@ -148,7 +148,7 @@ class _Missing(Exception):
     pass
 
 
-class _s3_errors:  # noqa: N801 - used as a context manager
+class _s3_errors:
     """Turn botocore errors into one-line messages naming the object."""
 
     def __init__(self, loc: Location, *, missing_ok: bool = False) -> None:
@@ -158,7 +158,7 @@ class _s3_errors:  # noqa: N801 - used as a context manager
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> Literal[False]:
         if exc is None:
             return False
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError

@@ -143,7 +143,7 @@ def progress_bar(job: dict[str, Any]) -> Progress:
             f"ETA {fmt_duration(progress.get('etaSeconds'))}",
         )
     )
-    bar.add_task(phase_of(job), total=float(total), completed=float(step), detail=detail)
+    bar.add_task(phase_of(job), total=float(total), completed=int(step), detail=detail)
     return bar
 
 

@@ -118,10 +118,9 @@ def _metric_names_in_chart() -> set[str]:
 
 def _defined_metric_names() -> set[str]:
     """Every sample name the operator and the trainer can expose, from their own registries."""
-    from prometheus_client import REGISTRY
-
     import finetune_operator.metrics  # noqa: F401  (registers into the default registry)
     from finetune_trainer.metrics import TrainerMetrics
+    from prometheus_client import REGISTRY
 
     def exposed(registry: Any) -> set[str]:
         out = set()

@@ -15,6 +15,7 @@ Run: .venv/bin/python -m pytest tests/chart/test_install.py   (builds/starts the
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import pathlib
@@ -28,8 +29,8 @@ from typing import Any
 
 import pytest
 import yaml
-
 from finetune_trainer import contract
+
 from tests.chart.chart import CHART, KUBE_VERSION, REPO
 from tests.cluster import kwok
 from tests.cluster.cluster import ControlPlane
@@ -150,8 +151,7 @@ def test_helm_install_creates_everything(kube_cluster: ControlPlane, release: Re
     assert f"ClusterRole/{release.service_account}-jobs" in kinds
     assert f"Service/{release.service_account}-metrics" in kinds
     for crd in ("finetunejobs.finetune.dev", "clusterfinetuneruntimes.finetune.dev", "clusterkopfpeerings.kopf.dev"):
-        obj = _wait(f"CRD {crd} established", lambda crd=crd: _established(kube_cluster, crd))
-        assert obj
+        assert _wait(f"CRD {crd} established", functools.partial(_established, kube_cluster, crd))
     presets = [v["name"] for v in release.values["runtimePresets"]["presets"]]
     for name in presets:
         runtime = _get(kube_cluster, f"/apis/finetune.dev/v1alpha1/clusterfinetuneruntimes/{name}")
@@ -229,7 +229,7 @@ def operator_as(cluster: ControlPlane, release: Release, log: pathlib.Path) -> I
 
 
 def _example_job(namespace: str) -> dict[str, Any]:
-    doc = yaml.safe_load((REPO / "examples" / "classification-minilm.yaml").read_text())
+    doc: dict[str, Any] = yaml.safe_load((REPO / "examples" / "classification-minilm.yaml").read_text())
     doc["metadata"] = {"name": "sentiment-rbac", "namespace": namespace}
     return doc
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 import yaml
-
 from finetune_trainer import contract
+
 from tests.cli.conftest import REPO, VALID_JOB, s3_client
 from tests.cluster.cluster import ControlPlane
 

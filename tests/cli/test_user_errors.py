@@ -12,9 +12,9 @@ import sys
 from typing import Any
 
 import pytest
+from ftctl.main import app
 from typer.testing import CliRunner
 
-from ftctl.main import app
 from tests.cli.conftest import VALID_JOB, job
 
 
