@@ -16,7 +16,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from finetune_operator import constants as c
-from finetune_operator.kube import Kube
+from finetune_operator.kube import Kube, login
 from finetune_operator.progress import fetch_progress, progress_url
 from finetune_operator.reconcile import Indexes, Reconciler, ftj_record
 from finetune_operator.resolve import OperatorConfig
@@ -47,11 +47,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 4
-    settings.batching.idle_timeout = 30.0
+    settings.batching.idle_timeout = 5.0
     port = int(options.get("metrics_port", 8080))
     if port:
         start_http_server(port, addr=str(options.get("metrics_addr", "0.0.0.0")))
-    kube = Kube.from_environment(workers=int(options.get("api_workers", 8)))
+    kube = Kube(concurrency=int(options.get("api_workers", 16)))
     memo["reconciler"] = Reconciler(kube, OperatorConfig(default_image=str(options.get("default_image", c.DEFAULT_IMAGE))))
     memo["http"] = None  # aiohttp session for progress polls, made lazily inside the loop
 
@@ -60,9 +60,15 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     reconciler: Reconciler | None = memo.get("reconciler")
     if reconciler is not None:
-        reconciler.kube.close()
+        await reconciler.kube.close()
     if memo.get("http") is not None:
         await memo["http"].close()
+
+
+@kopf.on.login()
+def authenticate(**_: Any) -> kopf.ConnectionInfo:
+    """kopf's own kubeconfig / ServiceAccount readers (the kubernetes client is not loaded)."""
+    return login()
 
 
 @kopf.on.probe(id="reconciler")

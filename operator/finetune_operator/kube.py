@@ -3,20 +3,24 @@
 Server-side apply under one field manager (`finetune-operator`, forced: the operator owns what it
 applies), deletes that treat 404 as done, status written through the status subresource, and
 events. 404 (gone) and 409 (conflict) are handled here, in one place, so every caller is safe to
-re-run. The blocking kubernetes client runs in a small thread pool; callers await.
+re-run. Plain async HTTP (aiohttp, as kopf itself uses) with kopf's credential readers: the
+kubernetes client library is not loaded at all, which keeps the operator small.
 """
 
 from __future__ import annotations
 
-import asyncio
+import base64
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import os
+import ssl
+import tempfile
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
 
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
+import aiohttp
+import kopf
 
 from finetune_operator import constants as c
 from finetune_operator.plan import Delete, Event
@@ -34,6 +38,7 @@ _PATHS = {
     "FineTuneJob": "/apis/" + ct.API_VERSION + "/namespaces/{ns}/" + ct.PLURAL_JOB + "/{name}",
 }
 _EVENTS_PATH = "/api/v1/namespaces/{ns}/events"
+REQUEST_TIMEOUT_SECONDS = 30.0
 
 
 class KubeError(RuntimeError):
@@ -44,43 +49,88 @@ class KubeError(RuntimeError):
         self.status = status
 
 
+def login() -> kopf.ConnectionInfo:
+    """Credentials: the pod's ServiceAccount when in a cluster, else $KUBECONFIG (kopf's own
+    readers, so kopf's watches and this module authenticate the same way)."""
+    settings = kopf.OperatorSettings()
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+    if info is None:
+        raise kopf.LoginError("no in-cluster ServiceAccount and no usable kubeconfig")
+    return info
+
+
+def _pem(data: str | bytes) -> bytes:
+    raw = data.encode() if isinstance(data, str) else data
+    return raw if raw.lstrip().startswith(b"-----") else base64.b64decode(raw)
+
+
+def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
+    if info.insecure:
+        return False
+    ctx = ssl.create_default_context(cafile=os.fspath(info.ca_path) if info.ca_path else None)
+    if info.ca_data:
+        ctx.load_verify_locations(cadata=_pem(info.ca_data).decode())
+    cert, key = info.certificate_path, info.private_key_path
+    files = []
+    if info.certificate_data and info.private_key_data:
+        for data in (info.certificate_data, info.private_key_data):
+            f = tempfile.NamedTemporaryFile(prefix="ftop-", suffix=".pem", delete=False)  # noqa: SIM115
+            f.write(_pem(data))
+            f.close()
+            files.append(f.name)
+        cert, key = files
+    if cert and key:
+        ctx.load_cert_chain(os.fspath(cert), os.fspath(key))
+    for name in files:
+        os.unlink(name)
+    return ctx
+
+
 class Kube:
-    def __init__(self, api_client: k8s.ApiClient, workers: int = 8) -> None:
-        self.api = api_client
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
+    def __init__(self, credentials: Callable[[], kopf.ConnectionInfo] = login, concurrency: int = 16) -> None:
+        self._credentials = credentials
+        self._concurrency = concurrency
+        self._session: aiohttp.ClientSession | None = None
+        self._info: kopf.ConnectionInfo | None = None
+        self._server = ""
 
-    @classmethod
-    def from_environment(cls, workers: int = 8) -> Kube:
-        """In-cluster ServiceAccount when running in a pod, else $KUBECONFIG / ~/.kube/config."""
-        configuration = k8s.Configuration()
-        try:
-            k8s_config.load_incluster_config(client_configuration=configuration)
-        except k8s_config.ConfigException:
-            k8s_config.load_kube_config(client_configuration=configuration)
-        configuration.connection_pool_maxsize = workers
-        return cls(k8s.ApiClient(configuration), workers)
-
-    # --- raw ------------------------------------------------------------------------------------
-    def _call(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None, content_type: str = "application/json") -> tuple[int, Any]:
-        cfg = self.api.configuration
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
-        bearer = (cfg.auth_settings().get("BearerToken") or {}).get("value")
-        if bearer:
-            headers["Authorization"] = bearer
-        url = cfg.host + path + ("?" + urlencode(query) if query else "")
-        resp = self.api.rest_client.pool_manager.request(
-            method, url, body=json.dumps(body) if body is not None else None, headers=headers, timeout=30.0
+    async def _open(self, relogin: bool = False) -> aiohttp.ClientSession:
+        if self._session is not None and not relogin:
+            return self._session
+        if self._session is not None:
+            await self._session.close()
+        info = self._info = self._credentials()
+        headers = {"Accept": "application/json", "User-Agent": c.FIELD_MANAGER}
+        auth = None
+        if info.token:
+            headers["Authorization"] = f"Bearer {info.token}"
+        elif info.username and info.password:
+            auth = aiohttp.BasicAuth(info.username, info.password)
+        connector = aiohttp.TCPConnector(limit=self._concurrency, ssl=_ssl_context(info))
+        self._server = info.server.rstrip("/")
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            auth=auth,
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS),
         )
-        raw = resp.data
-        try:
-            data = json.loads(raw) if raw else None
-        except ValueError:
-            data = raw.decode(errors="replace") if isinstance(raw, bytes) else raw
-        return int(resp.status), data
+        return self._session
 
     async def _run(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None, content_type: str = "application/json") -> tuple[int, Any]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, lambda: self._call(method, path, body, query, content_type))
+        url = path + ("?" + urlencode(query) if query else "")
+        data = json.dumps(body) if body is not None else None
+        for attempt in (1, 2):
+            session = await self._open(relogin=attempt == 2)
+            async with session.request(method, self._server + url, data=data, headers={"Content-Type": content_type}) as resp:
+                raw = await resp.read()
+                if resp.status == 401 and attempt == 1:
+                    continue  # rotated ServiceAccount token: read the credentials again
+                try:
+                    payload = json.loads(raw) if raw else None
+                except ValueError:
+                    payload = raw.decode(errors="replace")
+                return resp.status, payload
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _check(status: int, data: Any, what: str, ok: tuple[int, ...] = ()) -> None:
@@ -152,9 +202,11 @@ class Kube:
         if status >= 300:  # an event that cannot be posted is not worth failing a reconcile
             log.warning("event %s on %s/%s not posted: %s", event.reason, meta.namespace, meta.name, _msg(data))
 
-    def close(self) -> None:
-        self.pool.shutdown(wait=False)
-        self.api.close()
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
 
 
 def _msg(data: Any) -> str:

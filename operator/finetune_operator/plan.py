@@ -163,7 +163,7 @@ def _validation_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolv
     deletes: list[Delete] = []
     if pod is None:
         apply = [builders.build_configmap(r), builders.build_validator(r)]
-        reason, message = c.REASON_VALIDATION_PENDING, "validation pod created"
+        reason, message = c.REASON_VALIDATION_RUNNING, f"validation pod {builders.validator_name(r.meta.name)} created"
     elif pod.phase == "Succeeded":
         nxt.condition(c.COND_VALIDATED, True, c.REASON_VALIDATION_PASSED, "model and dataset are reachable and the dataset parses")
         return None
@@ -178,9 +178,8 @@ def _validation_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolv
         nxt.condition(c.COND_VALIDATED, False, c.REASON_VALIDATION_FAILED, message)
         return _fail(obs, nxt, c.REASON_VALIDATION_FAILED, message)
     else:
-        running = pod.phase == "Running"
-        reason = c.REASON_VALIDATION_RUNNING if running else c.REASON_VALIDATION_PENDING
-        message = f"validation pod {pod.name} is {pod.phase.lower()}"
+        # Pending or Running: one reason for both, so the pod starting costs no status write.
+        reason, message = c.REASON_VALIDATION_RUNNING, f"validation pod {pod.name} created"
     nxt.started()
     nxt.set(phase=c.PHASE_VALIDATING, message=message)
     nxt.condition(c.COND_VALIDATED, False, reason, message)

@@ -10,6 +10,8 @@ exponential backoff.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Collection, Mapping
@@ -83,6 +85,15 @@ def ftj_record(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _child_key(manifest: dict[str, Any]) -> tuple[str, str, str]:
+    meta = manifest["metadata"]
+    return (meta["namespace"], manifest["kind"], meta["name"])
+
+
+def _digest(manifest: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
@@ -103,6 +114,9 @@ class Reconciler:
         self._written: dict[Key, tuple[str, FineTuneJobStatus]] = {}
         self._retry: dict[Key, asyncio.TimerHandle] = {}
         self._failures: dict[Key, int] = {}
+        #: (namespace, kind, name) -> digest of the manifest this process last applied.
+        self._applied: dict[tuple[str, str, str], str] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- entry points -------------------------------------------------------------------------
     async def reconcile(self, key: Key, progress: Progress | None = None) -> Plan | None:
@@ -132,6 +146,9 @@ class Reconciler:
 
     def forget(self, key: Key) -> None:
         self._written.pop(key, None)
+        ns, name = key
+        for k in [k for k in self._applied if k[0] == ns and (k[2] == name or k[2].startswith(name + "-"))]:
+            self._applied.pop(k, None)
         self._locks.pop(key, None)
         self._failures.pop(key, None)
         handle = self._retry.pop(key, None)
@@ -186,11 +203,16 @@ class Reconciler:
 
     async def _execute(self, meta: JobMeta, previous: FineTuneJobStatus, plan: Plan) -> None:
         key = (meta.namespace, meta.name)
-        for manifest in plan.apply:
-            await self.kube.apply(manifest)
-            metrics.APPLIES.labels(manifest["kind"]).inc()
+        # Independent children go out together (a pod waits for its ConfigMap by itself); an
+        # object already applied with the same content by this process is not sent again.
+        todo = [m for m in plan.apply if self._applied.get(_child_key(m)) != _digest(m)]
+        await asyncio.gather(*(self.kube.apply(m) for m in todo))
+        for m in todo:
+            self._applied[_child_key(m)] = _digest(m)
+            metrics.APPLIES.labels(m["kind"]).inc()
         for item in plan.delete:
             await self.kube.delete(meta.namespace, item)
+            self._applied.pop((meta.namespace, item.kind, item.name), None)
         old, new = previous.to_wire(), plan.status.to_wire()
         if new != old:
             patch: dict[str, Any] = {k: None for k in old if k not in new}
@@ -205,8 +227,10 @@ class Reconciler:
         if plan.status.restarts > previous.restarts:
             metrics.RESTARTS.inc(plan.status.restarts - previous.restarts)
         self.phases.set(key, plan.status.phase)
-        for event in plan.events:
-            await self.kube.event(meta, event, self.clock())
+        for event in plan.events:  # best effort, off the critical path
+            task = asyncio.create_task(self.kube.event(meta, event, self.clock()))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def _schedule_retry(self, key: Key, failed: bool = False, delay: float | None = None) -> None:
         if failed:

@@ -31,9 +31,9 @@ def test_new_job_starts_validation_first() -> None:
     assert plan.status.phase == "Validating"
     assert kinds(plan) == ["ConfigMap", "Pod"]
     assert plan.apply[1]["metadata"]["labels"][ct.LABEL_COMPONENT] == ct.COMPONENT_VALIDATOR
-    assert cond(plan, "Validated").status == "False" and cond(plan, "Validated").reason == c.REASON_VALIDATION_PENDING
+    assert cond(plan, "Validated").status == "False" and cond(plan, "Validated").reason == c.REASON_VALIDATION_RUNNING
     assert plan.status.start_time is not None
-    assert [e.reason for e in plan.events] == [c.REASON_VALIDATION_PENDING]
+    assert [e.reason for e in plan.events] == [c.REASON_VALIDATION_RUNNING]
 
 
 def test_running_validation_pod() -> None:

@@ -1,0 +1,196 @@
+"""Burst benchmark: N FineTuneJobs applied to a real API server; how fast does the operator turn
+them into Jobs, and how much memory does it take?
+
+Run:
+    .venv/bin/python bench/operator_burst.py                   # 200 jobs, all at once
+    .venv/bin/python bench/operator_burst.py --jobs 1000       # 1000 jobs, all at once
+    .venv/bin/python bench/operator_burst.py --jobs 300 --rate 10   # 10 jobs/s
+
+It starts a private control plane (tests/cluster: etcd, kube-apiserver, controller-manager,
+scheduler, kwok fake nodes), installs crds/ and the operator's RBAC, and runs the operator as its
+ServiceAccount (exactly as the integration tests do). Every job goes through the real path:
+operator -> validation pod -> scheduler -> kwok "runs" it and the benchmark, playing the kubelet's
+container, marks it Succeeded -> operator -> ConfigMap + Service + training Job. Jobs carry a
+queueName, so their training Jobs are created suspended (as under Kueue) and start no pods.
+
+Prints: time until every Job exists, p50/p99 latency apply -> validation pod and apply -> Job,
+the API server's own create latency for the same objects (the baseline), and the operator's peak
+RSS (VmHWM) and CPU time. Targets: 1000 jobs within 60 s, p99 <= 2 s at 10 jobs/s, RSS <= 150 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from finetune_operator import constants as c  # noqa: E402
+from kubernetes import client as k8s  # noqa: E402
+from kubernetes import watch as k8s_watch  # noqa: E402
+
+from tests.cluster import kwok  # noqa: E402
+from tests.cluster.cluster import ControlPlane, new_state_dir  # noqa: E402
+from tests.operator.cluster_support import OperatorProcess, install  # noqa: E402
+
+ct = c.contract
+
+
+def spec() -> dict[str, Any]:
+    return {
+        "model": {"uri": "hf://org/tiny-model"},
+        "dataset": {"uri": "s3://bench-data/train.jsonl", "format": "chat"},
+        "method": {"type": "lora"},
+        "resources": {"nodes": 2, "gpusPerNode": 1},
+        "output": {"uri": "s3://bench-out/run/"},
+        "queueName": "bench",
+    }
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+class Watcher:
+    """Records when each validation pod and Job is first seen, and plays the validation pod's
+    container: a Running validation pod is told (kwok annotation) to exit 0."""
+
+    def __init__(self, api: k8s.ApiClient, ns: str) -> None:
+        self.core = k8s.CoreV1Api(api)
+        self.batch = k8s.BatchV1Api(api)
+        self.ns = ns
+        self.validator_seen: dict[str, float] = {}
+        self.job_seen: dict[str, float] = {}
+        self.passed: set[str] = set()
+        self.pool = ThreadPoolExecutor(4)
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._pods, daemon=True), threading.Thread(target=self._jobs, daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def _pods(self) -> None:
+        sel = f"{ct.LABEL_COMPONENT}={ct.COMPONENT_VALIDATOR}"
+        while not self.stop.is_set():
+            w = k8s_watch.Watch()
+            for ev in w.stream(self.core.list_namespaced_pod, self.ns, label_selector=sel, timeout_seconds=30):
+                pod = ev["object"]
+                job = pod.metadata.labels.get(ct.LABEL_JOB_NAME)
+                self.validator_seen.setdefault(job, time.monotonic())
+                if pod.status.phase == "Running" and job not in self.passed:
+                    self.passed.add(job)
+                    self.pool.submit(kwok.set_pod_result, self.core, self.ns, pod.metadata.name, kwok.SUCCEEDED)
+                if self.stop.is_set():
+                    break
+
+    def _jobs(self) -> None:
+        while not self.stop.is_set():
+            w = k8s_watch.Watch()
+            for ev in w.stream(self.batch.list_namespaced_job, self.ns, timeout_seconds=30):
+                self.job_seen.setdefault(ev["object"].metadata.name, time.monotonic())
+                if self.stop.is_set():
+                    break
+
+
+def vm_hwm_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    import os
+
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--jobs", type=int, default=200)
+    ap.add_argument("--rate", type=float, default=0.0, help="jobs per second; 0 = all at once")
+    ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--clients", type=int, default=8, help="concurrent creates in a burst")
+    args = ap.parse_args()
+
+    nodes = max(2, args.jobs // 90 + 2)  # 110 pods per fake node; one validation pod per job
+    cluster = ControlPlane(new_state_dir(), nodes=nodes)
+    print(f"starting control plane with {nodes} fake nodes ...", flush=True)
+    cluster.start()
+    print(f"control plane up in {cluster.startup_seconds:.1f}s", flush=True)
+    try:
+        install(cluster)
+        proc = OperatorProcess(cluster, cluster.state_dir)
+        proc.start(priority=100)
+        assert proc.proc is not None
+        pid = proc.proc.pid
+        api = cluster.api_client()
+        core, custom = k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
+        ns = f"bench-{uuid.uuid4().hex[:6]}"
+        core.create_namespace({"metadata": {"name": ns}})
+        watcher = Watcher(api, ns)
+        time.sleep(1.0)
+        rss_idle = vm_hwm_mb(pid)
+        cpu0 = cpu_seconds(pid)
+
+        names = [f"burst-{i:04d}" for i in range(args.jobs)]
+        applied: dict[str, float] = {}
+        create_latency: list[float] = []
+        lock = threading.Lock()
+
+        def create(name: str) -> None:
+            body = {"apiVersion": ct.API_VERSION, "kind": ct.KIND_JOB, "metadata": {"name": name, "namespace": ns}, "spec": spec()}
+            t = time.monotonic()
+            custom.create_namespaced_custom_object(ct.GROUP, ct.VERSION, ns, ct.PLURAL_JOB, body)
+            with lock:
+                applied[name] = t
+                create_latency.append(time.monotonic() - t)
+
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(args.clients) as pool:
+            for i, name in enumerate(names):
+                if args.rate > 0:
+                    delay = t0 + i / args.rate - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                pool.submit(create, name)
+        t_applied = time.monotonic() - t0
+        deadline = time.monotonic() + args.timeout
+        while len(watcher.job_seen) < len(names) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        t_all = time.monotonic() - t0
+        watcher.stop.set()
+        missing = len(names) - len(watcher.job_seen)
+        to_job = [watcher.job_seen[n] - applied[n] for n in names if n in watcher.job_seen]
+        to_validator = [watcher.validator_seen[n] - applied[n] for n in names if n in watcher.validator_seen]
+        rss_peak = vm_hwm_mb(pid)
+        cpu = cpu_seconds(pid) - cpu0
+        mode = f"{args.rate:g} jobs/s" if args.rate > 0 else "burst"
+        print(f"\n== operator_burst: {args.jobs} FineTuneJobs, {mode}, {nodes} fake nodes ==")
+        print(f"applied all in                  {t_applied:7.2f} s")
+        print(f"every Job exists after          {t_all:7.2f} s{'' if not missing else f'  ({missing} MISSING after timeout)'}")
+        print(f"apply -> validation pod  p50 {pct(to_validator, 50):6.3f} s   p99 {pct(to_validator, 99):6.3f} s   max {max(to_validator, default=float('nan')):6.3f} s")
+        print(f"apply -> Job             p50 {pct(to_job, 50):6.3f} s   p99 {pct(to_job, 99):6.3f} s   max {max(to_job, default=float('nan')):6.3f} s")
+        print(f"baseline: API create     p50 {pct(create_latency, 50):6.3f} s   p99 {pct(create_latency, 99):6.3f} s   (p99 ratio Job/create: {pct(to_job, 99) / max(pct(create_latency, 99), 1e-9):.1f}x)")
+        print(f"operator peak RSS (VmHWM)       {rss_peak:7.1f} MB   (idle before the burst: {rss_idle:.1f} MB)")
+        print(f"operator CPU time               {cpu:7.1f} s   ({statistics.mean([cpu / max(t_all, 1e-9)]) * 100:.0f}% of one core)")
+        print("targets: 1000 jobs <= 60 s; p99 <= 2 s at 10 jobs/s; RSS <= 150 MB")
+        proc.stop()
+        return 0 if not missing else 1
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
