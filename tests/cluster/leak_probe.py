@@ -13,15 +13,18 @@ import time
 from pathlib import Path
 
 from tests.cluster.cluster import ControlPlane
+from tests.cluster.process import pid_cmdline
 
 
 def test_probe(kube_cluster: ControlPlane) -> None:
     assert kube_cluster.owned, "the probe must own its control plane (FTOP_CLUSTER=own)"
     assert kube_cluster.readyz()
+    for comp in kube_cluster.components.values():  # what the parent compares against later
+        assert comp.pid is not None and pid_cmdline(comp.pid) == comp.argv
     out = Path(os.environ["FTOP_PROBE_OUT"])
     record = {
         "pids": kube_cluster.pids(),
-        "argv0": {n: c.argv[0] for n, c in kube_cluster.components.items()},
+        "argv": {n: c.argv for n, c in kube_cluster.components.items()},
         "state_dir": str(kube_cluster.state_dir),
         "startup_seconds": kube_cluster.startup_seconds,
     }

@@ -92,9 +92,9 @@ class Component:
             return False
         if self._proc is not None:
             return self._proc.poll() is None
-        # adopted: make sure the PID was not recycled by an unrelated process
-        cmd = pid_cmdline(self.pid)
-        return pid_alive(self.pid) and bool(cmd) and cmd[0] == self.argv[0]
+        # adopted: make sure the PID was not recycled by another process (the full command
+        # line carries this cluster's ports and paths, so another cluster's etcd never matches)
+        return pid_alive(self.pid) and pid_cmdline(self.pid) == self.argv
 
     def exit_code(self) -> int | None:
         return self._proc.poll() if self._proc is not None else None

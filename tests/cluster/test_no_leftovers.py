@@ -30,13 +30,12 @@ COMPONENTS = {"etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 
 
 def _survivors(record: dict[str, Any]) -> dict[str, int]:
-    """Components whose PID still runs the same binary."""
-    left = {}
-    for name, pid in record["pids"].items():
-        cmd = pid_cmdline(pid)
-        if pid_alive(pid) and cmd and cmd[0] == record["argv0"][name]:
-            left[name] = pid
-    return left
+    """Components whose PID still runs the same command line."""
+    return {
+        name: pid
+        for name, pid in record["pids"].items()
+        if pid_alive(pid) and pid_cmdline(pid) == record["argv"][name]
+    }
 
 
 def _wait_gone(record: dict[str, Any], timeout: float = 15.0) -> dict[str, int]:
@@ -75,12 +74,9 @@ def _wait_record(proc: subprocess.Popen[str], out: Path, timeout: float = 180) -
         time.sleep(0.2)
     record: dict[str, Any] = json.loads(out.read_text())
     assert set(record["pids"]) == COMPONENTS
-    assert not set(COMPONENTS) - set(_alive_names(record)), "components should run meanwhile"
+    # the check used afterwards must see every component while it runs
+    assert set(_survivors(record)) == COMPONENTS
     return record
-
-
-def _alive_names(record: dict[str, Any]) -> list[str]:
-    return [n for n, p in record["pids"].items() if pid_alive(p)]
 
 
 def test_a_session_that_ends_normally_leaves_no_process(tmp_path: Path) -> None:
@@ -139,7 +135,8 @@ def test_cli_up_status_down(tmp_path: Path) -> None:
         status = run("status")
         assert status.returncode == 0, status.stdout
         assert json.loads(status.stdout)["healthy"] is True
-        record = {"pids": cp.pids(), "argv0": {n: c.argv[0] for n, c in cp.components.items()}}
+        record = {"pids": cp.pids(), "argv": {n: c.argv for n, c in cp.components.items()}}
+        assert set(_survivors(record)) == COMPONENTS
     finally:
         down = run("down")
     assert down.returncode == 0, down.stdout + down.stderr
@@ -175,7 +172,8 @@ def test_a_port_taken_meanwhile_is_retried_with_new_ports(
         assert cp.healthy()
         assert cp.ports["etcd"] != taken
         assert handed_out.count(taken) == 1 and len(handed_out) == 12  # two attempts
-        record = {"pids": cp.pids(), "argv0": {n: c.argv[0] for n, c in cp.components.items()}}
+        record = {"pids": cp.pids(), "argv": {n: c.argv for n, c in cp.components.items()}}
+        assert set(_survivors(record)) == COMPONENTS
     finally:
         cp.stop()
         blocker.close()
