@@ -47,7 +47,7 @@ cluster-down: ## Stop the control plane started by cluster-up
 
 .PHONY: demo
 demo: install ## Fine-tune MiniLM on the bundled sentiment data on this CPU (ftctl run --local, local S3 server)
-	$(PY) hack/demo.py
+	$(PY) hack/demo.py $(DEMO_ARGS)
 
 .PHONY: crds
 crds: install ## Regenerate crds/ from the pydantic models in operator/finetune_operator/api.py (tests fail on drift)
