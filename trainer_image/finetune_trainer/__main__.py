@@ -1,0 +1,94 @@
+"""Entry point of the trainer image.
+
+    python -m finetune_trainer train    --config cfg.yaml   # one process
+    torchrun -m finetune_trainer train  --config cfg.yaml   # several processes / nodes (PET_* env)
+    python -m finetune_trainer validate --config cfg.yaml   # check model + dataset, no training
+
+The config path may also come from $FINETUNE_CONFIG (the operator mounts it there). The JSON
+summary goes to stdout (rank 0) and to the termination message file
+($FINETUNE_TERMINATION_MESSAGE_PATH, else /dev/termination-log when Kubernetes created it).
+Exit codes are those of finetune_trainer.contract.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import sys
+import traceback
+from typing import Any
+
+from . import contract
+from .config import ConfigError, load_config
+from .errors import exit_code_for, reason_for
+
+TERMINATION_MESSAGE_LIMIT = 4096  # Kubernetes truncates longer messages
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="finetune_trainer", description="Fine-tune a model as a TrainerConfig says.")
+    p.add_argument("command", choices=["train", "validate"], nargs="?", default="train")
+    p.add_argument("--config", help=f"TrainerConfig file (default: ${contract.ENV_CONFIG_PATH}, else {contract.CONFIG_PATH})")
+    p.add_argument("--termination-log", help=f"where to write the JSON summary (default: ${contract.ENV_TERMINATION_MESSAGE_PATH})")
+    return p
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def write_termination_message(summary: dict[str, Any], path: str | None) -> None:
+    """Write the summary where Kubernetes reads it; the default path only when it already exists."""
+    target = path or os.environ.get(contract.ENV_TERMINATION_MESSAGE_PATH)
+    if not target:
+        if not os.path.exists(contract.TERMINATION_MESSAGE_PATH):
+            return  # not in a pod: do not create /dev/termination-log
+        target = contract.TERMINATION_MESSAGE_PATH
+    text = json.dumps(summary, separators=(",", ":"))
+    if len(text) > TERMINATION_MESSAGE_LIMIT:
+        keep = {k: summary[k] for k in ("status", "reason", "message", "exitCode", "manifestUri", "steps", "loss") if k in summary}
+        text = json.dumps(keep, separators=(",", ":"))[:TERMINATION_MESSAGE_LIMIT]
+    try:
+        pathlib.Path(target).write_text(text)
+    except OSError as err:
+        print(f"cannot write the termination message to {target}: {err.strerror}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    config_path = args.config or os.environ.get(contract.ENV_CONFIG_PATH) or contract.CONFIG_PATH
+    summary: dict[str, Any]
+    try:
+        cfg = load_config(config_path)
+        if args.command == "validate":
+            from . import validate
+
+            summary = validate.run(cfg)
+        else:
+            from . import train
+
+            summary = train.run(cfg)
+        code = contract.EXIT_OK
+        summary["exitCode"] = code
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as err:
+        code = exit_code_for(err)
+        summary = {"status": "Preempted" if code == contract.EXIT_PREEMPTED else "Failed", "reason": reason_for(err), "message": str(err), "exitCode": code}
+        if isinstance(err, ConfigError):
+            summary["message"] = f"invalid TrainerConfig {config_path}:\n{err}"
+        expected = code in (contract.EXIT_CONFIG_ERROR, contract.EXIT_DATA_ERROR, contract.EXIT_PREEMPTED) or type(err).__module__.startswith("finetune_trainer")
+        if not expected:
+            traceback.print_exc()  # an unexpected failure: keep the trace in the log for debugging
+        print(f"{args.command} failed ({summary['reason']}): {summary['message']}", file=sys.stderr)
+    if _is_main_process() or code != contract.EXIT_OK:
+        write_termination_message(summary, args.termination_log)
+    if _is_main_process():
+        print(json.dumps(summary, indent=2))
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""All distributed state lives here: rank, local rank, world size, init, barrier, cleanup.
+
+No other module reads RANK/WORLD_SIZE/LOCAL_RANK or calls `torch.distributed` setup directly.
+torchrun sets those per process (from the PET_* environment the operator writes); a plain
+`python -m finetune_trainer` run is a world of one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import sys
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from . import contract
+
+
+@dataclasses.dataclass(frozen=True)
+class DistEnv:
+    """This process's place in the job."""
+
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+    node_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 of the whole job: uploads, writes manifests, serves /progress."""
+        return self.rank == 0
+
+    @property
+    def is_local_main(self) -> bool:
+        """Rank 0 of this node (pod): serves /metrics for the node."""
+        return self.local_rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+_ENV: DistEnv | None = None
+
+
+def _int_env(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value.strip() else default
+
+
+def read_env() -> DistEnv:
+    """The process's ranks, from torchrun's environment (a world of one without torchrun)."""
+    rank = _int_env("RANK", 0)
+    local_rank = _int_env("LOCAL_RANK", 0)
+    world_size = _int_env("WORLD_SIZE", 1)
+    local_world_size = _int_env("LOCAL_WORLD_SIZE", 1)
+    node_rank = _int_env("GROUP_RANK", _int_env(contract.ENV_NODE_RANK, 0))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+    else:
+        device = torch.device("cpu")
+    return DistEnv(rank, local_rank, world_size, local_world_size, node_rank, device)
+
+
+def init(timeout_s: float = 600.0) -> DistEnv:
+    """Join the process group (NCCL on GPU, gloo on CPU) and set threads for CPU runs."""
+    global _ENV
+    env = read_env()
+    if "OMP_NUM_THREADS" not in os.environ and env.device.type == "cpu":
+        # torchrun leaves OMP_NUM_THREADS unset with one process per node; share the cores.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world_size))
+    if env.device.type == "cuda":
+        torch.cuda.set_device(env.device)
+    if env.distributed and not dist.is_initialized():
+        backend = "nccl" if env.device.type == "cuda" else "gloo"
+        dist.init_process_group(
+            backend=backend,
+            rank=env.rank,
+            world_size=env.world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            device_id=env.device if env.device.type == "cuda" else None,
+        )
+    _ENV = env
+    return env
+
+
+def env() -> DistEnv:
+    """The DistEnv of this process (`init` must have run; a world of one otherwise)."""
+    return _ENV if _ENV is not None else read_env()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_max(value: float) -> float:
+    """The largest `value` over all ranks (e.g. a preemption flag)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def all_reduce_sum(values: list[float]) -> list[float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return [float(v) for v in t.tolist()]
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """`obj` from rank `src` on every rank."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def _collective_device() -> torch.device:
+    return env().device if env().device.type == "cuda" else torch.device("cpu")
+
+
+def cleanup(*, success: bool = True) -> None:
+    """Final barrier, then destroy the group: avoids the exit-time abort seen with gloo/DeepSpeed.
+
+    After a failure the barrier is skipped (the other ranks may never reach it).
+    """
+    if dist.is_available() and dist.is_initialized():
+        try:
+            if success:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
+def print0(*args: Any, **kwargs: Any) -> None:
+    """print() on rank 0 only (to stderr: stdout is kept for machine-readable summaries)."""
+    if env().is_main:
+        print(*args, file=sys.stderr, flush=True, **kwargs)

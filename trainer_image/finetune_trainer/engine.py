@@ -1,0 +1,276 @@
+"""How gradients are computed and applied: plain torch (DDP when distributed) or DeepSpeed ZeRO.
+
+Both engines follow the `Engine` Protocol; the training loop does not know which one it drives.
+DeepSpeed is used when the config has a `method.deepspeed` block (full fine-tuning or LoRA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import pathlib
+from typing import Any, Protocol
+
+import torch
+
+from .config import TrainerConfig
+from .distributed import DistEnv
+
+TRAINABLE_FILE = "trainable.pt"
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "scheduler.pt"
+DEEPSPEED_TAG = "deepspeed"
+MAX_GRAD_NORM = 1.0
+
+
+def lr_lambda(total_steps: int, warmup_ratio: float) -> Any:
+    """Linear warm-up, then linear decay to zero."""
+    warmup = math.ceil(total_steps * warmup_ratio)
+
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return f
+
+
+class Engine(Protocol):
+    def forward_backward(self, batch: dict[str, torch.Tensor], *, last_micro: bool) -> float:
+        """Run one micro-batch; return its loss (unscaled)."""
+        ...
+
+    def step(self) -> None:
+        """Apply the accumulated gradients (optimizer + scheduler) and clear them."""
+        ...
+
+    def learning_rate(self) -> float: ...
+
+    def evaluate(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-example losses summed with their weights: returns (loss_sum, count)."""
+        ...
+
+    def save(self, directory: pathlib.Path) -> None:
+        """Write optimizer, scheduler and trainable weights (every rank calls this)."""
+        ...
+
+    def load(self, directory: pathlib.Path) -> None: ...
+
+    def module(self) -> torch.nn.Module:
+        """The model without DDP/DeepSpeed wrappers."""
+        ...
+
+    def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Full trainable-model weights on rank 0 (gathered from ZeRO-3 partitions); None elsewhere."""
+        ...
+
+
+def _loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(sum of per-token or per-example losses, how many) for causal LM or classification."""
+    if labels.dim() == 1:  # classification
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+        return torch.stack([loss, torch.tensor(float(labels.numel()), device=loss.device)])
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    loss = torch.nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
+    )
+    return torch.stack([loss, (shift_labels != -100).sum().to(loss.dtype)])
+
+
+class TorchEngine:
+    """AdamW + linear schedule on the trainable parameters; DDP across ranks."""
+
+    def __init__(self, cfg: TrainerConfig, model: torch.nn.Module, env: DistEnv, total_steps: int, dtype: torch.dtype) -> None:
+        hp = cfg.hyperparameters
+        self.env = env
+        self.accum = hp.gradient_accumulation_steps
+        self.dtype = dtype
+        model.to(env.device)
+        self._module = model
+        if env.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.wrapped: torch.nn.Module = DDP(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+        else:
+            self.wrapped = model
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(total_steps, hp.warmup_ratio))
+        self.scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.env.device.type, dtype=self.dtype)
+
+    def forward_backward(self, batch: dict[str, torch.Tensor], *, last_micro: bool) -> float:
+        batch = {k: v.to(self.env.device, non_blocking=True) for k, v in batch.items()}
+        sync = contextlib.nullcontext() if (last_micro or not self.env.distributed) else self.wrapped.no_sync()  # type: ignore[operator]
+        with sync:
+            with self._autocast():
+                loss = self.wrapped(**batch).loss
+            scaled = loss / self.accum
+            if self.scaler is not None:
+                self.scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+        return float(loss.detach())
+
+    def step(self) -> None:
+        params = [p for p in self._module.parameters() if p.requires_grad]
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(params, MAX_GRAD_NORM)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def learning_rate(self) -> float:
+        return float(self.scheduler.get_last_lr()[0])
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = {k: v.to(self.env.device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        with self._autocast():
+            logits = self._module(**batch).logits
+        return _loss_sum(logits, labels).double().cpu()
+
+    def save(self, directory: pathlib.Path) -> None:
+        if self.env.is_main:
+            trainable = {n: p.detach().cpu() for n, p in self._module.named_parameters() if p.requires_grad}
+            torch.save(trainable, directory / TRAINABLE_FILE)
+            torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
+            torch.save(self.scheduler.state_dict(), directory / SCHEDULER_FILE)
+
+    def load(self, directory: pathlib.Path) -> None:
+        trainable = torch.load(directory / TRAINABLE_FILE, map_location=self.env.device, weights_only=True)
+        params = dict(self._module.named_parameters())
+        missing = [n for n, p in params.items() if p.requires_grad and n not in trainable]
+        if missing:
+            raise RuntimeError(f"checkpoint lacks {len(missing)} trainable tensors (e.g. {missing[0]}); was it written by another method?")
+        with torch.no_grad():
+            for name, tensor in trainable.items():
+                params[name].copy_(tensor)
+        self.optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, map_location=self.env.device, weights_only=True))
+        self.scheduler.load_state_dict(torch.load(directory / SCHEDULER_FILE, weights_only=True))
+
+    def module(self) -> torch.nn.Module:
+        return self._module
+
+    def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
+        return None  # every rank holds the full weights; save_pretrained reads them directly
+
+
+def deepspeed_config(cfg: TrainerConfig, env: DistEnv, dtype: torch.dtype) -> dict[str, Any]:
+    """The DeepSpeed JSON config derived from the TrainerConfig (launcher details stay in config)."""
+    hp = cfg.hyperparameters
+    ds = cfg.method.deepspeed
+    assert ds is not None
+    zero: dict[str, Any] = {"stage": ds.zero_stage}
+    if ds.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": env.device.type == "cuda"}
+    if ds.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    return {
+        "train_micro_batch_size_per_gpu": hp.batch_size,
+        "gradient_accumulation_steps": hp.gradient_accumulation_steps,
+        "train_batch_size": hp.batch_size * hp.gradient_accumulation_steps * env.world_size,
+        "gradient_clipping": MAX_GRAD_NORM,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": hp.learning_rate,
+                "weight_decay": hp.weight_decay,
+                # torch's AdamW needs no compiled op; a GPU image may swap in FusedAdam.
+                "torch_adam": env.device.type == "cpu" and not ds.offload_optimizer,
+            },
+        },
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "fp16": {"enabled": dtype == torch.float16},
+        "zero_optimization": zero,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+class DeepSpeedEngine:
+    """DeepSpeed's engine: ZeRO 0-3, optional optimizer offload; it accumulates gradients itself."""
+
+    def __init__(self, cfg: TrainerConfig, model: torch.nn.Module, env: DistEnv, total_steps: int, dtype: torch.dtype) -> None:
+        import deepspeed
+
+        hp = cfg.hyperparameters
+        self.env = env
+        self.dtype = dtype
+        self.zero_stage = cfg.method.deepspeed.zero_stage if cfg.method.deepspeed else 0
+        self._module = model
+        params = [p for p in model.parameters() if p.requires_grad]
+        scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total_steps, hp.warmup_ratio))  # noqa: E731
+        self.engine, _, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            model_parameters=params,
+            config=deepspeed_config(cfg, env, dtype),
+            lr_scheduler=scheduler,
+            dist_init_required=False,
+        )
+
+    def forward_backward(self, batch: dict[str, torch.Tensor], *, last_micro: bool) -> float:
+        batch = {k: v.to(self.engine.device) for k, v in batch.items()}
+        loss = self.engine(**batch).loss
+        self.engine.backward(loss)
+        self.engine.step()  # applies the update only at the accumulation boundary
+        return float(loss.detach())
+
+    def step(self) -> None:
+        """Nothing to do: `engine.step()` in forward_backward already applied the update."""
+
+    def learning_rate(self) -> float:
+        return float(self.engine.get_lr()[0])
+
+    @torch.no_grad()
+    def evaluate(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = {k: v.to(self.engine.device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        logits = self.engine(**batch).logits
+        return _loss_sum(logits, labels).double().cpu()
+
+    def save(self, directory: pathlib.Path) -> None:
+        self.engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, save_latest=False, exclude_frozen_parameters=True)
+
+    def load(self, directory: pathlib.Path) -> None:
+        path, _ = self.engine.load_checkpoint(
+            str(directory), tag=DEEPSPEED_TAG, load_module_strict=False, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+        if path is None:
+            raise RuntimeError(f"DeepSpeed found no checkpoint in {directory}")
+
+    def module(self) -> torch.nn.Module:
+        return self._module
+
+    def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Gather ZeRO-3 partitions one parameter at a time (a plain state_dict would be empty)."""
+        if self.zero_stage != 3:
+            return None
+        import deepspeed
+
+        out: dict[str, torch.Tensor] = {}
+        for name, param in self._module.named_parameters():
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                if self.env.is_main:
+                    out[name] = param.detach().cpu().clone()
+        for name, buf in self._module.named_buffers():
+            if self.env.is_main:
+                out[name] = buf.detach().cpu().clone()
+        return out if self.env.is_main else None
+
+
+def make_engine(cfg: TrainerConfig, model: torch.nn.Module, env: DistEnv, total_steps: int, dtype: torch.dtype) -> Engine:
+    if cfg.method.deepspeed is not None:
+        return DeepSpeedEngine(cfg, model, env, total_steps, dtype)
+    return TorchEngine(cfg, model, env, total_steps, dtype)

@@ -1,0 +1,128 @@
+"""The final output: weights (adapter/ or model/), metrics.jsonl, then manifest.json LAST.
+
+A reader that finds `<output>/manifest.json` finds every file it lists, with matching sha256.
+The manifest also records the base model, method, hyperparameters, final metrics, versions and
+an output check (logits of the trained model on two examples) that anyone can use to verify a
+reloaded adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import platform
+import shutil
+import time
+from importlib import metadata
+from typing import Any
+
+import torch
+
+from . import __version__, contract, distributed
+from .config import TrainerConfig
+from .data import Example, collate
+from .distributed import DistEnv
+from .engine import Engine
+from .recipes import Recipe
+from .storage import FileEntry, Output, describe_files
+
+MANIFEST_API_VERSION = "finetune.dev/manifest-v1"
+CHECK_LOGITS = 16  # logits per example kept in the manifest's output check
+
+
+def versions() -> dict[str, str]:
+    out = {"finetuneTrainer": __version__, "python": platform.python_version()}
+    for pkg in ("torch", "transformers", "peft", "deepspeed", "accelerate"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+@torch.no_grad()
+def output_check(model: torch.nn.Module, examples: list[Example], pad_id: int) -> dict[str, Any]:
+    """Inputs and the first logits of the trained model's last real position, for reload checks."""
+    if not examples:
+        return {}
+    batch = collate(examples, pad_id)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits.float().cpu()
+    model.train(was_training)
+    rows = []
+    for i, ex in enumerate(examples):
+        row = logits[i] if logits.dim() == 2 else logits[i, len(ex.input_ids) - 1]
+        rows.append([round(float(v), 6) for v in row[:CHECK_LOGITS]])
+    return {"inputIds": [ex.input_ids for ex in examples], "logits": rows}
+
+
+def write_final_output(
+    *,
+    cfg: TrainerConfig,
+    env: DistEnv,
+    output: Output,
+    recipe: Recipe,
+    engine: Engine,
+    tokenizer: Any,
+    staging: pathlib.Path,
+    history: list[dict[str, Any]],
+    final_metrics: dict[str, Any],
+    dataset_stats: dict[str, Any],
+    probe: list[Example],
+    pad_id: int,
+) -> dict[str, Any]:
+    """Every rank calls this (ZeRO-3 gathers collectively); rank 0 saves and uploads."""
+    state_dict = engine.consolidated_state_dict()
+    result: dict[str, Any] = {}
+    if env.is_main:
+        shutil.rmtree(staging, ignore_errors=True)
+        weights_dir = staging / recipe.output_prefix.rstrip("/")
+        weights_dir.mkdir(parents=True)
+        model = engine.module()
+        recipe.save_final(model, tokenizer, weights_dir, state_dict)
+        check = output_check(model, probe, pad_id) if state_dict is None else {}
+        (staging / contract.METRICS_HISTORY_NAME).write_text("".join(json.dumps(r) + "\n" for r in history))
+        entries: list[FileEntry] = output.upload_dir(weights_dir, recipe.output_prefix)
+        output.upload_files([(staging / contract.METRICS_HISTORY_NAME, contract.METRICS_HISTORY_NAME)])
+        entries += [e for e in describe_files(staging) if e.path == contract.METRICS_HISTORY_NAME]
+        manifest = {
+            "apiVersion": MANIFEST_API_VERSION,
+            "jobName": cfg.job_name,
+            "namespace": cfg.namespace,
+            "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "baseModel": cfg.model.uri,
+            "dataset": {"uri": _safe_uri(cfg.dataset.uri), "format": cfg.dataset.format, **dataset_stats},
+            "method": {**cfg.method.model_dump(by_alias=True, exclude_none=True), "resolvedTargetModules": getattr(recipe, "target_modules", None)},
+            "hyperparameters": cfg.hyperparameters.model_dump(by_alias=True, exclude_none=True),
+            "worldSize": env.world_size,
+            "weights": recipe.output_prefix,
+            "metrics": final_metrics,
+            "versions": versions(),
+            "outputCheck": check,
+            "files": [{"path": e.path, "sha256": e.sha256, "size": e.size} for e in entries],
+        }
+        output.write_bytes(contract.MANIFEST_NAME, json.dumps(manifest, indent=2).encode())  # LAST
+        total = sum(e.size for e in entries)
+        distributed.print0(f"uploaded {len(entries)} files ({total} bytes) and {contract.MANIFEST_NAME} to {output.uri}")
+        result = {
+            "outputUri": output.uri,
+            "adapterUri": output.location.child(recipe.output_prefix).uri,
+            "manifestUri": output.location.child(contract.MANIFEST_NAME).uri,
+            "manifestSha256": _sha256_bytes(json.dumps(manifest, indent=2).encode()),
+        }
+        shutil.rmtree(staging, ignore_errors=True)
+    distributed.barrier()  # the others wait until the upload is done
+    return result
+
+
+def _sha256_bytes(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _safe_uri(uri: str) -> str:
+    """Pre-signed URLs carry credentials in the query string: never record it."""
+    return uri.split("?", 1)[0]

@@ -1,0 +1,170 @@
+"""Fetch the base model and the dataset to local disk, from hf://, s3://, https://, pvc:// or a path.
+
+Each node downloads once (local rank 0) into its own work directory; the other ranks wait at a
+barrier. Failures become DataError messages naming the URI and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import tempfile
+
+from . import contract, distributed
+from .config import DatasetSource, ModelSource, TrainerConfig
+from .errors import DataError
+from .storage import download_prefix, parse_location
+
+#: Files that hold weights; skipped when only the config and tokenizer are needed.
+WEIGHT_FILE = re.compile(r".*\.(safetensors|bin|pt|pth|ckpt|h5|msgpack|gguf|onnx)(\.index\.json)?$")
+
+
+def work_dir(cfg: TrainerConfig) -> pathlib.Path:
+    """This node's scratch directory (downloads, local checkpoint staging)."""
+    root = os.environ.get("FINETUNE_WORK_DIR")
+    if not root:
+        root = contract.WORK_DIR if os.access(contract.WORK_DIR, os.W_OK) else tempfile.gettempdir()
+    d = pathlib.Path(root) / "finetune" / cfg.job_name / f"node-{distributed.env().node_rank}"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def _s3_endpoint(cfg: TrainerConfig, own: str | None) -> str | None:
+    return own or cfg.output.endpoint or os.environ.get(contract.ENV_S3_ENDPOINT) or None
+
+
+def fetch_model(cfg: TrainerConfig, dest: pathlib.Path, *, config_only: bool = False) -> pathlib.Path:
+    """A local directory holding the model (config, tokenizer and, unless config_only, weights)."""
+    src: ModelSource = cfg.model
+    uri = src.uri
+    if distributed.env().is_local_main:
+        path = _fetch_model_here(cfg, uri, dest, config_only)
+    distributed.barrier()
+    if not distributed.env().is_local_main:
+        path = _fetch_model_here(cfg, uri, dest, config_only, download=False)
+    if not (path / "config.json").is_file():
+        raise DataError(f"model.uri: {uri} has no config.json (is it a Hugging Face model directory?)")
+    return path
+
+
+def _fetch_model_here(cfg: TrainerConfig, uri: str, dest: pathlib.Path, config_only: bool, download: bool = True) -> pathlib.Path:
+    if uri.startswith("hf://"):
+        return _fetch_hf_model(uri, dest, config_only, download)
+    if uri.startswith("s3://"):
+        target = dest / "model"
+        if download:
+            download_prefix(
+                uri,
+                target,
+                endpoint=_s3_endpoint(cfg, cfg.model.endpoint),
+                keep=(lambda rel: not WEIGHT_FILE.fullmatch(rel)) if config_only else (lambda _rel: True),
+            )
+        return target
+    path = pathlib.Path(parse_location(uri).path)
+    if not path.is_dir():
+        raise DataError(f"model.uri: {uri} -> {path} is not a directory")
+    return path
+
+
+def _fetch_hf_model(uri: str, dest: pathlib.Path, config_only: bool, download: bool) -> pathlib.Path:
+    from huggingface_hub import snapshot_download
+
+    repo, _, revision = uri[len("hf://") :].partition("@")
+    try:
+        return pathlib.Path(
+            snapshot_download(
+                repo_id=repo,
+                revision=revision or None,
+                token=os.environ.get(contract.ENV_HF_TOKEN) or None,
+                cache_dir=str(dest / "hf"),
+                ignore_patterns=["*.safetensors", "*.bin", "*.pt", "*.h5", "*.msgpack", "*.gguf", "*.onnx"] if config_only else None,
+                local_files_only=not download,
+            )
+        )
+    except Exception as err:  # huggingface_hub raises many types (auth, 404, offline)
+        raise DataError(f"model.uri: cannot download {uri} from the Hugging Face Hub: {type(err).__name__}: {_first_line(err)}") from None
+
+
+def fetch_dataset(cfg: TrainerConfig, dest: pathlib.Path) -> list[pathlib.Path]:
+    """Local JSONL files holding the dataset, in a stable order."""
+    if distributed.env().is_local_main:
+        files = _fetch_dataset_here(cfg, cfg.dataset, dest)
+    distributed.barrier()
+    if not distributed.env().is_local_main:
+        files = _fetch_dataset_here(cfg, cfg.dataset, dest, download=False)
+    return files
+
+
+def _fetch_dataset_here(cfg: TrainerConfig, src: DatasetSource, dest: pathlib.Path, download: bool = True) -> list[pathlib.Path]:
+    uri = src.uri
+    target = dest / "dataset"
+    if uri.startswith("s3://"):
+        if download:
+            download_prefix(uri, target, endpoint=_s3_endpoint(cfg, src.endpoint))
+        return _jsonl_files(target, uri)
+    if uri.startswith(("http://", "https://")):
+        out = target / "data.jsonl"
+        if download:
+            _http_download(uri, out)
+        return [out]
+    if uri.startswith("hf://datasets/"):
+        out = target / "data.jsonl"
+        if download:
+            _hf_dataset_to_jsonl(uri, out)
+        return [out]
+    path = pathlib.Path(parse_location(uri).path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return _jsonl_files(path, uri)
+    raise DataError(f"dataset.uri: {uri} -> {path} does not exist")
+
+
+def _jsonl_files(root: pathlib.Path, uri: str) -> list[pathlib.Path]:
+    if root.is_file():
+        return [root]
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".jsonl", ".json"))
+    if not files:
+        raise DataError(f"dataset.uri: {uri} holds no .jsonl files")
+    return files
+
+
+def _http_download(uri: str, out: pathlib.Path) -> None:
+    import requests
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with requests.get(uri, stream=True, timeout=(10, 300)) as resp:
+            if resp.status_code != 200:
+                raise DataError(f"dataset.uri: GET {_redact(uri)} answered HTTP {resp.status_code} {resp.reason}")
+            with out.open("wb") as f:
+                for chunk in resp.iter_content(1 << 20):
+                    f.write(chunk)
+    except requests.RequestException as err:
+        raise DataError(f"dataset.uri: cannot download {_redact(uri)}: {type(err).__name__}") from None
+
+
+def _hf_dataset_to_jsonl(uri: str, out: pathlib.Path) -> None:
+    import datasets
+
+    name, _, revision = uri[len("hf://datasets/") :].partition("@")
+    try:
+        ds = datasets.load_dataset(name, revision=revision or None, split="train", token=os.environ.get(contract.ENV_HF_TOKEN) or None)
+    except Exception as err:
+        raise DataError(f"dataset.uri: cannot load {uri}: {type(err).__name__}: {_first_line(err)}") from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w") as f:
+        for row in ds:
+            f.write(json.dumps(row) + "\n")
+
+
+def _redact(uri: str) -> str:
+    """Drop a query string (pre-signed URLs carry credentials there)."""
+    return uri.split("?", 1)[0]
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else ""
