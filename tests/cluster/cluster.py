@@ -527,8 +527,17 @@ class ControlPlane:
 
     # ---- helpers for tests ----------------------------------------------------------------
     def env(self, kubeconfig: Path | None = None) -> dict[str, str]:
-        """os.environ with KUBECONFIG set (admin unless another kubeconfig is given)."""
-        return {**os.environ, "KUBECONFIG": str(kubeconfig or self.kubeconfig)}
+        """os.environ with KUBECONFIG set (admin unless another kubeconfig is given); kubectl's
+        discovery cache and helm's cache/config/data go under the state directory, not ~."""
+        tools = self.state_dir / "tool-cache"
+        return {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig or self.kubeconfig),
+            "KUBECACHEDIR": str(tools / "kube"),
+            "HELM_CACHE_HOME": str(tools / "helm-cache"),
+            "HELM_CONFIG_HOME": str(tools / "helm-config"),
+            "HELM_DATA_HOME": str(tools / "helm-data"),
+        }
 
     def kubectl(
         self,
