@@ -222,7 +222,12 @@ def _train(cfg: TrainerConfig, env: DistEnv, metrics: TrainerMetrics | NullMetri
         staging=work / "final",
         history=state.history,
         final_metrics=final_metrics,
-        dataset_stats={**token_stats.as_dict(), "trainExamples": len(train_set), "validationExamples": len(val_set)},
+        dataset_stats={
+            **token_stats.as_dict(),
+            "trainExamples": len(train_set),
+            "validationExamples": len(val_set),
+            **({"labels": labels} if labels is not None else {}),
+        },
         probe=val_set[:2] or train_set[:2],
         pad_id=tokenizer.pad_token_id,
     )
