@@ -256,3 +256,19 @@ def test_values_yaml_matches_the_schema_keys() -> None:
                 walk(child, s["properties"][k], f"{path}{k}.")
 
     walk(values, schema, "")
+
+
+def test_operator_image_runs_as_the_chart_user() -> None:
+    """operator/Dockerfile's USER is the UID/GID the chart's pod security context sets."""
+    dockerfile = (REPO / "operator" / "Dockerfile").read_text()
+    users = re.findall(r"^USER\s+(\d+):(\d+)\s*$", dockerfile, re.M)
+    assert users, "operator/Dockerfile must end as a numeric non-root USER"
+    uid, gid = users[-1]
+    pod = one(render(), "Deployment")["spec"]["template"]["spec"]["securityContext"]
+    assert (int(uid), int(gid)) == (pod["runAsUser"], pod["runAsGroup"]) and int(uid) != 0
+    entry = re.search(r'^ENTRYPOINT\s+\["([^"]+)"\]', dockerfile, re.M)
+    assert entry and entry.group(1) == "finetune-operator"
+    import tomllib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["finetune-operator"] == "finetune_operator.main:main"
