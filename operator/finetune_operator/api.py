@@ -61,9 +61,9 @@ QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkM
 REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
 
-def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, str]:
+def cel(rule: str, message: str, field_path: str | None = None, reason: str | None = None) -> dict[str, Any]:
     """One CEL validation rule as it appears under `x-kubernetes-validations`."""
-    out = {"rule": rule, "message": message}
+    out: dict[str, Any] = {"rule": rule, "message": message}
     if field_path:
         out["fieldPath"] = field_path
     if reason:
@@ -117,7 +117,7 @@ class Resources(_Model):
     memory: Quantity | None = Field(default=None, description="Memory request and limit per pod")
 
 
-_METHOD_RULES = [
+_METHOD_RULES: list[Any] = [
     cel(
         "!(has(self.type) && self.type == 'full' && has(self.lora))",
         "method.lora is only allowed with method.type lora or qlora",
@@ -132,7 +132,7 @@ _METHOD_RULES = [
     ),
 ]
 
-_SPEC_RULES = [
+_SPEC_RULES: list[Any] = [
     cel(
         "has(self.output) || has(self.runtimeRef)",
         "spec.output is required unless spec.runtimeRef names a ClusterFineTuneRuntime with a defaultOutput",
@@ -214,7 +214,7 @@ class RuntimeResources(_Model):
     memory: Quantity | None = None
 
 
-_RUNTIME_RULES = [
+_RUNTIME_RULES: list[Any] = [
     cel(
         "!(has(self.maxNodes) && has(self.resources) && has(self.resources.nodes) && self.resources.nodes > self.maxNodes)",
         "resources.nodes must not exceed maxNodes",

@@ -66,7 +66,7 @@ def _metadata(meta: JobMeta, name: str, component: str | None = None, extra_labe
 
 
 def config_json(r: Resolved) -> str:
-    return r.trainer_config.to_json()
+    return str(r.trainer_config.to_json())
 
 
 def config_hash(r: Resolved) -> str:

@@ -95,7 +95,7 @@ def model_schema(model: type[Any]) -> dict[str, Any]:
     return structural(raw, raw.get("$defs", {}))
 
 
-def _immutability_rules(spec_fields: list[str]) -> list[dict[str, str]]:
+def _immutability_rules(spec_fields: list[str]) -> list[dict[str, Any]]:
     started = "!has(oldSelf.status) || !has(oldSelf.status.startTime)"
     rules = []
     for name in spec_fields:
@@ -175,7 +175,7 @@ def finetunejob_crd() -> dict[str, Any]:
             *_immutability_rules(list(spec["properties"])),
         ],
     }
-    columns = [
+    columns: list[dict[str, Any]] = [
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Progress", "type": "number", "jsonPath": ".status.progress.percent", "description": "Percent of training steps done"},
         {"name": "Loss", "type": "number", "jsonPath": ".status.progress.loss"},
@@ -200,7 +200,7 @@ def runtime_crd() -> dict[str, Any]:
             "spec": spec,
         },
     }
-    columns = [
+    columns: list[dict[str, Any]] = [
         {"name": "Image", "type": "string", "jsonPath": ".spec.image"},
         {"name": "Max-Nodes", "type": "integer", "jsonPath": ".spec.maxNodes"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

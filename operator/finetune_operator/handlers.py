@@ -31,7 +31,7 @@ PROGRESS_SECONDS = 15.0
 
 
 @kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     options = memo.get("options") or {}
     settings.peering.name = c.PEERING_NAME
     settings.peering.standalone = bool(options.get("standalone", False))
@@ -51,13 +51,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     port = int(options.get("metrics_port", 8080))
     if port:
         start_http_server(port, addr=str(options.get("metrics_addr", "0.0.0.0")))
-    kube = Kube(concurrency=int(options.get("api_workers", 16)))
+    kube = Kube(concurrency=int(options.get("api_workers", 32)))
     memo["reconciler"] = Reconciler(kube, OperatorConfig(default_image=str(options.get("default_image", c.DEFAULT_IMAGE))))
     memo["http"] = None  # aiohttp session for progress polls, made lazily inside the loop
 
 
 @kopf.on.cleanup()
-async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+async def shutdown(memo: Any, **_: Any) -> None:
     reconciler: Reconciler | None = memo.get("reconciler")
     if reconciler is not None:
         await reconciler.kube.close()
@@ -72,32 +72,32 @@ def authenticate(**_: Any) -> kopf.ConnectionInfo:
 
 
 @kopf.on.probe(id="reconciler")
-def probe(memo: kopf.Memo, **_: Any) -> bool:
+def probe(memo: Any, **_: Any) -> bool:
     return memo.get("reconciler") is not None
 
 
 # --- indexes ---------------------------------------------------------------------------------------
 @kopf.index(ct.GROUP, ct.VERSION, ct.PLURAL_JOB)
-def ftj_index(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, name): ftj_record(body)}
+async def ftj_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace or "", name): ftj_record(body)}
 
 
 @kopf.index(ct.GROUP, ct.VERSION, ct.PLURAL_RUNTIME)
-def runtime_index(name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
+async def runtime_index(name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
     return {name: dict(spec)}
 
 
 @kopf.index("batch", "v1", "jobs", labels=MANAGED)
-def child_index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, labels.get(ct.LABEL_JOB_NAME, "")): job_view(dict(body))}
+async def child_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace or "", labels.get(ct.LABEL_JOB_NAME, "")): job_view(dict(body))}
 
 
 @kopf.index("v1", "pods", labels=MANAGED)
-def pod_index(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {(namespace, labels.get(ct.LABEL_JOB_NAME, "")): pod_view(dict(body))}
+async def pod_index(namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {(namespace or "", labels.get(ct.LABEL_JOB_NAME, "")): pod_view(dict(body))}
 
 
-def _reconciler(memo: kopf.Memo, kw: dict[str, Any]) -> Reconciler:
+def _reconciler(memo: Any, kw: dict[str, Any]) -> Reconciler:
     r: Reconciler = memo["reconciler"]
     if r.indexes is None:
         r.indexes = Indexes(jobs=kw["ftj_index"], runtimes=kw["runtime_index"], children=kw["child_index"], pods=kw["pod_index"])
@@ -106,26 +106,26 @@ def _reconciler(memo: kopf.Memo, kw: dict[str, Any]) -> Reconciler:
 
 # --- events -------------------------------------------------------------------------------------------
 @kopf.on.event(ct.GROUP, ct.VERSION, ct.PLURAL_JOB)
-async def on_finetunejob(type: str | None, namespace: str, name: str, memo: kopf.Memo, **kw: Any) -> None:
+async def on_finetunejob(type: str, namespace: str | None, name: str, memo: Any, **kw: Any) -> None:
     r = _reconciler(memo, kw)
     if type == "DELETED":
-        r.forget((namespace, name))
+        r.forget((namespace or "", name))
         return
-    await r.reconcile((namespace, name))
+    await r.reconcile((namespace or "", name))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=MANAGED)
-async def on_job(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kw: Any) -> None:
-    await _reconciler(memo, kw).reconcile((namespace, labels.get(ct.LABEL_JOB_NAME, "")))
+async def on_job(namespace: str | None, labels: kopf.Labels, memo: Any, **kw: Any) -> None:
+    await _reconciler(memo, kw).reconcile((namespace or "", labels.get(ct.LABEL_JOB_NAME, "")))
 
 
 @kopf.on.event("v1", "pods", labels=MANAGED)
-async def on_pod(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **kw: Any) -> None:
-    await _reconciler(memo, kw).reconcile((namespace, labels.get(ct.LABEL_JOB_NAME, "")))
+async def on_pod(namespace: str | None, labels: kopf.Labels, memo: Any, **kw: Any) -> None:
+    await _reconciler(memo, kw).reconcile((namespace or "", labels.get(ct.LABEL_JOB_NAME, "")))
 
 
 @kopf.on.event(ct.GROUP, ct.VERSION, ct.PLURAL_RUNTIME)
-async def on_runtime(name: str, memo: kopf.Memo, **kw: Any) -> None:
+async def on_runtime(name: str, memo: Any, **kw: Any) -> None:
     r = _reconciler(memo, kw)
     for key in r.indexes.keys_using_runtime(name) if r.indexes else []:
         await r.reconcile(key)
@@ -140,21 +140,20 @@ def _progressing(status: kopf.Status, **_: Any) -> bool:
 
 
 @kopf.timer(ct.GROUP, ct.VERSION, ct.PLURAL_JOB, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, when=_active)
-async def resync(namespace: str, name: str, memo: kopf.Memo, **kw: Any) -> None:
+async def resync(namespace: str | None, name: str, memo: Any, **kw: Any) -> None:
     """Level-triggered safety net: a missed or failed event is corrected within a minute."""
-    await _reconciler(memo, kw).reconcile((namespace, name))
+    await _reconciler(memo, kw).reconcile((namespace or "", name))
 
 
 @kopf.timer(ct.GROUP, ct.VERSION, ct.PLURAL_JOB, interval=PROGRESS_SECONDS, when=_progressing)
-async def poll_progress(namespace: str, name: str, status: kopf.Status, memo: kopf.Memo, **kw: Any) -> None:
+async def poll_progress(namespace: str | None, name: str, status: kopf.Status, memo: Any, **kw: Any) -> None:
     """Read rank-0's /progress and fold it into the status (one patch, only if it changed)."""
     r = _reconciler(memo, kw)
-    key = (namespace, name)
+    key = (namespace or "", name)
     attempt = status.get("attempt", 0)
+    pods = r.indexes.pod_views(key) if r.indexes else ()
     rank0 = next(
-        (p for p in r.indexes.pod_views(key) if p.component == ct.COMPONENT_TRAINER and p.index == 0 and p.attempt == attempt and p.phase == "Running" and p.pod_ip)
-        if r.indexes
-        else (),
+        (p for p in pods if p.component == ct.COMPONENT_TRAINER and p.index == 0 and p.attempt == attempt and p.phase == "Running" and p.pod_ip),
         None,
     )
     if rank0 is None or rank0.pod_ip is None:

@@ -15,6 +15,7 @@ import logging
 import os
 import ssl
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -121,8 +122,10 @@ class Kube:
         data = json.dumps(body) if body is not None else None
         for attempt in (1, 2):
             session = await self._open(relogin=attempt == 2)
+            t0 = time.perf_counter()
             async with session.request(method, self._server + url, data=data, headers={"Content-Type": content_type}) as resp:
                 raw = await resp.read()
+                log.debug("%s %s -> %s in %.1f ms", method, path, resp.status, (time.perf_counter() - t0) * 1000)
                 if resp.status == 401 and attempt == 1:
                     continue  # rotated ServiceAccount token: read the credentials again
                 try:

@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--liveness", default=None, help="liveness endpoint URL (overrides --liveness-port), e.g. http://0.0.0.0:8081/healthz")
     p.add_argument("--all-namespaces", "-A", action="store_true", help="watch all namespaces (the default)")
     p.add_argument("--namespace", "-n", action="append", default=[], help="watch only these namespaces (repeatable)")
-    p.add_argument("--api-workers", type=int, default=int(env("FINETUNE_OPERATOR_API_WORKERS", "8")))
+    p.add_argument("--api-workers", type=int, default=int(env("FINETUNE_OPERATOR_API_WORKERS", "32")), help="concurrent API requests")
     p.add_argument("--log-level", default=env("FINETUNE_OPERATOR_LOG_LEVEL", "INFO"))
     return p.parse_args(argv)
 

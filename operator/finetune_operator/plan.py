@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from finetune_operator import builders
 from finetune_operator import constants as c
@@ -92,7 +92,7 @@ class _Next:
         self.data.update(values)
 
     def condition(self, type_: str, status: bool, reason: str, message: str) -> None:
-        flag = "True" if status else "False"
+        flag: Literal["True", "False"] = "True" if status else "False"
         old = self.conditions.get(type_)
         since = old.last_transition_time if old is not None and old.status == flag else self.now
         self.conditions[type_] = Condition(
@@ -202,8 +202,11 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
 
     if job is None:
         suspend = bool(spec.suspend or spec.queue_name)
-        phase = c.PHASE_SUSPENDED if spec.suspend else (c.PHASE_QUEUED if spec.queue_name else c.PHASE_INITIALIZING)
-        nxt.set(phase=phase, message=f"attempt {attempt}: Job {job_name(obs)} created")
+        if suspend:
+            nxt.set(phase=c.PHASE_SUSPENDED if spec.suspend else c.PHASE_QUEUED, message=_held_message(spec))
+        else:
+            nxt.set(phase=c.PHASE_INITIALIZING, message=_workers_message(attempt, 0, r.nodes))
+            nxt.condition(c.COND_RUNNING, False, c.REASON_WORKERS_STARTING, f"0/{r.nodes} workers running")
         _suspension(nxt, spec, suspended=suspend)
         return _plan(obs, nxt, apply=builders.build_children(r, attempt, suspend))
 
@@ -217,7 +220,7 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
 
     if suspended and not job.complete:
         phase = c.PHASE_SUSPENDED if spec.suspend else c.PHASE_QUEUED
-        nxt.set(phase=phase, message="spec.suspend is true" if spec.suspend else f"waiting for admission by Kueue queue {spec.queue_name!r}")
+        nxt.set(phase=phase, message=_held_message(spec))
         _suspension(nxt, spec, suspended=True)
         nxt.clear(c.COND_RUNNING, c.REASON_SUSPENDED if spec.suspend else c.REASON_QUEUED)
         return _plan(obs, nxt, apply=apply)
@@ -278,11 +281,11 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
         uploading = stage == "uploading"
         nxt.set(
             phase=c.PHASE_UPLOADING if uploading else c.PHASE_RUNNING,
-            message="uploading the adapter" if uploading else f"attempt {attempt}: {ready}/{r.nodes} workers running",
+            message="uploading the adapter" if uploading else _workers_message(attempt, ready, r.nodes),
         )
         nxt.condition(c.COND_RUNNING, True, c.REASON_UPLOADING if uploading else c.REASON_WORKERS_RUNNING, f"{ready}/{r.nodes} workers running")
     else:
-        nxt.set(phase=c.PHASE_INITIALIZING, message=f"attempt {attempt}: {ready}/{r.nodes} workers running")
+        nxt.set(phase=c.PHASE_INITIALIZING, message=_workers_message(attempt, ready, r.nodes))
         nxt.condition(c.COND_RUNNING, False, c.REASON_WORKERS_STARTING, f"{ready}/{r.nodes} workers running")
     tokens = (nxt.data.get("progress") or {}).get("trained_tokens")
     if isinstance(tokens, int):
@@ -291,8 +294,12 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
 
 
 # --- helpers ----------------------------------------------------------------------------------------
-def job_name(obs: Observed) -> str:
-    return obs.meta.name
+def _held_message(spec: FineTuneJobSpec) -> str:
+    return "spec.suspend is true" if spec.suspend else f"waiting for admission by Kueue queue {spec.queue_name!r}"
+
+
+def _workers_message(attempt: int, ready: int, total: int) -> str:
+    return f"attempt {attempt}: {ready}/{total} workers running"
 
 
 def _desired_suspend(spec: FineTuneJobSpec, job: JobView) -> bool | None:

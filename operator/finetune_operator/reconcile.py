@@ -197,8 +197,14 @@ class Reconciler:
             config=self.config,
             progress=progress,
         )
+        t0 = time.perf_counter()
         plan = decide(observed)
+        t1 = time.perf_counter()
         await self._execute(meta, previous, plan)
+        log.debug(
+            "reconciled %s/%s: phase %s, decide %.1f ms, execute %.1f ms (%d applies, %d deletes)",
+            ns, name, plan.status.phase, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000, len(plan.apply), len(plan.delete),
+        )
         return plan
 
     async def _execute(self, meta: JobMeta, previous: FineTuneJobStatus, plan: Plan) -> None:
