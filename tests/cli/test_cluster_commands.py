@@ -129,3 +129,33 @@ def test_download_by_job_name_from_its_status(crds: ControlPlane, kube_namespace
 def _patch_status(cluster: ControlPlane, namespace: str, name: str, status: dict[str, Any]) -> None:
     cluster.kubectl("patch", "finetunejob", name, "-n", namespace, "--subresource=status", "--type=merge",
                     "-p", json.dumps({"status": status}))
+
+
+def test_status_follows_progress_live_until_the_job_ends(crds: ControlPlane, kube_namespace: str,
+                                                         tmp_path: pathlib.Path) -> None:
+    """In a terminal, `ftctl status NAME` redraws a progress bar from .status.progress and exits
+    when the phase is terminal (0 for Succeeded)."""
+    import time
+
+    assert ftctl(crds, "submit", str(manifest(tmp_path, "live", kube_namespace))).returncode == 0
+    _patch_status(crds, kube_namespace, "live", {"phase": "Running", "progress": {"step": 5, "totalSteps": 50}})
+    env = {**crds.env(), "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "160"}
+    proc = subprocess.Popen([sys.executable, "-m", "ftctl", "status", "live", "-n", kube_namespace, "--interval", "0.3"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for i, step in enumerate((20, 35, 50)):
+            time.sleep(6.0 if i == 0 else 1.5)  # the first wait covers the CLI's start-up
+            assert proc.poll() is None, "status exited before the job ended"
+            _patch_status(crds, kube_namespace, "live", {"progress": {"step": step, "totalSteps": 50, "loss": 1.0 / step}})
+        _patch_status(crds, kube_namespace, "live", {"phase": "Succeeded"})
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    import re
+
+    stdout = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", stdout)  # terminal escape codes
+    for seen in ("step 5/50", "step 20/50", "step 35/50", "step 50/50", "Succeeded"):
+        assert seen in stdout, f"{seen!r} never drawn"

@@ -150,3 +150,16 @@ def test_missing_dataset_object_is_a_clean_error(s3_run: dict[str, Any]) -> None
     assert proc.returncode == 2
     assert "missing.jsonl" in proc.stdout + proc.stderr
     assert "model or dataset is unreachable or malformed" in proc.stderr
+
+
+def test_run_local_under_torchrun_with_two_processes(tmp_path: pathlib.Path) -> None:
+    import os
+
+    out = tmp_path / "out"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HOME": str(tmp_path / "hf")}
+    proc = ftctl("run", "--local", str(EXAMPLE), "--model", minilm(), "--dataset", str(DATA), "--output", str(out),
+                 "--max-steps", "3", "--nproc", "2", env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "torchrun x2" in proc.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["worldSize"] == 2 and manifest["metrics"]["steps"] == 3
