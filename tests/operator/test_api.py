@@ -125,3 +125,16 @@ status:
     j = job_view({"metadata": {"name": "j", "labels": {"finetune.dev/attempt": "1"}}, "spec": {"suspend": True}, "status": {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}})
     assert j.failed and j.failed_reason == "BackoffLimitExceeded" and j.suspended and j.attempt == 1 and not j.complete
     assert json.loads(json.dumps(v.__dict__))["name"] == "j-1-abcde"
+
+
+def test_every_spec_field_is_documented() -> None:
+    doc = (REPO / "docs" / "api.md").read_text()
+    for crd in (crdgen.finetunejob_crd(), crdgen.runtime_crd()):
+        spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        for name, node in spec["properties"].items():
+            assert f"`{name}" in doc, f"spec.{name} missing from docs/api.md"
+            for sub in node.get("properties", {}):
+                assert sub in doc, f"spec.{name}.{sub} missing from docs/api.md"
+    status = crdgen.finetunejob_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    for name in status["properties"]:
+        assert name in doc, f"status.{name} missing from docs/api.md"
