@@ -1,0 +1,115 @@
+"""Multi-process training on CPU: two torchrun "nodes" on loopback, DeepSpeed ZeRO-2 and ZeRO-3.
+
+Each launcher is configured only through the PET_* environment, as the operator configures pods.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.support.ports import free_port
+from tests.support.s3 import S3Server
+
+from .helpers import CACHE_ROOT, chat_rows, run_trainer, summary_of, trainer_env, write_config, write_jsonl
+from .test_train_lora import _check_reload, _download_output
+
+pytestmark = pytest.mark.slow
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _chat_config(tmp_path: pathlib.Path, name: str, model: str, data: str, output: str, method: dict, steps: int = 8, lr: float = 0.01) -> pathlib.Path:  # type: ignore[type-arg]
+    return write_config(tmp_path / f"{name}.json", {
+        "jobName": name,
+        "model": {"uri": model},
+        "dataset": {"uri": data, "format": "chat", "validationSplit": 0.1},
+        "method": method,
+        "hyperparameters": {"maxSteps": steps, "learningRate": lr, "batchSize": 4, "maxSeqLength": 64, "warmupRatio": 0.0},
+        "checkpoint": {"everySteps": 4, "keep": 2},
+        "output": {"uri": output},
+    })
+
+
+def test_two_torchrun_nodes_on_loopback_train_one_job(s3: S3Server, tiny_llama: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    bucket = s3.create_bucket()
+    s3.upload_dir(tiny_llama, f"s3://{bucket}/model/")
+    s3.upload_file(write_jsonl(tmp_path / "chat.jsonl", chat_rows(96)), f"s3://{bucket}/chat.jsonl")
+    cfg = _chat_config(tmp_path, "two-nodes", f"s3://{bucket}/model", f"s3://{bucket}/chat.jsonl", f"s3://{bucket}/out",
+                       {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "targetModules": ALL_LINEAR}})
+    port = free_port()
+    launchers = []
+    for node_rank in (0, 1):
+        env = trainer_env({
+            **s3.env(),
+            "PET_NNODES": "2", "PET_NPROC_PER_NODE": "1", "PET_NODE_RANK": str(node_rank),
+            "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port),
+            "FINETUNE_WORK_DIR": str(tmp_path / f"node{node_rank}"),
+            "FINETUNE_TERMINATION_MESSAGE_PATH": str(tmp_path / f"termination-{node_rank}"),
+        }, threads=1)
+        launchers.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "-m", "finetune_trainer", "train", "--config", str(cfg)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(CACHE_ROOT),
+        ))
+    results = [p.communicate(timeout=600) for p in launchers]
+    for p, (out, err) in zip(launchers, results, strict=True):
+        assert p.returncode == 0, err[-4000:]
+    summary = json.loads(results[0][0][results[0][0].find("{"):])
+    assert summary["status"] == "Succeeded" and summary["steps"] == 8
+    manifest = _download_output(s3, f"s3://{bucket}/out/", tmp_path / "out")
+    assert manifest["worldSize"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    # both nodes stored their RNG state in the shared checkpoint
+    keys = s3.list_keys(f"s3://{bucket}/out/checkpoints/step-4/")
+    assert {"out/checkpoints/step-4/rng-rank0.pt", "out/checkpoints/step-4/rng-rank1.pt", "out/checkpoints/step-4/manifest.json"} <= set(keys)
+    _check_reload(tiny_llama, tmp_path / "out" / "adapter", manifest, classification=False)
+
+
+def _torchrun_two(cfg: pathlib.Path, tmp_path: pathlib.Path, extra: dict[str, str] | None = None) -> dict:  # type: ignore[type-arg]
+    env = trainer_env({"FINETUNE_WORK_DIR": str(tmp_path / "work"), **(extra or {})}, threads=1)
+    proc = run_trainer(["train", "--config", str(cfg)], env, torchrun=["--standalone", "--nproc-per-node", "2"])
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return summary_of(proc)
+
+
+def test_deepspeed_zero2_lora_two_processes(s3: S3Server, tiny_llama: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    bucket = s3.create_bucket()
+    data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(64))
+    cfg = _chat_config(tmp_path, "ds-lora", str(tiny_llama), str(data), f"s3://{bucket}/out",
+                       {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "targetModules": ALL_LINEAR}, "deepspeed": {"zeroStage": 2}})
+    summary = _torchrun_two(cfg, tmp_path, s3.env())
+    assert summary["steps"] == 8
+    manifest = _download_output(s3, f"s3://{bucket}/out/", tmp_path / "out")
+    assert manifest["worldSize"] == 2 and manifest["method"]["deepspeed"]["zeroStage"] == 2
+    # ZeRO-2 shards the optimizer: one shard per rank in the checkpoint
+    keys = s3.list_keys(f"s3://{bucket}/out/checkpoints/step-4/")
+    assert sum("optim_states" in k for k in keys) == 2, keys
+    _check_reload(tiny_llama, tmp_path / "out" / "adapter", manifest, classification=False)
+
+
+def test_deepspeed_zero3_full_saves_consolidated_weights(tiny_llama: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(64))
+    out = tmp_path / "out"
+    cfg = _chat_config(tmp_path, "ds-full", str(tiny_llama), str(data), str(out),
+                       {"type": "full", "deepspeed": {"zeroStage": 3}}, steps=4, lr=0.001)
+    _torchrun_two(cfg, tmp_path)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["weights"] == "model/"
+    trained = load_file(str(out / "model" / "model.safetensors"))
+    base = load_file(str(tiny_llama / "model.safetensors"))
+    # no tensor was saved empty (a plain state_dict under ZeRO-3 would hold shape-(0,) tensors)
+    for name, tensor in base.items():
+        assert trained[name].shape == tensor.shape, name
+    changed = [n for n in base if not torch.equal(base[n], trained[n])]
+    assert len(changed) >= len(base) // 2, changed
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(out / "model"))
+    assert torch.equal(model.state_dict()["model.layers.0.self_attn.q_proj.weight"], trained["model.layers.0.self_attn.q_proj.weight"])
