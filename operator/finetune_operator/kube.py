@@ -9,6 +9,7 @@ kubernetes client library is not loaded at all, which keeps the operator small.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -94,6 +95,10 @@ class Kube:
         self._session: aiohttp.ClientSession | None = None
         self._info: kopf.ConnectionInfo | None = None
         self._server = ""
+        # Requests queue here, not in the connection pool, so the timeout covers only the
+        # request itself; events get their own small share and never crowd out the work.
+        self._slots = asyncio.Semaphore(concurrency)
+        self._event_slots = asyncio.Semaphore(max(concurrency // 8, 1))
 
     async def _open(self, relogin: bool = False) -> aiohttp.ClientSession:
         if self._session is not None and not relogin:
@@ -107,7 +112,7 @@ class Kube:
             headers["Authorization"] = f"Bearer {info.token}"
         elif info.username and info.password:
             auth = aiohttp.BasicAuth(info.username, info.password)
-        connector = aiohttp.TCPConnector(limit=self._concurrency, ssl=_ssl_context(info))
+        connector = aiohttp.TCPConnector(limit=self._concurrency + max(self._concurrency // 8, 1), ssl=_ssl_context(info))
         self._server = info.server.rstrip("/")
         self._session = aiohttp.ClientSession(
             headers=headers,
@@ -117,22 +122,25 @@ class Kube:
         )
         return self._session
 
-    async def _run(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None, content_type: str = "application/json") -> tuple[int, Any]:
+    async def _run(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None, content_type: str = "application/json", slots: asyncio.Semaphore | None = None) -> tuple[int, Any]:
         url = path + ("?" + urlencode(query) if query else "")
         data = json.dumps(body) if body is not None else None
-        for attempt in (1, 2):
-            session = await self._open(relogin=attempt == 2)
-            t0 = time.perf_counter()
-            async with session.request(method, self._server + url, data=data, headers={"Content-Type": content_type}) as resp:
-                raw = await resp.read()
-                log.debug("%s %s -> %s in %.1f ms", method, path, resp.status, (time.perf_counter() - t0) * 1000)
-                if resp.status == 401 and attempt == 1:
-                    continue  # rotated ServiceAccount token: read the credentials again
-                try:
-                    payload = json.loads(raw) if raw else None
-                except ValueError:
-                    payload = raw.decode(errors="replace")
-                return resp.status, payload
+        async with slots or self._slots:
+            for attempt in (1, 2):
+                session = await self._open(relogin=attempt == 2)
+                t0 = time.perf_counter()
+                async with session.request(method, self._server + url, data=data, headers={"Content-Type": content_type}) as resp:
+                    raw = await resp.read()
+                    log.debug("%s %s -> %s in %.1f ms", method, path, resp.status, (time.perf_counter() - t0) * 1000)
+                    if resp.status == 401 and attempt == 1:
+                        continue  # rotated ServiceAccount token: read the credentials again
+                    if 200 <= resp.status < 300:
+                        return resp.status, None  # callers need no body on success
+                    try:
+                        payload = json.loads(raw) if raw else None
+                    except ValueError:
+                        payload = raw.decode(errors="replace")
+                    return resp.status, payload
         raise AssertionError("unreachable")
 
     @staticmethod
@@ -201,8 +209,11 @@ class Kube:
             "lastTimestamp": stamp,
             "count": 1,
         }
-        status, data = await self._run("POST", _EVENTS_PATH.format(ns=meta.namespace), body)
-        if status >= 300:  # an event that cannot be posted is not worth failing a reconcile
+        try:
+            status, data = await self._run("POST", _EVENTS_PATH.format(ns=meta.namespace), body, slots=self._event_slots)
+        except (aiohttp.ClientError, OSError) as err:
+            status, data = 0, repr(err)
+        if not 200 <= status < 300:  # an event that cannot be posted is not worth failing a reconcile
             log.warning("event %s on %s/%s not posted: %s", event.reason, meta.namespace, meta.name, _msg(data))
 
     async def close(self) -> None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import aiohttp
+
 from finetune_operator import constants as c
 from finetune_operator import metrics
 from finetune_operator.api import (
@@ -127,10 +129,10 @@ class Reconciler:
             started = time.perf_counter()
             try:
                 plan = await self._reconcile(key, progress)
-            except (KubeError, OSError) as err:
+            except (KubeError, OSError, aiohttp.ClientError) as err:
                 metrics.ERRORS.labels("api").inc()
                 self._schedule_retry(key, failed=True)
-                log.warning("reconcile %s/%s failed (will retry): %s", key[0], key[1], err)
+                log.warning("reconcile %s/%s failed (will retry): %r", key[0], key[1], err)
                 return None
             except Exception:
                 metrics.ERRORS.labels("internal").inc()
