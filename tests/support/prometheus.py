@@ -54,10 +54,11 @@ class Prometheus:
         target_list = ", ".join(f'"{t}"' for t in targets)
         self.config.write_text(
             "global:\n"
-            f"  scrape_interval: {interval}s\n"
-            f"  evaluation_interval: {interval}s\n"
+            f"  scrape_interval: {int(interval * 1000)}ms\n"
+            f"  evaluation_interval: {int(interval * 1000)}ms\n"
             "scrape_configs:\n"
             f"  - job_name: {job}\n"
+            "    honor_labels: true\n"  # keep the trainer's own `job` label (as a PodMonitor with honorLabels)
             f"    static_configs:\n      - targets: [{target_list}]\n"
         )
         self.process: subprocess.Popen[bytes] | None = None
@@ -74,7 +75,16 @@ class Prometheus:
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
         )
-        wait_for_port(self.port, timeout=30)
+        try:
+            wait_for_port(self.port, timeout=30)
+        except TimeoutError:
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"Prometheus did not start: {self.log.read_text()[-2000:]}") from None
+        deadline = time.monotonic() + 30
+        while requests.get(f"{self.url}/-/ready", timeout=5).status_code != 200:  # TSDB still opening
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Prometheus is not ready after 30s: {self.log.read_text()[-2000:]}")
+            time.sleep(0.1)
         return self
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:

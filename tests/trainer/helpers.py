@@ -30,11 +30,11 @@ def minilm_path() -> pathlib.Path:
 
 def build_tiny_llama(dest: pathlib.Path, *, hidden: int = 64, layers: int = 2, seed: int = 0) -> pathlib.Path:
     """A Llama-architecture causal LM from a config (random weights) with MiniLM's tokenizer."""
+    if (dest / "config.json").exists():
+        return dest
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    if (dest / "config.json").exists():
-        return dest
     tok = AutoTokenizer.from_pretrained(str(minilm_path()))
     tok.bos_token, tok.eos_token = "[CLS]", "[SEP]"
     tok.chat_template = CHAT_TEMPLATE

@@ -5,12 +5,11 @@ from __future__ import annotations
 import pathlib
 
 import pytest
-from transformers import AutoTokenizer
-
 from finetune_trainer import data
 from finetune_trainer.data import IGNORE_INDEX, Batches, Example, Position
 from finetune_trainer.errors import DataError
 from finetune_trainer.storage import parse_location
+from transformers import AutoTokenizer
 
 from .helpers import chat_rows, write_jsonl
 

@@ -17,7 +17,15 @@ from safetensors.torch import load_file
 from tests.support.ports import free_port
 from tests.support.s3 import S3Server
 
-from .helpers import CACHE_ROOT, chat_rows, run_trainer, summary_of, trainer_env, write_config, write_jsonl
+from .helpers import (
+    CACHE_ROOT,
+    chat_rows,
+    run_trainer,
+    summary_of,
+    trainer_env,
+    write_config,
+    write_jsonl,
+)
 from .test_train_lora import _check_reload, _download_output
 
 pytestmark = pytest.mark.slow

@@ -14,13 +14,21 @@ from typing import Any
 
 import pytest
 import torch
-
 from finetune_trainer import contract
-from tests.support.s3 import S3Server
-from tests.support.http import HttpFiles
-
-from .helpers import chat_rows, run_trainer, sentiment_rows, summary_of, trainer_env, write_config, write_jsonl
 from finetune_trainer.storage import sha256_file
+
+from tests.support.http import HttpFiles
+from tests.support.s3 import S3Server
+
+from .helpers import (
+    chat_rows,
+    run_trainer,
+    sentiment_rows,
+    summary_of,
+    trainer_env,
+    write_config,
+    write_jsonl,
+)
 
 pytestmark = pytest.mark.slow
 
