@@ -25,8 +25,12 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed ## Create .venv with the operator, trainer, CLI and test dependencies
 
 .PHONY: test
-test: install cluster-build ## Run the whole test suite (builds/starts what the tests need)
+test: install cluster-build prometheus ## Run the whole test suite (builds/starts what the tests need)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+.PHONY: prometheus
+prometheus: ## Install Debian's prometheus package for the scraping tests (idempotent)
+	bash hack/install-prometheus.sh
 
 .PHONY: lint
 lint: install ## ruff + mypy --strict + import-linter layering

@@ -199,6 +199,13 @@ class FullRecipe:
         tokenizer.save_pretrained(str(dest))
 
 
+def preflight(cfg: TrainerConfig, env: DistEnv) -> None:
+    """Refuse, before any download, what this machine cannot run (qlora without CUDA, fp16 on CPU)."""
+    train_dtype(cfg, env)
+    if cfg.method.type == "qlora":
+        _qlora_load_kwargs(env)
+
+
 def recipe_for(cfg: TrainerConfig, env: DistEnv) -> Recipe:
     kind = cfg.method.type
     if kind == "lora":

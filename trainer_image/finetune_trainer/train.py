@@ -37,7 +37,7 @@ from .engine import Engine, make_engine
 from .errors import Preempted
 from .metrics import NullMetrics, Progress, TrainerMetrics
 from .output import write_final_output
-from .recipes import load_tokenizer, recipe_for, task_for, train_dtype
+from .recipes import load_tokenizer, preflight, recipe_for, task_for, train_dtype
 from .sources import fetch_dataset, fetch_model, work_dir
 from .storage import Output
 
@@ -113,6 +113,7 @@ def _start_metrics(cfg: TrainerConfig, env: DistEnv) -> TrainerMetrics | NullMet
 
 def _train(cfg: TrainerConfig, env: DistEnv, metrics: TrainerMetrics | NullMetrics, sigterm: SigtermFlag) -> dict[str, Any]:
     hp = cfg.hyperparameters
+    preflight(cfg, env)
     output = Output(cfg.output.uri, cfg.output.endpoint)
     if env.is_main:
         output.check_writable()  # a wrong bucket or key fails now, not after hours of training

@@ -1,0 +1,71 @@
+"""The command line: config errors name every bad field; `validate` reports on model and data."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from finetune_trainer import contract
+from tests.support.s3 import S3Server
+
+from .helpers import chat_rows, run_trainer, summary_of, trainer_env, write_config, write_jsonl
+
+
+def test_bad_config_lists_every_problem_and_exits_2(tmp_path: pathlib.Path) -> None:
+    cfg = write_config(tmp_path / "bad.json", {
+        "model": {"uri": "ftp://nope"},
+        "dataset": {"uri": "/data.jsonl", "format": "csv"},
+        "hyperparameters": {"learningRate": -1},
+        "output": {"uri": "s3://bucket/x"},
+    })
+    proc = run_trainer(["train", "--config", str(cfg)], trainer_env({"FINETUNE_TERMINATION_MESSAGE_PATH": str(tmp_path / "t")}))
+    assert proc.returncode == contract.EXIT_CONFIG_ERROR
+    summary = summary_of(proc)
+    for field in ("model.uri", "dataset.format", "hyperparameters.learningRate"):
+        assert field in summary["message"]
+    assert json.loads((tmp_path / "t").read_text())["reason"] == "InvalidConfig"
+    assert "Traceback" not in proc.stderr
+
+
+def test_config_path_from_contract_env_and_qlora_needs_a_gpu(tiny_llama: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(8))
+    cfg = write_config(tmp_path / "q.json", {
+        "model": {"uri": str(tiny_llama)}, "dataset": {"uri": str(data), "format": "chat"},
+        "method": {"type": "qlora"}, "hyperparameters": {"maxSteps": 1, "maxSeqLength": 32},
+        "output": {"uri": str(tmp_path / "out")},
+    })
+    proc = run_trainer(["train"], trainer_env({contract.ENV_CONFIG_PATH: str(cfg), "FINETUNE_WORK_DIR": str(tmp_path / "w")}))
+    assert proc.returncode == contract.EXIT_CONFIG_ERROR
+    assert "qlora needs a CUDA GPU" in summary_of(proc)["message"]
+
+
+@pytest.mark.slow
+def test_validate_reports_rows_tokens_and_long_rows_from_s3(s3: S3Server, tiny_llama: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    bucket = s3.create_bucket()
+    s3.upload_dir(tiny_llama, f"s3://{bucket}/m/")
+    rows = chat_rows(20)
+    rows[3]["messages"][2]["content"] = "very long answer " * 40
+    s3.put_bytes(f"s3://{bucket}/d/part-1.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+    s3.put_bytes(f"s3://{bucket}/d/part-2.jsonl", "".join(json.dumps(r) + "\n" for r in chat_rows(5, seed=1)).encode())
+    cfg = write_config(tmp_path / "v.json", {
+        "model": {"uri": f"s3://{bucket}/m"}, "dataset": {"uri": f"s3://{bucket}/d/", "format": "chat", "validationSplit": 0.2},
+        "hyperparameters": {"maxSeqLength": 48}, "output": {"uri": f"s3://{bucket}/out"},
+    })
+    env = trainer_env({**s3.env(), "FINETUNE_WORK_DIR": str(tmp_path / "w")})
+    proc = run_trainer(["validate", "--config", str(cfg)], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = summary_of(proc)
+    ds = summary["dataset"]
+    assert summary["status"] == "Valid" and ds["files"] == 2 and ds["rows"] == 25
+    assert ds["rowsLongerThanMaxSeqLength"] == 1 and "part-1.jsonl:4" in ds["longerRowsSample"][0]
+    assert ds["maxTokens"] > 48 and ds["minTokens"] > 0 and ds["trainRows"] + ds["validationRows"] == 25
+    assert summary["model"]["modelType"] == "llama" and summary["model"]["vocabSize"] == 30522
+    assert not list((tmp_path / "w").rglob("*.safetensors"))  # config only: weights never downloaded
+
+    # one broken row: exit 3 and its line number
+    s3.put_bytes(f"s3://{bucket}/d/part-2.jsonl", b'{"messages": []}\n')
+    proc = run_trainer(["validate", "--config", str(cfg)], env)
+    assert proc.returncode == contract.EXIT_DATA_ERROR
+    assert "line 1 of part-2.jsonl: field 'messages' must be a non-empty list" in summary_of(proc)["message"]
