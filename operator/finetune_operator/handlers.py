@@ -3,11 +3,13 @@
 All kopf settings live in `configure` (the one startup hook): peering (only one replica acts),
 progress/diff-base storage in annotations, watch timeouts, no kopf-posted events, and the
 metrics server. Indexes keep small views of FineTuneJobs, runtimes, Jobs and pods in memory so a
-reconcile reads no API objects.
+reconcile reads no API objects. Periodic work (resync, progress polling) is one loop each for all
+jobs, not a kopf timer per object, which keeps thousands of jobs cheap.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -17,7 +19,7 @@ from prometheus_client import start_http_server
 
 from finetune_operator import constants as c
 from finetune_operator.kube import Kube, login
-from finetune_operator.progress import fetch_progress, progress_url
+from finetune_operator.progress import fetch_progress
 from finetune_operator.reconcile import Indexes, Reconciler, ftj_record
 from finetune_operator.resolve import OperatorConfig
 from finetune_operator.views import job_view, pod_view
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 MANAGED = {ct.LABEL_MANAGED_BY: ct.MANAGED_BY}
 RESYNC_SECONDS = 60.0
 PROGRESS_SECONDS = 15.0
+PROGRESS_CONCURRENCY = 16
 
 
 @kopf.on.startup()
@@ -47,22 +50,21 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 4
-    settings.batching.idle_timeout = 5.0
+    settings.batching.idle_timeout = 1.0  # per-object workers (and the bodies they hold) go away fast
     port = int(options.get("metrics_port", 8080))
     if port:
         start_http_server(port, addr=str(options.get("metrics_addr", "0.0.0.0")))
     kube = Kube(concurrency=int(options.get("api_workers", 32)))
     memo["reconciler"] = Reconciler(kube, OperatorConfig(default_image=str(options.get("default_image", c.DEFAULT_IMAGE))))
-    memo["http"] = None  # aiohttp session for progress polls, made lazily inside the loop
 
 
 @kopf.on.cleanup()
 async def shutdown(memo: Any, **_: Any) -> None:
+    for task in memo.get("loops") or []:
+        task.cancel()
     reconciler: Reconciler | None = memo.get("reconciler")
     if reconciler is not None:
         await reconciler.kube.close()
-    if memo.get("http") is not None:
-        await memo["http"].close()
 
 
 @kopf.on.login()
@@ -101,6 +103,7 @@ def _reconciler(memo: Any, kw: dict[str, Any]) -> Reconciler:
     r: Reconciler = memo["reconciler"]
     if r.indexes is None:
         r.indexes = Indexes(jobs=kw["ftj_index"], runtimes=kw["runtime_index"], children=kw["child_index"], pods=kw["pod_index"])
+        _start_loops(memo, r)
     return r
 
 
@@ -131,35 +134,34 @@ async def on_runtime(name: str, memo: Any, **kw: Any) -> None:
         await r.reconcile(key)
 
 
-def _active(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") not in c.TERMINAL_PHASES
+# --- periodic work: one loop for all jobs (no per-object timer tasks) ------------------------------------
+async def resync_loop(r: Reconciler) -> None:
+    """Level-triggered safety net: every unfinished job is reconciled once a minute, so a missed
+    watch event or a failed API call is corrected without waiting for the next event."""
+    while True:
+        await asyncio.sleep(RESYNC_SECONDS)
+        for key in r.active_keys():
+            await r.reconcile(key)
 
 
-def _progressing(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") in c.PROGRESS_PHASES
+async def progress_loop(r: Reconciler) -> None:
+    """Every PROGRESS_SECONDS, read rank 0's /progress of each running job and fold it into the
+    status (one patch, only if it changed)."""
+    slots = asyncio.Semaphore(PROGRESS_CONCURRENCY)
+
+    async def poll(session: aiohttp.ClientSession, key: tuple[str, str], url: str) -> None:
+        async with slots:
+            progress = await fetch_progress(session, url)
+        if progress is not None:
+            await r.reconcile(key, progress=progress)
+
+    async with aiohttp.ClientSession() as session:
+        while True:
+            await asyncio.sleep(PROGRESS_SECONDS)
+            await asyncio.gather(*(poll(session, key, url) for key, url in r.progress_targets()))
 
 
-@kopf.timer(ct.GROUP, ct.VERSION, ct.PLURAL_JOB, interval=RESYNC_SECONDS, initial_delay=RESYNC_SECONDS, when=_active)
-async def resync(namespace: str | None, name: str, memo: Any, **kw: Any) -> None:
-    """Level-triggered safety net: a missed or failed event is corrected within a minute."""
-    await _reconciler(memo, kw).reconcile((namespace or "", name))
-
-
-@kopf.timer(ct.GROUP, ct.VERSION, ct.PLURAL_JOB, interval=PROGRESS_SECONDS, when=_progressing)
-async def poll_progress(namespace: str | None, name: str, status: kopf.Status, memo: Any, **kw: Any) -> None:
-    """Read rank-0's /progress and fold it into the status (one patch, only if it changed)."""
-    r = _reconciler(memo, kw)
-    key = (namespace or "", name)
-    attempt = status.get("attempt", 0)
-    pods = r.indexes.pod_views(key) if r.indexes else ()
-    rank0 = next(
-        (p for p in pods if p.component == ct.COMPONENT_TRAINER and p.index == 0 and p.attempt == attempt and p.phase == "Running" and p.pod_ip),
-        None,
-    )
-    if rank0 is None or rank0.pod_ip is None:
+def _start_loops(memo: Any, r: Reconciler) -> None:
+    if memo.get("loops"):
         return
-    if memo.get("http") is None:
-        memo["http"] = aiohttp.ClientSession()
-    progress = await fetch_progress(memo["http"], progress_url(rank0.pod_ip))
-    if progress is not None:
-        await r.reconcile(key, progress=progress)
+    memo["loops"] = [asyncio.create_task(resync_loop(r)), asyncio.create_task(progress_loop(r))]

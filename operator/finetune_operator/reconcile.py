@@ -32,6 +32,7 @@ from finetune_operator.api import (
 )
 from finetune_operator.kube import Kube, KubeError
 from finetune_operator.plan import Observed, Plan, decide
+from finetune_operator.progress import progress_url
 from finetune_operator.resolve import JobMeta, OperatorConfig
 from finetune_operator.views import JobView, PodView
 
@@ -145,6 +146,43 @@ class Reconciler:
             if plan is not None and plan.requeue_after is not None:
                 self._schedule_retry(key, delay=plan.requeue_after)
             return plan
+
+    def active_keys(self) -> list[Key]:
+        """Jobs not yet Succeeded/Failed (for the periodic resync)."""
+        if self.indexes is None:
+            return []
+        return [k for k, store in list(self.indexes.jobs.items()) for rec in store if self._phase(k, rec) not in c.TERMINAL_PHASES]
+
+    def progress_targets(self) -> list[tuple[Key, str]]:
+        """(job, rank 0's /progress URL) for every job whose trainers may be running."""
+        if self.indexes is None:
+            return []
+        out = []
+        for key, store in list(self.indexes.jobs.items()):
+            for rec in store:
+                if self._phase(key, rec) not in c.PROGRESS_PHASES:
+                    continue
+                attempt = (rec.get("status") or {}).get("attempt", 0)
+                written = self._written.get(key)
+                if written is not None:
+                    attempt = written[1].attempt
+                rank0 = next(
+                    (
+                        p
+                        for p in self.indexes.pod_views(key)
+                        if p.component == ct.COMPONENT_TRAINER and p.index == 0 and p.attempt == attempt and p.phase == "Running" and p.pod_ip
+                    ),
+                    None,
+                )
+                if rank0 is not None and rank0.pod_ip:
+                    out.append((key, progress_url(rank0.pod_ip)))
+        return out
+
+    def _phase(self, key: Key, rec: dict[str, Any]) -> str | None:
+        written = self._written.get(key)
+        if written is not None and written[0] == rec.get("uid"):
+            return written[1].phase
+        return (rec.get("status") or {}).get("phase")
 
     def forget(self, key: Key) -> None:
         self._written.pop(key, None)

@@ -64,6 +64,7 @@ def pod(
     deleting: bool = False,
     start: datetime | None = T0,
     finish: datetime | None = None,
+    pod_ip: str = "10.0.0.1",
 ) -> PodView:
     return PodView(
         name=name,
@@ -80,7 +81,7 @@ def pod(
         reason="Evicted" if disrupted else None,
         disrupted=disrupted,
         deleting=deleting,
-        pod_ip="10.0.0.1",
+        pod_ip=pod_ip,
     )
 
 
