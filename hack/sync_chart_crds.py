@@ -1,5 +1,9 @@
 """Copy the CRDs from crds/ into the Helm chart (`make chart-crds`); `--check` reports drift.
 
+It also copies the ClusterFineTuneRuntime spec schema into values.schema.json
+(`definitions.runtimeSpec`), so a bad preset in the values fails `helm install` before anything is
+created, naming the field (unknown fields too, as the operator's models forbid them).
+
 Run: .venv/bin/python hack/sync_chart_crds.py [--check]
 
 Every CustomResourceDefinition document of crds/<file>.yaml goes, unchanged, into
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import pathlib
 import re
 import sys
@@ -22,6 +27,8 @@ import yaml
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SOURCE = REPO / "crds"
 TARGET = REPO / "charts" / "finetune-operator" / "crds"
+VALUES_SCHEMA = REPO / "charts" / "finetune-operator" / "values.schema.json"
+RUNTIME_CRD = SOURCE / "finetune.dev_clusterfinetuneruntimes.yaml"
 HEADER = "# Copied from crds/{name} by `make chart-crds`. Do not edit: change crds/ and re-run.\n"
 
 
@@ -39,6 +46,32 @@ def chart_files() -> dict[str, str]:
         if crds:
             out[path.name] = HEADER.format(name=path.name) + "---\n" + "---\n".join(crds)
     return out
+
+
+def _json_schema(node: object) -> object:
+    """An OpenAPI (CRD) schema as JSON schema: x-kubernetes-* dropped, unknown fields forbidden."""
+    if isinstance(node, list):
+        return [_json_schema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _json_schema(v) for k, v in node.items() if not k.startswith("x-kubernetes-")}
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+def values_schema_text() -> str:
+    """values.schema.json with definitions.runtimeSpec taken from the runtime CRD."""
+    schema = json.loads(VALUES_SCHEMA.read_text())
+    crd = next(d for d in yaml.safe_load_all(RUNTIME_CRD.read_text()) if d and d.get("kind") == "CustomResourceDefinition")
+    spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    runtime = _json_schema(spec)
+    assert isinstance(runtime, dict)
+    runtime["required"] = [r for r in runtime.get("required", []) if r != "image"]  # defaults to trainerImage
+    if not runtime["required"]:
+        del runtime["required"]
+    schema["definitions"]["runtimeSpec"] = runtime
+    return json.dumps(schema, indent=2) + "\n"
 
 
 def _strip_comments_header(chunk: str) -> str:
@@ -71,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             (TARGET / name).unlink()
             print(f"removed {TARGET.relative_to(REPO)}/{name} (no longer in crds/)")
+    schema_text = values_schema_text()
+    if VALUES_SCHEMA.read_text() != schema_text:
+        drift = True
+        if args.check:
+            print("charts/finetune-operator/values.schema.json: definitions.runtimeSpec differs from crds/")
+        else:
+            VALUES_SCHEMA.write_text(schema_text)
+            print(f"wrote {VALUES_SCHEMA.relative_to(REPO)} (definitions.runtimeSpec)")
     if args.check and drift:
         print("charts/finetune-operator/crds/ drifted from crds/: run `make chart-crds`", file=sys.stderr)
         return 1

@@ -31,6 +31,11 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("typo under serviceMonitor", {"metrics": {"serviceMonitor": {"enable": True}}}, "enable"),
     ("preset without spec", {"runtimePresets": {"presets": [{"name": "x"}]}}, "spec"),
     ("preset name not a DNS name", {"runtimePresets": {"presets": [{"name": "A B", "spec": {}}]}}, "name"),
+    ("preset method unknown", {"runtimePresets": {"presets": [{"name": "x", "spec": {"allowedMethods": ["sft"]}}]}},
+     "allowedMethods"),
+    ("preset above the node limit", {"runtimePresets": {"presets": [{"name": "x", "spec": {"maxNodes": 100}}]}}, "maxNodes"),
+    ("preset field misspelled", {"runtimePresets": {"presets": [{"name": "x", "spec": {"resources": {"gpus": 2}}}]}},
+     "gpus"),
     ("env var without name", {"extraEnv": [{"value": "x"}]}, "name"),
     ("rbac.create as a string", {"rbac": {"create": "yes"}}, "create"),
 ]
