@@ -145,3 +145,21 @@ def test_chart_uses_only_metrics_that_exist() -> None:
     assert {"finetune_trainer_step", "finetune_trainer_gpu_utilization_ratio", "finetune_operator_job_failures_total"} <= used
     defined = _defined_metric_names()
     assert not used - defined, f"metrics used by the chart but defined nowhere: {sorted(used - defined)}"
+
+
+def test_dashboard_queries_are_valid_promql(tmp_path: pathlib.Path) -> None:
+    """Every panel query of the Grafana dashboard parses (checked as recording rules by promtool,
+    with the dashboard's $variables replaced by a match-all regex)."""
+    cm = one(render({"metrics": {"dashboard": {"enabled": True}}}), "ConfigMap")
+    dashboard = json.loads(cm["data"]["finetune-jobs.json"])
+    panels = dashboard["panels"]
+    titles = {p["title"] for p in panels}
+    assert {"Progress", "Training loss", "Tokens per second", "GPU utilization", "GPU memory used"} <= titles
+    exprs = [t["expr"].replace("$namespace", ".*").replace("$job", ".*") for p in panels for t in p["targets"]]
+    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:q{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+    path = tmp_path / "dashboard-rules.yaml"
+    path.write_text(yaml.safe_dump(rules))
+    proc = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert {"datasource", "namespace", "job"} <= variables
