@@ -32,7 +32,7 @@ VALUES = {"metrics": {"prometheusRule": {"enabled": True, "stalledMinutes": 30, 
 def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
-        pytest.skip("promtool not installed (apt-get install prometheus)")
+        pytest.fail("promtool is not installed: run `make prometheus` (Debian's prometheus package)")
     return path
 
 

@@ -11,8 +11,9 @@ import yaml
 from typer.testing import CliRunner
 
 from tests.cluster.fixtures import kube_cluster, kube_namespace
+from tests.support.s3 import s3_server
 
-__all__ = ["kube_cluster", "kube_namespace"]
+__all__ = ["kube_cluster", "kube_namespace", "s3_server"]
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DATA = REPO / "examples" / "data" / "sentiment.jsonl"
@@ -57,64 +58,3 @@ def write_manifest(tmp_path: pathlib.Path) -> Any:
 def runner() -> CliRunner:
     return CliRunner()
 
-
-@pytest.fixture(scope="session")
-def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A real moto S3 server process on 127.0.0.1 (a free port); stopped by PID at the end."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    exe = pathlib.Path(sys.executable).with_name("moto_server")
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"moto server did not start:\n{log.read_text()}") from None
-            time.sleep(0.2)
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture
-def s3_env(s3_server: str, tmp_path: pathlib.Path) -> dict[str, str]:
-    """Environment for ftctl against the moto server (moto accepts any credentials)."""
-    import os
-
-    return {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test-secret",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": s3_server,
-        "HF_HUB_OFFLINE": "1",
-        "HF_HOME": str(tmp_path / "hf"),
-        "TOKENIZERS_PARALLELISM": "false",
-    }
-
-
-def s3_client(endpoint: str) -> Any:
-    import boto3
-
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                        aws_access_key_id="test", aws_secret_access_key="test-secret")

@@ -21,8 +21,9 @@ import pytest
 import yaml
 from finetune_trainer import contract
 
-from tests.cli.conftest import REPO, VALID_JOB, s3_client
+from tests.cli.conftest import REPO, VALID_JOB
 from tests.cluster.cluster import ControlPlane
+from tests.support.s3 import S3Server
 
 pytestmark = pytest.mark.cluster
 
@@ -103,10 +104,10 @@ def test_logs_before_pods_exist_and_download_before_success(crds: ControlPlane, 
 
 
 def test_download_by_job_name_from_its_status(crds: ControlPlane, kube_namespace: str, tmp_path: pathlib.Path,
-                                              s3_server: str) -> None:
+                                              s3_server: S3Server) -> None:
     """A Succeeded job's status names its manifest; download fetches and verifies from there."""
     bucket = f"out-{uuid.uuid4().hex[:8]}"
-    s3 = s3_client(s3_server)
+    s3 = s3_server.client()
     s3.create_bucket(Bucket=bucket)
     weights = b"\x00adapter-bytes" * 100
     history = "".join(json.dumps({"step": i, "loss": 1.0 / i}) + "\n" for i in range(1, 11))
@@ -115,11 +116,11 @@ def test_download_by_job_name_from_its_status(crds: ControlPlane, kube_namespace
         s3.put_object(Bucket=bucket, Key=f"job/{key}", Body=body)
     s3.put_object(Bucket=bucket, Key="job/manifest.json", Body=json.dumps({"files": [
         {"path": k, "sha256": hashlib.sha256(v).hexdigest(), "size": len(v)} for k, v in files.items()]}).encode())
-    path = manifest(tmp_path, "done", kube_namespace, output={"uri": f"s3://{bucket}/job/", "endpoint": s3_server})
+    path = manifest(tmp_path, "done", kube_namespace, output={"uri": f"s3://{bucket}/job/", "endpoint": s3_server.endpoint})
     assert ftctl(crds, "submit", str(path)).returncode == 0
     _patch_status(crds, kube_namespace, "done", {"phase": "Succeeded", "output": {
         "adapterUri": f"s3://{bucket}/job/adapter/", "manifestUri": f"s3://{bucket}/job/manifest.json"}})
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+    env = {k: v for k, v in s3_server.env().items() if k != "AWS_ENDPOINT_URL"}  # endpoint from the job's spec
     proc = ftctl(crds, "download", "done", str(tmp_path / "dl"), "-n", kube_namespace, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "dl" / "adapter" / "adapter_model.safetensors").read_bytes() == weights

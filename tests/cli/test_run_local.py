@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.cli.conftest import DATA, REPO, s3_client
+from tests.cli.conftest import DATA, REPO
+from tests.support.s3 import S3Server
 
 pytestmark = pytest.mark.slow
 
@@ -39,23 +40,24 @@ def ftctl(*args: str, env: dict[str, str], timeout: float = 600) -> subprocess.C
 
 
 @pytest.fixture(scope="module")
-def s3_run(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One real training run of the example, to S3; the tests below read what it wrote."""
+def s3_run(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One real training run of the example, to S3 (moto, credentials enforced); the tests
+    below read what it wrote."""
     import os
 
     bucket = f"run-{uuid.uuid4().hex[:8]}"
-    s3 = s3_client(s3_server)
+    s3 = s3_server.client()
     s3.create_bucket(Bucket=bucket)
     s3.upload_file(str(DATA), bucket, "data/sentiment.jsonl")
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test-secret",
-           "AWS_DEFAULT_REGION": "us-east-1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+    env = {**os.environ, **s3_server.env(), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "HF_HOME": str(tmp_path_factory.mktemp("hf"))}
     env.pop("AWS_ENDPOINT_URL", None)  # --endpoint alone must be enough
     proc = ftctl("run", "--local", str(EXAMPLE), "--model", minilm(), "--dataset", f"s3://{bucket}/data/sentiment.jsonl",
-                 "--output", f"s3://{bucket}/runs/one/", "--endpoint", s3_server, "--max-steps", str(STEPS),
+                 "--output", f"s3://{bucket}/runs/one/", "--endpoint", s3_server.endpoint, "--max-steps", str(STEPS),
                  "--set", "hyperparameters.learningRate=2.0e-3", env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return {"bucket": bucket, "s3": s3, "env": env, "endpoint": s3_server, "proc": proc}
+    return {"bucket": bucket, "s3": s3, "env": env, "endpoint": s3_server.endpoint, "proc": proc,
+            "wrong_env": {**env, **s3_server.env(wrong_secret=True)}}
 
 
 def test_run_local_writes_adapter_and_manifest_to_s3(s3_run: dict[str, Any]) -> None:
@@ -112,6 +114,14 @@ def test_download_refuses_a_tampered_object(s3_run: dict[str, Any], tmp_path: pa
                  env=s3_run["env"])
     assert proc.returncode == 1
     assert "adapter/adapter_config.json: checksum mismatch" in proc.stderr
+
+
+def test_download_with_wrong_credentials_is_a_clean_error(s3_run: dict[str, Any], tmp_path: pathlib.Path) -> None:
+    proc = ftctl("download", f"s3://{s3_run['bucket']}/runs/one/", str(tmp_path / "w"), "--endpoint", s3_run["endpoint"],
+                 env=s3_run["wrong_env"])
+    assert proc.returncode == 1
+    assert "denied" in proc.stderr and "AWS_SECRET_ACCESS_KEY" in proc.stderr
+    assert s3_run["wrong_env"]["AWS_SECRET_ACCESS_KEY"] not in proc.stderr  # never echo a secret
 
 
 def test_run_local_to_a_directory(tmp_path: pathlib.Path) -> None:
