@@ -125,13 +125,19 @@ class Kube:
     async def _run(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None, content_type: str = "application/json", slots: asyncio.Semaphore | None = None) -> tuple[int, Any]:
         url = path + ("?" + urlencode(query) if query else "")
         data = json.dumps(body) if body is not None else None
-        async with slots or self._slots:
+        try:
+            return await self._request(method, url, data, content_type, slots or self._slots)
+        except (aiohttp.ClientError, TimeoutError) as err:
+            raise KubeError(0, f"{method} {path}: {err!r}") from err
+
+    async def _request(self, method: str, url: str, data: str | None, content_type: str, slots: asyncio.Semaphore) -> tuple[int, Any]:
+        async with slots:
             for attempt in (1, 2):
                 session = await self._open(relogin=attempt == 2)
                 t0 = time.perf_counter()
                 async with session.request(method, self._server + url, data=data, headers={"Content-Type": content_type}) as resp:
                     raw = await resp.read()
-                    log.debug("%s %s -> %s in %.1f ms", method, path, resp.status, (time.perf_counter() - t0) * 1000)
+                    log.debug("%s %s -> %s in %.1f ms", method, url, resp.status, (time.perf_counter() - t0) * 1000)
                     if resp.status == 401 and attempt == 1:
                         continue  # rotated ServiceAccount token: read the credentials again
                     if 200 <= resp.status < 300:
@@ -211,7 +217,7 @@ class Kube:
         }
         try:
             status, data = await self._run("POST", _EVENTS_PATH.format(ns=meta.namespace), body, slots=self._event_slots)
-        except (aiohttp.ClientError, OSError) as err:
+        except (KubeError, OSError) as err:
             status, data = 0, repr(err)
         if not 200 <= status < 300:  # an event that cannot be posted is not worth failing a reconcile
             log.warning("event %s on %s/%s not posted: %s", event.reason, meta.namespace, meta.name, _msg(data))

@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-import aiohttp
-
 from finetune_operator import constants as c
 from finetune_operator import metrics
 from finetune_operator.api import (
@@ -130,7 +128,7 @@ class Reconciler:
             started = time.perf_counter()
             try:
                 plan = await self._reconcile(key, progress)
-            except (KubeError, OSError, aiohttp.ClientError) as err:
+            except (KubeError, OSError) as err:
                 metrics.ERRORS.labels("api").inc()
                 self._schedule_retry(key, failed=True)
                 log.warning("reconcile %s/%s failed (will retry): %r", key[0], key[1], err)

@@ -311,3 +311,37 @@ def test_image_defaults_to_the_operator_setting(kube: Kube, ftop: OperatorProces
     kube.pass_validation(ns, "plain")
     job = kube.wait(lambda: kube.job(ns, "plain"), "Job")
     assert job.spec.template.spec.containers[0].image == TEST_IMAGE
+
+
+def test_ttl_after_finished_deletes_the_job(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    ns = kube_namespace
+    start_running(kube, ns, "shortlived", small(ttlSecondsAfterFinished=2))
+    for p in kube.trainer_pods(ns, "shortlived", 0):
+        kube.set_result(ns, p.metadata.name, kwok.SUCCEEDED)
+    kube.wait_phase(ns, "shortlived", "Succeeded")
+
+    def gone() -> bool:
+        return not kube.custom.list_namespaced_custom_object(ct.GROUP, ct.VERSION, ns, ct.PLURAL_JOB)["items"]
+
+    kube.wait(gone, "FineTuneJob deleted after ttlSecondsAfterFinished", 30)
+
+
+def test_a_second_replica_waits_while_the_first_acts_then_takes_over(kube: Kube, ftop: OperatorProcess, kube_cluster: ControlPlane, kube_namespace: str, tmp_path: Any) -> None:
+    ns = kube_namespace
+    standby = OperatorProcess(kube_cluster, tmp_path)
+    standby.start(priority=1)  # lower than the running replica's: starts paused and stays so
+    try:
+        kube.create_ftj(ns, "peered", small())
+        kube.pass_validation(ns, "peered")
+        kube.wait(lambda: kube.status(ns, "peered").get("phase") in ("Initializing", "Running"), "peered past validation")
+        count = re.search(r"^finetune_operator_reconcile_duration_seconds_count (\S+)$", standby.metrics(), re.M)
+        assert count is not None and float(count.group(1)) == 0.0, "the paused replica reconciled"
+        assert "Resuming operations" not in standby.tail(500)
+        # the active replica goes away: the standby takes over
+        ftop.stop()
+        kube.wait(lambda: "Resuming operations" in standby.tail(500), "the standby to resume", 60, standby.tail)
+        kube.create_ftj(ns, "takeover", small())
+        kube.wait_phase(ns, "takeover", "Validating", 60)
+    finally:
+        standby.stop()
+        ftop.start(priority=300)

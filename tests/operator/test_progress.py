@@ -57,6 +57,7 @@ def test_fetch_progress_from_a_live_endpoint(server: str) -> None:
 def test_progress_targets_pick_rank0_of_the_current_attempt() -> None:
     from finetune_operator.reconcile import Indexes, Reconciler
     from finetune_operator.resolve import OperatorConfig
+
     from tests.operator.helpers import pod
 
     def rec(phase: str, attempt: int = 0) -> dict[str, object]:
