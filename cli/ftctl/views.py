@@ -97,6 +97,8 @@ def details_table(job: dict[str, Any]) -> Table:
     phase = phase_of(job)
     t.add_row("Job", f"{job['metadata'].get('namespace', '')}/{job['metadata']['name']}")
     t.add_row("Phase", Text(phase, style=PHASE_STYLE.get(phase, "")))
+    if status.get("message"):
+        t.add_row("Message", Text(str(status["message"])))
     t.add_row("Model", str((spec.get("model") or {}).get("uri", "-")))
     t.add_row("Method", str((spec.get("method") or {}).get("type", "lora")))
     workers = status.get("workers") or {}
@@ -114,9 +116,10 @@ def details_table(job: dict[str, Any]) -> Table:
         if output.get(key):
             t.add_row(label, str(output[key]))
     for cond in status.get("conditions") or []:
-        mark = "[green]True[/]" if cond.get("status") == "True" else "[dim]" + str(cond.get("status")) + "[/]"
-        t.add_row(f"  {cond.get('type')}", Text.from_markup(
-            f"{mark} {cond.get('reason', '')}: {cond.get('message', '')}"))
+        true = cond.get("status") == "True"
+        t.add_row(f"  {cond.get('type')}", Text.assemble(
+            (str(cond.get("status")), "green" if true else "dim"), " ",
+            f"{cond.get('reason', '')}: {cond.get('message', '')}"))
     return t
 
 
