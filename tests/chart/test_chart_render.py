@@ -273,3 +273,20 @@ def test_operator_image_runs_as_the_chart_user() -> None:
     argv = json.loads(entry.group(1))
     # the chart passes only arguments: the image must start the operator's main()
     assert argv in (["finetune-operator"], ["python", "-m", "finetune_operator.main"]), argv
+
+
+def test_pod_monitor_selects_the_trainer_pods_the_operator_builds() -> None:
+    """The PodMonitor's selector and port match the pod template of every golden training Job
+    (tests/operator/golden: the operator's builders' output for each example)."""
+    pm = one(render({"metrics": {"podMonitor": {"enabled": True}}}), "PodMonitor")
+    selector = pm["spec"]["selector"]["matchLabels"]
+    port = pm["spec"]["podMetricsEndpoints"][0]["port"]
+    goldens = sorted((REPO / "tests" / "operator" / "golden").glob("*.yaml"))
+    assert goldens, "no golden operator output to check against"
+    for path in goldens:
+        jobs = [d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "Job"]
+        assert jobs, path
+        template = jobs[0]["spec"]["template"]
+        assert selector.items() <= template["metadata"]["labels"].items(), path.name
+        ports = [p.get("name") for c in template["spec"]["containers"] for p in c.get("ports", [])]
+        assert port in ports, path.name
