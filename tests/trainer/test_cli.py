@@ -6,8 +6,8 @@ import json
 import pathlib
 
 import pytest
-
 from finetune_trainer import contract
+
 from tests.support.s3 import S3Server
 
 from .helpers import chat_rows, run_trainer, summary_of, trainer_env, write_config, write_jsonl

@@ -66,7 +66,7 @@ def test_two_torchrun_nodes_on_loopback_train_one_job(s3: S3Server, tiny_llama: 
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(CACHE_ROOT),
         ))
     results = [p.communicate(timeout=600) for p in launchers]
-    for p, (out, err) in zip(launchers, results, strict=True):
+    for p, (_out, err) in zip(launchers, results, strict=True):
         assert p.returncode == 0, err[-4000:]
     summary = json.loads(results[0][0][results[0][0].find("{"):])
     assert summary["status"] == "Succeeded" and summary["steps"] == 8

@@ -91,7 +91,7 @@ def test_metrics_progress_prometheus_and_sigterm(prometheus_binary: str, tiny_ll
 
         step_before = requests.get(base + contract.HTTP_PROGRESS_PATH, timeout=5).json()["step"]
         proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=120)
+        _stdout, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import pathlib
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
-CONFIG_API_VERSION = "finetune.dev/trainer-v1"
+CONFIG_API_VERSION: Final = "finetune.dev/trainer-v1"
 
 #: URI schemes accepted for models, datasets and outputs.
 MODEL_URI_PATTERN = r"^(hf://[A-Za-z0-9][\w.\-]*/[\w.\-]+(@[\w.\-/]+)?|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|file:///.+|/.+)$"

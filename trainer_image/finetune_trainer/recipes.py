@@ -134,7 +134,7 @@ class LoraRecipe:
         if self.quantized:
             from peft import prepare_model_for_kbit_training
 
-            model = prepare_model_for_kbit_training(model)
+            model = prepare_model_for_kbit_training(model)  # type: ignore[no-untyped-call]
         settings = self.cfg.method.lora_settings()
         self.target_modules = lora_target_modules(model, settings.target_modules)
         lora = LoraConfig(
@@ -148,7 +148,7 @@ class LoraRecipe:
             peft_model = get_peft_model(model, lora)
         except ValueError as err:
             raise SetupError(f"method.lora.targetModules: {err}") from None
-        return peft_model  # type: ignore[no-any-return]
+        return peft_model
 
     def save_final(self, model: torch.nn.Module, tokenizer: Any, dest: pathlib.Path, state_dict: dict[str, torch.Tensor] | None) -> None:
         kwargs: dict[str, Any] = {"safe_serialization": True}
@@ -167,7 +167,7 @@ def _qlora_load_kwargs(env: DistEnv) -> dict[str, Any]:
     except ImportError:
         raise SetupError("method.type qlora needs the bitsandbytes package in the trainer image") from None
     return {
-        "quantization_config": BitsAndBytesConfig(
+        "quantization_config": BitsAndBytesConfig(  # type: ignore[no-untyped-call]
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
