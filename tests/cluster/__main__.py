@@ -36,6 +36,9 @@ def _up(state_dir: Path, nodes: int) -> int:
     except ClusterError as exc:
         print(f"control plane failed to start:\n{exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: stopped the components that had started", file=sys.stderr)
+        return 130
     print(f"control plane up in {cp.startup_seconds:.1f}s: {cp.api_url}")
     print(f"  export KUBECONFIG={cp.kubeconfig}")
     print(f"  nodes: {', '.join(cp.node_names)}; logs: {cp.log_dir}")
