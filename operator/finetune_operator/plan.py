@@ -262,7 +262,11 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
     if job.complete:
         nxt.finished()
         summary = _summary(pods)
-        out = {k: summary.get(k) for k in ("adapterUri", "manifestUri", "sha256")}
+        out = {
+            "adapterUri": summary.get("adapterUri"),
+            "manifestUri": summary.get("manifestUri"),
+            "sha256": summary.get("manifestSha256") or summary.get("sha256"),
+        }
         if any(out.values()):
             nxt.set(output=OutputStatus.model_validate({k: v for k, v in out.items() if isinstance(v, str)}).model_dump())
         tokens = summary.get("trainedTokens")

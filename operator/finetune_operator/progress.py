@@ -57,7 +57,7 @@ def parse_progress(data: Any) -> Progress | None:
             except (TypeError, ValueError):
                 continue
             break
-    if "percent" not in out and out.get("total_steps") and out.get("step") is not None:
+    if out.get("total_steps") and out.get("step") is not None:  # the steps are the truth
         out["percent"] = 100.0 * out["step"] / out["total_steps"]
     if "percent" in out:
         out["percent"] = round(min(max(out["percent"], 0.0), 100.0), 1)

@@ -94,8 +94,10 @@ def test_malformed_rejected_by_the_models_too(case: Case) -> None:
 
 
 def test_progress_parsing() -> None:
-    p = parse_progress({"step": 30, "totalSteps": 120, "loss": 0.123456, "tokensPerSecond": 2712.33, "etaSeconds": 95, "stage": "training", "unknown": 1})
+    # the trainer's /progress document (finetune_trainer.metrics.Progress.to_json)
+    p = parse_progress({"phase": "Running", "step": 30, "totalSteps": 120, "epoch": 0.25, "percent": 25.0, "loss": 0.123456, "evalLoss": None, "learningRate": 2e-4, "tokensPerSecond": 2712.33, "etaSeconds": 95.4, "trainedTokens": 4096, "worldSize": 2, "message": ""})
     assert p is not None and p.percent == 25.0 and p.loss == 0.1235 and p.tokens_per_second == 2712.3 and p.eta_seconds == 95
+    assert p.trained_tokens == 4096 and p.stage == "Running" and p.eval_loss is None
     assert parse_progress({"global_step": 5, "max_steps": 10, "train_loss": "1.5"}) == parse_progress({"step": 5, "totalSteps": 10, "loss": 1.5})
     assert parse_progress("nonsense") is None and parse_progress({}) is None
     assert progress_url("10.1.2.3") == "http://10.1.2.3:9400/progress"

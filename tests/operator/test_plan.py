@@ -146,7 +146,7 @@ def test_disruptions_do_not_count(kind: str) -> None:
 
 
 def test_success_reads_the_rank0_summary() -> None:
-    summary = {"adapterUri": "s3://out-bucket/run/adapter/", "manifestUri": "s3://out-bucket/run/manifest.json", "sha256": "ab" * 32, "trainedTokens": 12345}
+    summary = {"adapterUri": "s3://out-bucket/run/adapter/", "manifestUri": "s3://out-bucket/run/manifest.json", "manifestSha256": "ab" * 32, "trainedTokens": 12345, "status": "Succeeded"}
     pods = (
         pod("job-0", index=0, phase="Succeeded", ready=False, exit_code=0, message=json.dumps(summary)),
         pod("job-1", index=1, phase="Succeeded", ready=False, exit_code=0),
@@ -154,7 +154,7 @@ def test_success_reads_the_rank0_summary() -> None:
     plan = decide(observed(status=RUNNING_STATUS, job_view=job(complete=True), pods=pods))
     assert plan.status.phase == "Succeeded"
     assert plan.status.output is not None and plan.status.output.adapter_uri == summary["adapterUri"]
-    assert plan.status.output.manifest_uri == summary["manifestUri"] and plan.status.output.sha256 == summary["sha256"]
+    assert plan.status.output.manifest_uri == summary["manifestUri"] and plan.status.output.sha256 == summary["manifestSha256"]
     assert plan.status.trained_tokens == 12345
     assert plan.status.progress is not None and plan.status.progress.percent == 100.0
     assert cond(plan, "Succeeded").status == "True" and plan.status.completion_time is not None

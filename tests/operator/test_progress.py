@@ -72,3 +72,13 @@ def test_progress_targets_pick_rank0_of_the_current_attempt() -> None:
     r.indexes = Indexes(jobs=jobs, runtimes={}, children={}, pods=pods)
     assert r.progress_targets() == [(("ns", "a"), "http://10.0.0.7:9400/progress")]
     assert sorted(r.active_keys()) == [("ns", "a"), ("ns", "c")]
+
+
+def test_reads_the_trainers_own_progress_document() -> None:
+    """Cross-contract: the document finetune_trainer serves at /progress parses into the status."""
+    from finetune_operator.progress import parse_progress
+    from finetune_trainer.metrics import Progress as TrainerProgress
+
+    doc = TrainerProgress(phase="Uploading", step=30, total_steps=120, loss=0.5, tokens_per_second=1000.0, eta_seconds=12.7, trained_tokens=999).to_json()
+    p = parse_progress(doc)
+    assert p is not None and (p.step, p.total_steps, p.percent, p.stage, p.trained_tokens, p.eta_seconds) == (30, 120, 25.0, "Uploading", 999, 12)
