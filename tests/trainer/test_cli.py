@@ -69,3 +69,20 @@ def test_validate_reports_rows_tokens_and_long_rows_from_s3(s3: S3Server, tiny_l
     proc = run_trainer(["validate", "--config", str(cfg)], env)
     assert proc.returncode == contract.EXIT_DATA_ERROR
     assert "line 1 of part-2.jsonl: field 'messages' must be a non-empty list" in summary_of(proc)["message"]
+
+
+def test_launcher_passes_contract_exit_codes_through_torchrun(tmp_path: pathlib.Path) -> None:
+    """Plain torchrun exits 1 for any worker failure; finetune_trainer.launch keeps the code."""
+    import subprocess
+    import sys
+
+    from .helpers import CACHE_ROOT
+
+    cfg = write_config(tmp_path / "bad.json", {"model": {"uri": "ftp://x"}})
+    env = trainer_env({"FINETUNE_TERMINATION_MESSAGE_PATH": str(tmp_path / "t")}, threads=1)
+    cmd = ["--standalone", "--nproc-per-node", "1", "-m", "finetune_trainer", "train", "--config", str(cfg)]
+    plain = subprocess.run([sys.executable, "-m", "torch.distributed.run", *cmd], env=env, capture_output=True, timeout=300, cwd=str(CACHE_ROOT))
+    wrapped = subprocess.run([sys.executable, "-m", "finetune_trainer.launch", *cmd], env=env, capture_output=True, timeout=300, cwd=str(CACHE_ROOT))
+    assert plain.returncode == 1
+    assert wrapped.returncode == contract.EXIT_CONFIG_ERROR
+    assert json.loads((tmp_path / "t").read_text())["exitCode"] == contract.EXIT_CONFIG_ERROR

@@ -1,7 +1,7 @@
 """Metrics over HTTP and through a real Prometheus; /progress for the operator; SIGTERM.
 
 One long-running training run is scraped directly and by Debian's Prometheus, then stopped
-with SIGTERM: it must write a checkpoint and exit with contract.EXIT_PREEMPTED.
+with SIGTERM through torchrun: it must write a checkpoint and exit with contract.EXIT_PREEMPTED.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ def test_metrics_progress_prometheus_and_sigterm(prometheus_binary: str, tiny_ll
     term = tmp_path / "termination-log"
     env = trainer_env({"FINETUNE_METRICS_PORT": str(port), "FINETUNE_WORK_DIR": str(tmp_path / "work"),
                        "FINETUNE_TERMINATION_MESSAGE_PATH": str(term)})
-    proc = subprocess.Popen([sys.executable, "-m", "finetune_trainer", "train", "--config", str(cfg)],
+    # launched as in the image: torchrun (via finetune_trainer.launch), which forwards SIGTERM
+    launcher = [sys.executable, "-m", "finetune_trainer.launch", "--standalone", "--nproc-per-node", "1", "-m", "finetune_trainer"]
+    proc = subprocess.Popen([*launcher, "train", "--config", str(cfg)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(CACHE_ROOT))
     try:
         base = f"http://127.0.0.1:{port}"
@@ -103,5 +105,5 @@ def test_metrics_progress_prometheus_and_sigterm(prometheus_binary: str, tiny_ll
     assert len(checkpoints) == 1
     stopped_at = int(checkpoints[0].name.split("-")[1])
     assert stopped_at >= step_before
-    assert "Traceback" not in stderr
+    assert "SIGTERM: writing a checkpoint" in stderr
     assert not (out / "manifest.json").exists()  # a preempted run publishes no final output
