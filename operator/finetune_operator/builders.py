@@ -225,8 +225,10 @@ def _resources(r: Resolved, gpus: int) -> dict[str, Any]:
 
 
 def trainer_command(r: Resolved) -> list[str]:
-    """torchrun reads --nnodes/--nproc-per-node/--node-rank/--master-* from the PET_* env."""
-    return ["torchrun", "--module", "finetune_trainer", "train", "--config", ct.CONFIG_PATH]
+    """The trainer image's launcher: torchrun in-process (it reads --nnodes, --nproc-per-node,
+    --node-rank and --master-* from the PET_* env), exiting with the contract exit code the
+    workers recorded (plain torchrun would turn a config error into exit 1, a retry)."""
+    return ["python", "-m", "finetune_trainer.launch", "-m", "finetune_trainer", "train", "--config", ct.CONFIG_PATH]
 
 
 def pod_template(r: Resolved, attempt: int) -> Manifest:

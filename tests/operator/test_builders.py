@@ -112,6 +112,8 @@ def test_trainer_container(path: pathlib.Path) -> None:
     assert env[ct.ENV_ATTEMPT]["value"] == "2"
     assert job["metadata"]["labels"][ct.LABEL_ATTEMPT] == "2"
     assert "RANK" not in env and "WORLD_SIZE" not in env
+    assert ctr["command"] == ["python", "-m", "finetune_trainer.launch", "-m", "finetune_trainer", "train", "--config", ct.CONFIG_PATH]
+    assert env[ct.ENV_TERMINATION_MESSAGE_PATH]["value"] == ct.TERMINATION_MESSAGE_PATH == ctr["terminationMessagePath"]
     # credentials: only secretKeyRef, never literal values
     for key in CREDENTIAL_ENV & env.keys():
         assert "value" not in env[key] and "secretKeyRef" in env[key]["valueFrom"]
