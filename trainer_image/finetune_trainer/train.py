@@ -199,6 +199,8 @@ def _train(cfg: TrainerConfig, env: DistEnv, metrics: TrainerMetrics | NullMetri
         if state.step % cfg.checkpoint.every_steps == 0 and state.step < total_steps:
             checkpoints.save(state.step, engine, state)
 
+    train_tokens_per_second = throughput.tokens_per_second  # before the final evaluation and upload
+
     # --- final evaluation, save, upload ---------------------------------------------------------
     if val_set:
         progress.eval_loss = evaluate(engine, val_set, hp.batch_size, env, tokenizer.pad_token_id)
@@ -210,7 +212,7 @@ def _train(cfg: TrainerConfig, env: DistEnv, metrics: TrainerMetrics | NullMetri
         "loss": progress.loss,
         "evalLoss": progress.eval_loss,
         "trainedTokens": state.tokens_seen,
-        "tokensPerSecond": throughput.tokens_per_second,
+        "tokensPerSecond": train_tokens_per_second,
         "epochs": progress.epoch,
     }
     result = write_final_output(
