@@ -80,11 +80,12 @@ def test_two_torchrun_nodes_on_loopback_train_one_job(s3: S3Server, tiny_llama: 
     _check_reload(tiny_llama, tmp_path / "out" / "adapter", manifest, classification=False)
 
 
-def _torchrun_two(cfg: pathlib.Path, tmp_path: pathlib.Path, extra: dict[str, str] | None = None) -> dict:  # type: ignore[type-arg]
+def _torchrun_two(cfg: pathlib.Path, tmp_path: pathlib.Path, extra: dict[str, str] | None = None) -> tuple[dict, str]:  # type: ignore[type-arg]
+    """(summary, stderr) of a two-process torchrun of the trainer."""
     env = trainer_env({"FINETUNE_WORK_DIR": str(tmp_path / "work"), **(extra or {})}, threads=1)
     proc = run_trainer(["train", "--config", str(cfg)], env, torchrun=["--standalone", "--nproc-per-node", "2"])
     assert proc.returncode == 0, proc.stderr[-5000:]
-    return summary_of(proc)
+    return summary_of(proc), proc.stderr
 
 
 def test_deepspeed_zero2_lora_two_processes(s3: S3Server, tiny_llama: pathlib.Path, tmp_path: pathlib.Path) -> None:
@@ -92,7 +93,7 @@ def test_deepspeed_zero2_lora_two_processes(s3: S3Server, tiny_llama: pathlib.Pa
     data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(64))
     cfg = _chat_config(tmp_path, "ds-lora", str(tiny_llama), str(data), f"s3://{bucket}/out",
                        {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "targetModules": ALL_LINEAR}, "deepspeed": {"zeroStage": 2}})
-    summary = _torchrun_two(cfg, tmp_path, s3.env())
+    summary, _ = _torchrun_two(cfg, tmp_path, s3.env())
     assert summary["steps"] == 8
     manifest = _download_output(s3, f"s3://{bucket}/out/", tmp_path / "out")
     assert manifest["worldSize"] == 2 and manifest["method"]["deepspeed"]["zeroStage"] == 2
@@ -100,6 +101,13 @@ def test_deepspeed_zero2_lora_two_processes(s3: S3Server, tiny_llama: pathlib.Pa
     keys = s3.list_keys(f"s3://{bucket}/out/checkpoints/step-4/")
     assert sum("optim_states" in k for k in keys) == 2, keys
     _check_reload(tiny_llama, tmp_path / "out" / "adapter", manifest, classification=False)
+
+    # the same job asked for more steps resumes from the DeepSpeed checkpoint (ZeRO shards reloaded)
+    longer = json.loads(cfg.read_text())
+    longer["hyperparameters"]["maxSteps"] = 10
+    cfg.write_text(json.dumps(longer))
+    summary, stderr = _torchrun_two(cfg, tmp_path, s3.env())
+    assert "resumed from checkpoint step 4 " in stderr and summary["steps"] == 10
 
 
 def test_deepspeed_zero3_full_saves_consolidated_weights(tiny_llama: pathlib.Path, tmp_path: pathlib.Path) -> None:
