@@ -129,3 +129,17 @@ def test_deepspeed_zero3_full_saves_consolidated_weights(tiny_llama: pathlib.Pat
 
     model = AutoModelForCausalLM.from_pretrained(str(out / "model"))
     assert torch.equal(model.state_dict()["model.layers.0.self_attn.q_proj.weight"], trained["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_deepspeed_zero2_full_with_optimizer_offload(tiny_llama: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """Optimizer states offloaded to CPU (DeepSpeedCPUAdam, built on first use and cached)."""
+    data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(32))
+    out = tmp_path / "out"
+    cfg = _chat_config(tmp_path, "ds-offload", str(tiny_llama), str(data), str(out),
+                       {"type": "full", "deepspeed": {"zeroStage": 2, "offloadOptimizer": True}}, steps=2, lr=0.001)
+    summary, _ = _torchrun_two(cfg, tmp_path)
+    assert summary["steps"] == 2
+    trained = load_file(str(out / "model" / "model.safetensors"))
+    base = load_file(str(tiny_llama / "model.safetensors"))
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert trained[name].shape == base[name].shape and not torch.equal(trained[name], base[name])
