@@ -33,7 +33,7 @@ prometheus: ## Install Debian's prometheus package for the scraping tests (idemp
 	bash hack/install-prometheus.sh
 
 .PHONY: lint
-lint: install ## ruff + mypy --strict + import-linter layering
+lint: install ## ruff + mypy --strict (layering is checked by tests/operator/test_layering.py)
 	$(VENV)/bin/ruff check operator trainer_image cli tests bench
 	$(VENV)/bin/mypy operator/finetune_operator trainer_image/finetune_trainer cli/ftctl
 

@@ -164,7 +164,7 @@ def _volumes(r: Resolved, shm: bool) -> list[dict[str, Any]]:
 
 
 def _mounts(shm: bool) -> list[dict[str, Any]]:
-    mounts = [
+    mounts: list[dict[str, Any]] = [
         {"name": c.CONFIG_VOLUME, "mountPath": ct.CONFIG_MOUNT_DIR, "readOnly": True},
         {"name": c.WORKSPACE_VOLUME, "mountPath": ct.WORK_DIR},
         {"name": c.TMP_VOLUME, "mountPath": ct.TMP_DIR},
