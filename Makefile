@@ -34,7 +34,7 @@ prometheus: ## Install Debian's prometheus package for the scraping tests (idemp
 
 .PHONY: lint
 lint: install ## ruff + mypy --strict (layering is checked by tests/operator/test_layering.py)
-	$(VENV)/bin/ruff check operator trainer_image cli tests bench
+	$(VENV)/bin/ruff check operator trainer_image cli tests bench hack
 	$(VENV)/bin/mypy operator/finetune_operator trainer_image/finetune_trainer cli/ftctl
 
 .PHONY: cluster-build
