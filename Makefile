@@ -46,7 +46,7 @@ cluster-up: install cluster-build ## Start a background control plane; writes .c
 	$(PY) -m tests.cluster up
 
 .PHONY: cluster-down
-cluster-down: ## Stop the control plane started by cluster-up
+cluster-down: install ## Stop the control plane started by cluster-up
 	$(PY) -m tests.cluster down
 
 .PHONY: demo
@@ -58,7 +58,7 @@ crds: install ## Regenerate crds/ from the pydantic models in operator/finetune_
 	$(PY) -m finetune_operator.crdgen crds/
 
 .PHONY: chart-crds
-chart-crds: ## Copy crds/ into charts/finetune-operator/crds (tests fail when they drift)
+chart-crds: install ## Copy crds/ into charts/finetune-operator/crds (tests fail when they drift)
 	$(PY) hack/sync_chart_crds.py
 
 .PHONY: chart-lint
