@@ -86,3 +86,30 @@ def test_launcher_passes_contract_exit_codes_through_torchrun(tmp_path: pathlib.
     assert plain.returncode == 1
     assert wrapped.returncode == contract.EXIT_CONFIG_ERROR
     assert json.loads((tmp_path / "t").read_text())["exitCode"] == contract.EXIT_CONFIG_ERROR
+
+
+@pytest.mark.parametrize("message", ["x" * 6000, 'bad "row" \\ é\n' * 700, "\u00e9\u4e2d" * 3000], ids=["ascii", "escapes", "non-ascii"])
+def test_long_error_message_keeps_termination_json_valid_with_exit_code(tmp_path: pathlib.Path, message: str) -> None:
+    """Kubernetes keeps 4096 bytes of the message; a cut JSON document would lose the exit code."""
+    from finetune_trainer.__main__ import TERMINATION_MESSAGE_LIMIT, write_termination_message
+    from finetune_trainer.launch import recorded_exit_code
+
+    assert len(message) > 5000
+    target = tmp_path / "termination-log"
+    summary = {"status": "Failed", "reason": "DataError", "message": message, "exitCode": contract.EXIT_DATA_ERROR, "extra": "y" * 3000}
+    write_termination_message(summary, str(target))
+    raw = target.read_bytes()
+    assert len(raw) <= TERMINATION_MESSAGE_LIMIT
+    doc = json.loads(raw)
+    assert doc["status"] == "Failed" and doc["reason"] == "DataError" and "extra" not in doc
+    assert doc["message"].endswith("[truncated]") and message.startswith(doc["message"][: -len(" ... [truncated]")])
+    assert len(doc["message"]) > 500  # shortened, not dropped
+    assert recorded_exit_code(str(target)) == contract.EXIT_DATA_ERROR
+
+
+def test_short_termination_message_is_written_whole(tmp_path: pathlib.Path) -> None:
+    from finetune_trainer.__main__ import write_termination_message
+
+    summary = {"status": "Succeeded", "exitCode": 0, "steps": 3, "history": [{"step": 1}]}
+    write_termination_message(summary, str(tmp_path / "t"))
+    assert json.loads((tmp_path / "t").read_text()) == summary

@@ -39,6 +39,40 @@ def _is_main_process() -> bool:
     return os.environ.get("RANK", "0") in ("", "0")
 
 
+def _encoded_len(doc: dict[str, Any]) -> int:
+    return len(json.dumps(doc, separators=(",", ":")).encode())
+
+
+def termination_text(summary: dict[str, Any], limit: int = TERMINATION_MESSAGE_LIMIT) -> str:
+    """The summary as JSON of at most `limit` bytes (UTF-8), always valid JSON keeping `exitCode`.
+
+    Kubernetes keeps only the first `limit` bytes of the file, so a cut JSON document would lose
+    the exit code that launch.py relays. Too long: keep the essential keys and shorten `message`.
+    """
+    text = json.dumps(summary, separators=(",", ":"))
+    if len(text.encode()) <= limit:
+        return text
+    keep: dict[str, Any] = {k: summary[k] for k in ("status", "reason", "message", "exitCode", "manifestUri", "steps", "loss") if k in summary}
+    message = str(keep.get("message", ""))
+    keep["message"] = ""
+    budget = limit - _encoded_len(keep)
+    if budget < 0:  # even without a message too long: keep only what launch.py and the operator need
+        keep = {k: summary[k] for k in ("status", "reason", "exitCode") if k in summary}
+        keep["reason"] = str(keep.get("reason", ""))[:200]
+        keep["message"] = ""
+        budget = limit - _encoded_len(keep)
+    marker = " ... [truncated]"
+    lo, hi = 0, len(message)  # the longest prefix whose JSON-escaped form fits the budget
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if len(json.dumps(message[:mid] + marker).encode()) - 2 <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    keep["message"] = message[:lo] + marker if len(json.dumps(message[:lo] + marker).encode()) - 2 <= budget else ""
+    return json.dumps(keep, separators=(",", ":"))
+
+
 def write_termination_message(summary: dict[str, Any], path: str | None) -> None:
     """Write the summary where Kubernetes reads it; the default path only when it already exists."""
     target = path or os.environ.get(contract.ENV_TERMINATION_MESSAGE_PATH)
@@ -46,12 +80,8 @@ def write_termination_message(summary: dict[str, Any], path: str | None) -> None
         if not os.path.exists(contract.TERMINATION_MESSAGE_PATH):
             return  # not in a pod: do not create /dev/termination-log
         target = contract.TERMINATION_MESSAGE_PATH
-    text = json.dumps(summary, separators=(",", ":"))
-    if len(text) > TERMINATION_MESSAGE_LIMIT:
-        keep = {k: summary[k] for k in ("status", "reason", "message", "exitCode", "manifestUri", "steps", "loss") if k in summary}
-        text = json.dumps(keep, separators=(",", ":"))[:TERMINATION_MESSAGE_LIMIT]
     try:
-        pathlib.Path(target).write_text(text)
+        pathlib.Path(target).write_text(termination_text(summary))
     except OSError as err:
         print(f"cannot write the termination message to {target}: {err.strerror}", file=sys.stderr)
 
