@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import threading
 from collections.abc import Iterator
@@ -48,7 +49,10 @@ class Progress:
         for f in dataclasses.fields(self):
             parts = f.name.split("_")
             key = parts[0] + "".join(p.title() for p in parts[1:])
-            out[key] = getattr(self, f.name)
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                value = None  # NaN/inf (a diverged loss) have no JSON form: null, as "not known"
+            out[key] = value
         return out
 
 
@@ -154,7 +158,7 @@ class TrainerMetrics:
 
     def progress_json(self) -> bytes:
         with self._lock:
-            return json.dumps(self.progress_doc.to_json()).encode()
+            return json.dumps(self.progress_doc.to_json(), allow_nan=False).encode()
 
     def serve(self, port: int, *, with_progress: bool, host: str = "0.0.0.0") -> int | None:
         """Start the HTTP server in a thread; returns the bound port (None if it could not bind)."""
