@@ -124,7 +124,10 @@ class Kube:
 
     async def _run(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None, content_type: str = "application/json", slots: asyncio.Semaphore | None = None) -> tuple[int, Any]:
         url = path + ("?" + urlencode(query) if query else "")
-        data = json.dumps(body) if body is not None else None
+        try:
+            data = json.dumps(body, allow_nan=False) if body is not None else None
+        except ValueError as err:  # NaN/Infinity is not JSON: refuse here instead of sending what the API server rejects
+            raise KubeError(0, f"{method} {path}: body is not valid JSON: {err}") from err
         try:
             return await self._request(method, url, data, content_type, slots or self._slots)
         except (aiohttp.ClientError, TimeoutError) as err:

@@ -8,6 +8,7 @@ An unreachable trainer is not an error: the last known progress is kept.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -39,6 +40,7 @@ def _snake(name: str) -> str:
 
 
 def parse_progress(data: Any) -> Progress | None:
+    """The progress fields found in `data`; non-finite numbers (NaN, Infinity) are dropped."""
     if not isinstance(data, dict):
         return None
     out: dict[str, Any] = {}
@@ -50,11 +52,12 @@ def parse_progress(data: Any) -> Progress | None:
             try:
                 if field == "stage":
                     out[field] = str(value)[:32]
-                elif field in _INTS:
-                    out[field] = max(int(value), 0)
-                else:
-                    out[field] = float(value)
-            except (TypeError, ValueError):
+                    break
+                number = float(value)
+                if not math.isfinite(number):
+                    continue  # NaN/Infinity (a diverged loss) is not JSON: the API server would reject the status
+                out[field] = max(int(number), 0) if field in _INTS else number
+            except (TypeError, ValueError, OverflowError):
                 continue
             break
     if out.get("total_steps") and out.get("step") is not None:  # the steps are the truth

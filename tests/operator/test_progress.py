@@ -82,3 +82,45 @@ def test_reads_the_trainers_own_progress_document() -> None:
     doc = TrainerProgress(phase="Uploading", step=30, total_steps=120, loss=0.5, tokens_per_second=1000.0, eta_seconds=12.7, trained_tokens=999).to_json()
     p = parse_progress(doc)
     assert p is not None and (p.step, p.total_steps, p.percent, p.stage, p.trained_tokens, p.eta_seconds) == (30, 120, 25.0, "Uploading", 999, 12)
+
+
+def test_diverged_loss_from_the_real_trainer_endpoint_is_dropped() -> None:
+    """A NaN/Infinity loss (a diverged run) never reaches the status, from the real trainer endpoint or raw JSON."""
+    import math
+
+    from finetune_operator.progress import parse_progress
+    from finetune_trainer.metrics import Progress as TrainerProgress
+    from finetune_trainer.metrics import TrainerMetrics
+
+    metrics = TrainerMetrics("job", "ns", 0)
+    metrics.update(TrainerProgress(phase="Training", step=5, total_steps=10, loss=math.nan, eval_loss=math.inf, tokens_per_second=-math.inf, eta_seconds=math.inf))
+    port = metrics.serve(0, with_progress=True, host="127.0.0.1")
+    assert port is not None
+    try:
+
+        async def go() -> object:
+            async with aiohttp.ClientSession() as session:
+                return await fetch_progress(session, f"http://127.0.0.1:{port}/progress")
+
+        p = asyncio.run(go())
+    finally:
+        metrics.close()
+    assert p is not None
+    assert (p.step, p.percent, p.loss, p.eval_loss, p.tokens_per_second, p.eta_seconds) == (5, 50.0, None, None, None, None)  # type: ignore[attr-defined]
+    json.dumps(p.model_dump(by_alias=True, exclude_none=True), allow_nan=False)  # type: ignore[attr-defined]  # raises on NaN
+    # An older trainer wrote the bare tokens (Python's json.dumps default); json.loads accepts them.
+    raw = parse_progress(json.loads('{"step": 5, "totalSteps": 10, "loss": NaN, "evalLoss": Infinity, "etaSeconds": -Infinity}'))
+    assert raw is not None and (raw.step, raw.percent, raw.loss, raw.eval_loss, raw.eta_seconds) == (5, 50.0, None, None, None)
+    # String spellings too (a trainer that stringifies its floats).
+    assert parse_progress({"step": 1, "loss": "nan", "etaSeconds": "inf"}) == parse_progress({"step": 1})
+
+
+def test_a_status_body_with_nan_is_refused_before_it_is_sent() -> None:
+    """Kube never sends NaN (the API server would reject that patch and every later one)."""
+    import math
+
+    from finetune_operator.kube import Kube, KubeError
+
+    kube = Kube(credentials=lambda: (_ for _ in ()).throw(AssertionError("no request may be made")))
+    with pytest.raises(KubeError, match="not valid JSON"):
+        asyncio.run(kube._run("PATCH", "/apis/x/status", {"status": {"progress": {"loss": math.nan}}}))
