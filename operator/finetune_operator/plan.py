@@ -172,7 +172,7 @@ def _validation_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolv
             deletes = [Delete("Pod", pod.name)]
         reason, message = c.REASON_VALIDATION_PENDING, f"validation pod {pod.name} was disrupted; retrying"
     elif pod.phase == "Failed":
-        detail = pod.message or pod.reason or "no message (see the pod's log)"
+        detail = _failure_text(pod) or pod.reason or "no message (see the pod's log)"
         code = f"exit code {pod.exit_code}, {_exit_meaning(pod.exit_code)}" if pod.exit_code is not None else "no exit code"
         message = f"validation pod {pod.name} failed ({code}): {detail}"
         nxt.condition(c.COND_VALIDATED, False, c.REASON_VALIDATION_FAILED, message)
@@ -232,10 +232,10 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
     if fatal:
         p = fatal[0]
         reason = c.REASON_CONFIG_ERROR if p.exit_code == ct.EXIT_CONFIG_ERROR else c.REASON_DATA_ERROR
-        return _fail(obs, nxt, reason, f"{_who(p)} exited with code {p.exit_code} ({_exit_meaning(p.exit_code)}): {p.message or 'see its log'}")
+        return _fail(obs, nxt, reason, f"{_who(p)} exited with code {p.exit_code} ({_exit_meaning(p.exit_code)}): {_failure_text(p) or 'see its log'}")
     if (failed or job.failed) and not job.complete:
         what = (
-            f"{_who(failed[0])} exited with code {failed[0].exit_code}" + (f": {failed[0].message}" if failed[0].message else "")
+            f"{_who(failed[0])} exited with code {failed[0].exit_code}" + (f": {text}" if (text := _failure_text(failed[0])) else "")
             if failed
             else f"Job {job.name} failed ({job.failed_reason}): {job.failed_message or ''}"
         )
@@ -347,6 +347,27 @@ def _ready(obs: Observed, attempt: int | None = None) -> int:
 
 def _who(p: PodView) -> str:
     return f"worker {p.index} (pod {p.name})" if p.index is not None else f"pod {p.name}"
+
+
+def _failure_text(p: PodView) -> str | None:
+    """The readable part of a failed pod's termination message.
+
+    The trainer writes JSON ({"status", "reason", "message", "exitCode"}): show "reason: message"
+    instead of the raw document; anything else (an OOM kill's text, a cut file) is shown as it is.
+    """
+    if not p.message:
+        return None
+    try:
+        data = json.loads(p.message)
+    except ValueError:
+        return p.message.strip() or None
+    if not isinstance(data, dict):
+        return p.message.strip() or None
+    reason = str(data.get("reason") or "").strip()
+    message = str(data.get("message") or "").strip()
+    if reason and message:
+        return f"{reason}: {message}"
+    return message or reason or None
 
 
 def _exit_meaning(code: int | None) -> str:

@@ -15,6 +15,15 @@ from finetune_operator.plan import Delete, decide
 from tests.operator.helpers import T0, VALIDATED, job, minimal_spec, observed, pod
 
 ct = c.contract
+
+
+def trainer_failure(reason: str, message: str, code: int) -> str:
+    """The termination message the real trainer writes on failure (finetune_trainer.__main__)."""
+    from finetune_trainer.__main__ import termination_text
+
+    return termination_text({"status": "Failed", "reason": reason, "message": message, "exitCode": code})
+
+
 RUNNING_STATUS: dict[str, Any] = {"phase": "Running", "conditions": [VALIDATED], "startTime": "2026-01-01T12:00:00Z"}
 
 
@@ -52,13 +61,14 @@ def test_validation_passed_creates_training_children() -> None:
 
 
 def test_validation_failure_ends_the_job_with_the_reason_and_takes_no_gpu() -> None:
-    v = pod("job-validate", component="validator", index=None, phase="Failed", ready=False, exit_code=3, message="dataset line 7: missing 'messages'")
+    v = pod("job-validate", component="validator", index=None, phase="Failed", ready=False, exit_code=3, message=trainer_failure("DataError", "dataset line 7: missing 'messages'", 3))
     plan = decide(observed(status={"phase": "Validating"}, validator=v))
     assert plan.status.phase == "Failed"
     assert not any(m["kind"] == "Job" for m in plan.apply)
     failed = cond(plan, "Failed")
     assert failed.reason == c.REASON_VALIDATION_FAILED
     assert "exit code 3" in failed.message and "missing 'messages'" in failed.message
+    assert "DataError: dataset line 7: missing 'messages'" in failed.message and "{" not in failed.message and "exitCode" not in failed.message
     assert plan.status.completion_time is not None
     assert plan.events and plan.events[0].type == "Warning"
 
@@ -96,12 +106,13 @@ def test_gpu_seconds_accumulate_over_running_pods_and_prior_attempts() -> None:
 
 
 def test_failed_worker_restarts_the_group() -> None:
-    pods = (pod("job-0", index=0), pod("job-1", index=1, phase="Failed", ready=False, exit_code=4, message="NCCL timeout"))
+    pods = (pod("job-0", index=0), pod("job-1", index=1, phase="Failed", ready=False, exit_code=4, message=trainer_failure("TrainingError", "NCCL timeout", 4)))
     plan = decide(observed(status=RUNNING_STATUS, job_view=job(failed=True), pods=pods))
     assert plan.delete == [Delete("Job", "job", "Foreground")]
     assert plan.status.restarts == 1 and plan.status.attempt == 1
     assert plan.status.phase == "Initializing"
     assert cond(plan, "Running").reason == c.REASON_RESTARTING and "worker 1" in cond(plan, "Running").message
+    assert "exited with code 4: TrainingError: NCCL timeout;" in cond(plan, "Running").message and "{" not in cond(plan, "Running").message
     assert any(e.reason == c.REASON_RESTARTING and e.type == "Warning" for e in plan.events)
 
 
@@ -127,10 +138,27 @@ def test_restart_limit_fails_the_job() -> None:
 
 @pytest.mark.parametrize(("code", "reason"), [(2, c.REASON_CONFIG_ERROR), (3, c.REASON_DATA_ERROR)])
 def test_non_retryable_exit_codes_fail_at_once(code: int, reason: str) -> None:
-    pods = (pod("job-0", index=0, phase="Failed", ready=False, exit_code=code, message="bad"),)
+    pods = (pod("job-0", index=0, phase="Failed", ready=False, exit_code=code, message=trainer_failure("DataError", "dataset.uri: /x does not exist", code)),)
     plan = decide(observed(status=RUNNING_STATUS, job_view=job(failed=True), pods=pods))
     assert plan.status.phase == "Failed" and plan.status.restarts == 0 and not plan.delete
-    assert cond(plan, "Failed").reason == reason and f"code {code}" in cond(plan, "Failed").message
+    failed = cond(plan, "Failed")
+    assert failed.reason == reason and f"code {code}" in failed.message
+    assert failed.message.endswith("DataError: dataset.uri: /x does not exist") and "exitCode" not in failed.message
+
+
+@pytest.mark.parametrize(
+    ("message", "shown"),
+    [
+        ("OOMKilled by the kernel", "OOMKilled by the kernel"),  # not JSON: shown as it is
+        ('{"status":"Failed","exitCode":3', '{"status":"Failed","exitCode":3'),  # a cut document: raw text
+        ('{"status":"Failed","message":"only a message","exitCode":3}', "only a message"),
+        (None, "see its log"),
+    ],
+)
+def test_failure_text_falls_back_to_the_raw_message(message: str | None, shown: str) -> None:
+    pods = (pod("job-0", index=0, phase="Failed", ready=False, exit_code=3, message=message),)
+    plan = decide(observed(status=RUNNING_STATUS, job_view=job(failed=True), pods=pods))
+    assert cond(plan, "Failed").message.endswith(shown)
 
 
 @pytest.mark.parametrize("kind", ["evicted", "preempted"])
