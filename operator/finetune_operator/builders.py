@@ -160,10 +160,26 @@ def _volumes(r: Resolved, shm: bool) -> list[dict[str, Any]]:
     ]
     if shm:
         vols.append({"name": c.SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
+    for i, (claim, read_only) in enumerate(pvc_claims(r).items()):
+        vols.append({"name": f"{c.PVC_VOLUME_PREFIX}{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}})
     return vols
 
 
-def _mounts(shm: bool) -> list[dict[str, Any]]:
+def pvc_claims(r: Resolved) -> dict[str, bool]:
+    """The PersistentVolumeClaims that pvc:// URIs name, sorted, each mapped to read-only.
+
+    The trainer reads pvc://claim/path at contract.PVC_MOUNT_ROOT/claim/path. A claim only read
+    from (model, dataset) is mounted read-only; the output's claim read-write.
+    """
+    claims: dict[str, bool] = {}
+    for uri, writes in ((r.spec.model.uri, False), (r.spec.dataset.uri, False), (r.output.uri, True)):
+        if uri.startswith("pvc://"):
+            claim = uri[len("pvc://") :].split("/", 1)[0]
+            claims[claim] = claims.get(claim, True) and not writes
+    return dict(sorted(claims.items()))
+
+
+def _mounts(r: Resolved, shm: bool) -> list[dict[str, Any]]:
     mounts: list[dict[str, Any]] = [
         {"name": c.CONFIG_VOLUME, "mountPath": ct.CONFIG_MOUNT_DIR, "readOnly": True},
         {"name": c.WORKSPACE_VOLUME, "mountPath": ct.WORK_DIR},
@@ -171,6 +187,8 @@ def _mounts(shm: bool) -> list[dict[str, Any]]:
     ]
     if shm:
         mounts.append({"name": c.SHM_VOLUME, "mountPath": ct.SHM_DIR})
+    for i, (claim, read_only) in enumerate(pvc_claims(r).items()):
+        mounts.append({"name": f"{c.PVC_VOLUME_PREFIX}{i}", "mountPath": f"{ct.PVC_MOUNT_ROOT}/{claim}", "readOnly": read_only})
     return mounts
 
 
@@ -269,7 +287,7 @@ def pod_template(r: Resolved, attempt: int) -> Manifest:
                     {"name": ct.PORT_NAME_METRICS, "containerPort": ct.METRICS_PORT, "protocol": "TCP"},
                 ],
                 "resources": _resources(r, r.gpus_per_node),
-                "volumeMounts": _mounts(shm=True),
+                "volumeMounts": _mounts(r, shm=True),
                 "securityContext": _security_context_container(),
                 "terminationMessagePath": ct.TERMINATION_MESSAGE_PATH,
                 "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -367,7 +385,7 @@ def build_validator(r: Resolved) -> Manifest:
                         "requests": {"cpu": c.VALIDATOR_CPU, "memory": c.VALIDATOR_MEMORY},
                         "limits": {"memory": c.VALIDATOR_MEMORY},
                     },
-                    "volumeMounts": _mounts(shm=False),
+                    "volumeMounts": _mounts(r, shm=False),
                     "securityContext": _security_context_container(),
                     "terminationMessagePath": ct.TERMINATION_MESSAGE_PATH,
                     "terminationMessagePolicy": "FallbackToLogsOnError",

@@ -109,6 +109,7 @@ WORKSPACE_VOLUME = "workspace"
 TMP_VOLUME = "tmp"
 SHM_VOLUME = "dshm"
 CONFIG_VOLUME = "trainer-config"
+PVC_VOLUME_PREFIX = "pvc-"  # pvc-0, pvc-1, ...: one per distinct claim named by a pvc:// URI
 TRAINER_CONTAINER = "trainer"
 VALIDATOR_CONTAINER = "validate"
 #: Longest message copied into a condition or event (trainer output is cut, never a traceback).

@@ -58,6 +58,12 @@ class Problem:
     waiting: bool = False
 
 
+def is_local_path(uri: str) -> bool:
+    """A path on the machine running the trainer: fine for `ftctl run --local`, never in a cluster
+    (pods have a read-only root filesystem and see none of the user's files)."""
+    return uri.startswith(("/", "file://"))
+
+
 def resolve(
     meta: JobMeta,
     spec: FineTuneJobSpec,
@@ -122,6 +128,14 @@ def resolve(
             )
         base = rt.default_output
         output = base.model_copy(update={"uri": f"{base.uri.rstrip('/')}/{meta.namespace}/{meta.name}/"})
+
+    for field, uri in (
+        ("spec.model.uri", spec.model.uri),
+        ("spec.dataset.uri", spec.dataset.uri),
+        ("spec.output.uri" if spec.output is not None else f"defaultOutput.uri of runtime {ref.name if ref else ''!r}", output.uri),
+    ):
+        if is_local_path(uri):
+            return Problem(c.REASON_INVALID_SPEC, f"{field}: local paths only work with ftctl run --local; use pvc:// or s3://")
 
     trainer_config = TrainerConfig(
         job_name=meta.name,

@@ -231,3 +231,50 @@ def test_missing_runtime_waits() -> None:
 def test_image_override_allowed_by_runtime() -> None:
     r = resolved(minimal_spec(runtimeRef={"name": "rt"}, image="other/image:2", resources={"nodes": 1, "gpusPerNode": 1}), {**RUNTIME, "allowImageOverride": True})
     assert isinstance(r, Resolved) and r.image == "other/image:2"
+
+
+def test_pvc_uris_mount_their_claims_in_trainer_and_validator_pods() -> None:
+    """pvc://claim/path is read by the trainer at PVC_MOUNT_ROOT/claim/path (finetune_trainer.storage)."""
+    from finetune_trainer.storage import parse_location
+
+    spec = minimal_spec(
+        model={"uri": "pvc://models/llama/7b"},
+        dataset={"uri": "pvc://shared/data/train.jsonl", "format": "chat"},
+        output={"uri": "pvc://shared/runs/one/"},
+    )
+    r = resolved(spec)
+    assert isinstance(r, Resolved)
+    assert builders.pvc_claims(r) == {"models": True, "shared": False}  # shared holds the output: read-write
+    job = builders.build_job(r, 0, None)
+    for pod_spec in (job["spec"]["template"]["spec"], builders.build_validator(r)["spec"]):
+        vols = {v["name"]: v for v in pod_spec["volumes"] if "persistentVolumeClaim" in v}
+        claims = {v["persistentVolumeClaim"]["claimName"]: (name, v["persistentVolumeClaim"]["readOnly"]) for name, v in vols.items()}
+        assert {k: ro for k, (_, ro) in claims.items()} == {"models": True, "shared": False}
+        mounts = {m["name"]: m for m in pod_spec["containers"][0]["volumeMounts"]}
+        for claim, (name, read_only) in claims.items():
+            assert mounts[name]["mountPath"] == f"{ct.PVC_MOUNT_ROOT}/{claim}" and mounts[name]["readOnly"] is read_only
+    # Where the trainer will look for each URI lies under the claim's mount.
+    mount_paths = [m["mountPath"] for m in job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]]
+    for uri in (spec["model"]["uri"], spec["dataset"]["uri"], spec["output"]["uri"]):
+        path = parse_location(uri).path
+        assert any(path.startswith(mp + "/") for mp in mount_paths if mp.startswith(ct.PVC_MOUNT_ROOT)), (uri, path)
+
+
+def test_no_claim_volumes_without_pvc_uris() -> None:
+    r = resolved()
+    assert isinstance(r, Resolved) and builders.pvc_claims(r) == {}
+    assert not any("persistentVolumeClaim" in v for v in builders.build_job(r, 0, None)["spec"]["template"]["spec"]["volumes"])
+
+
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"model": {"uri": "/models/tiny"}}, "spec.model.uri"),
+        ({"dataset": {"uri": "file:///data/train.jsonl", "format": "chat"}}, "spec.dataset.uri"),
+        ({"output": {"uri": "/tmp/out"}}, "spec.output.uri"),
+    ],
+)
+def test_local_paths_fail_at_once_naming_the_field(over: dict[str, Any], field: str) -> None:
+    problem = resolved(minimal_spec(**over))
+    assert isinstance(problem, Problem) and problem.reason == c.REASON_INVALID_SPEC and not problem.waiting
+    assert problem.message == f"{field}: local paths only work with ftctl run --local; use pvc:// or s3://"

@@ -268,3 +268,11 @@ def test_condition_transition_time_kept_while_status_unchanged() -> None:
     first = decide(observed(status=RUNNING_STATUS, job_view=job(), pods=pods, now=T0))
     later = decide(observed(status=first.status.to_wire(), job_view=job(), pods=pods, now=T0 + timedelta(hours=1)))
     assert cond(later, "Running").last_transition_time == cond(first, "Running").last_transition_time
+
+
+def test_local_model_path_fails_the_job_before_any_pod() -> None:
+    plan = decide(observed(minimal_spec(model={"uri": "/home/me/models/tiny"})))
+    assert plan.status.phase == "Failed" and not plan.apply
+    failed = cond(plan, "Failed")
+    assert failed.reason == c.REASON_INVALID_SPEC
+    assert failed.message == "spec.model.uri: local paths only work with ftctl run --local; use pvc:// or s3://"
