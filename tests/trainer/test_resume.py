@@ -94,3 +94,63 @@ def test_kill_and_restart_resumes_from_newest_complete_checkpoint(s3: S3Server, 
     for a, b in zip(resumed["outputCheck"]["logits"], reference["outputCheck"]["logits"], strict=True):
         assert a == pytest.approx(b, abs=1e-4)
     assert resumed["metrics"]["loss"] == pytest.approx(reference["metrics"]["loss"], rel=1e-4)
+
+
+def _corrupt_one_file(s3: S3Server, bucket: str, checkpoint_prefix: str) -> str:
+    """Flip one byte of the checkpoint's largest file (same size, so only the sha256 can catch it)."""
+    keys = [k for k in s3.list_keys(f"s3://{bucket}/{checkpoint_prefix}") if not k.endswith("manifest.json")]
+    sizes = {k: len(s3.get_bytes(f"s3://{bucket}/{k}")) for k in keys}
+    key = max(sizes, key=lambda k: sizes[k])
+    data = bytearray(s3.get_bytes(f"s3://{bucket}/{key}"))
+    data[len(data) // 2] ^= 0xFF
+    s3.put_bytes(f"s3://{bucket}/{key}", bytes(data))
+    return key
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_older_one(s3: S3Server, tiny_llama: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """A checkpoint whose file fails its sha256 is skipped with a warning; restart uses the next older one."""
+    steps = 12
+    bucket = s3.create_bucket()
+    data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(60))
+    out = f"s3://{bucket}/damaged"
+    cfg = write_config(tmp_path / "damaged.json", {
+        "jobName": "damaged",
+        "model": {"uri": str(tiny_llama)},
+        "dataset": {"uri": str(data), "format": "chat"},
+        "method": {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.1}},
+        "hyperparameters": {"maxSteps": steps, "learningRate": 0.01, "batchSize": 4, "maxSeqLength": 64, "packing": False},
+        "checkpoint": {"everySteps": 4, "keep": 2},
+        "output": {"uri": out},
+    })
+    env = trainer_env({**s3.env(), "FINETUNE_WORK_DIR": str(tmp_path / "work")})
+
+    # 1. an uninterrupted run leaves complete checkpoints at steps 4 and 8 (keep: 2)
+    first = run_trainer(["train", "--config", str(cfg)], env)
+    assert first.returncode == 0, first.stderr[-4000:]
+    reference = json.loads(s3.get_bytes(f"{out}/manifest.json"))
+    complete = sorted(int(m.group(1)) for k in s3.list_keys(f"{out}/checkpoints/") if (m := re.search(r"step-(\d+)/manifest.json$", k)))
+    assert complete == [4, 8]
+
+    # 2. damage the newest: the restart warns, resumes from step 4 and finishes
+    damaged = _corrupt_one_file(s3, bucket, "damaged/checkpoints/step-8/")
+    second = run_trainer(["train", "--config", str(cfg)], env)
+    assert second.returncode == 0, second.stderr[-4000:]
+    assert damaged.startswith("damaged/")
+    assert f"warning: checkpoint step 8 is damaged ({damaged.removeprefix('damaged/')} does not match its manifest" in second.stderr, second.stderr[-4000:]
+    assert "resumed from checkpoint step 4 " in second.stderr
+    assert "starting at step 4," in second.stderr
+    assert summary_of(second)["steps"] == steps
+    history = [json.loads(line) for line in s3.get_bytes(f"{out}/metrics.jsonl").decode().splitlines()]
+    assert [r["step"] for r in history if "final" not in r] == list(range(1, steps + 1))
+    resumed = json.loads(s3.get_bytes(f"{out}/manifest.json"))
+    for a, b in zip(resumed["outputCheck"]["logits"], reference["outputCheck"]["logits"], strict=True):
+        assert a == pytest.approx(b, abs=1e-4)  # resuming from step 4 redoes steps 5-12 exactly
+
+    # 3. every checkpoint damaged: a clear failure naming each, never a silent start from scratch
+    for step in (4, 8):
+        _corrupt_one_file(s3, bucket, f"damaged/checkpoints/step-{step}/")
+    third = run_trainer(["train", "--config", str(cfg)], env)
+    assert third.returncode != 0
+    message = summary_of(third)["message"]
+    assert "no checkpoint matches its manifest" in message and "step 8:" in message and "step 4:" in message
+    assert "starting at step" not in third.stderr

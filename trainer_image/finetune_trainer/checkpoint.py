@@ -130,12 +130,14 @@ class Checkpointer:
             return None
         return data if isinstance(data, dict) and isinstance(data.get("files"), list) else None
 
+    def complete_steps(self) -> list[int]:
+        """Steps whose manifest exists (half-written checkpoints have none), newest first."""
+        return [step for step in reversed(self._steps()) if self._manifest(step) is not None]
+
     def newest_complete(self) -> int | None:
         """The highest step whose manifest exists (half-written checkpoints have none)."""
-        for step in reversed(self._steps()):
-            if self._manifest(step) is not None:
-                return step
-        return None
+        complete = self.complete_steps()
+        return complete[0] if complete else None
 
     def _prune(self, current: int) -> None:
         """Keep the newest `keep` complete checkpoints; drop older ones and leftover partial ones."""
@@ -145,33 +147,54 @@ class Checkpointer:
             if s not in keep and s < current:
                 self.output.delete_prefix(self.rel_dir(s))
 
-    def restore(self, engine: Engine) -> TrainerState | None:
-        """Load the newest complete checkpoint into `engine`; None when there is none."""
-        env = distributed.env()
-        step = distributed.broadcast_object(self.newest_complete() if env.is_main else None)
-        if step is None:
-            return None
-        local = self.staging / f"restore-step-{step}"
-        if env.is_local_main:
-            shutil.rmtree(local, ignore_errors=True)
-            self.output.download_dir(self.rel_dir(step), local)
-            manifest = self._manifest(step)
-            assert manifest is not None
-            for f in manifest["files"]:
-                p = local / f["path"][len(self.rel_dir(step)) :]
-                if not p.is_file() or p.stat().st_size != f["size"] or sha256_file(p) != f["sha256"]:
-                    raise RuntimeError(f"checkpoint step {step}: {f['path']} does not match its manifest")
-        distributed.barrier()
-        engine.load(local)
-        rng = local / f"rng-rank{env.rank}.pt"
-        if rng.is_file():
-            _set_rng_state(torch.load(rng, weights_only=False))
-        state = TrainerState.from_json((local / STATE_FILE).read_text())
-        distributed.barrier()
-        if env.is_local_main:
-            shutil.rmtree(local, ignore_errors=True)
-        distributed.print0(f"resumed from checkpoint step {step} (epoch {state.position.epoch}, micro-step {state.position.micro_step})")
-        return state
+    def _fetch_verified(self, step: int, local: pathlib.Path) -> str | None:
+        """Download checkpoint `step` to `local` and check it against its manifest; the problem, or None."""
+        shutil.rmtree(local, ignore_errors=True)
+        manifest = self._manifest(step)
+        if manifest is None:
+            return "its manifest is missing or unreadable"
+        self.output.download_dir(self.rel_dir(step), local)
+        prefix = len(self.rel_dir(step))
+        for f in manifest["files"]:
+            p = local / f["path"][prefix:]
+            if not p.is_file():
+                return f"{f['path']} is missing"
+            if p.stat().st_size != f["size"] or sha256_file(p) != f["sha256"]:
+                return f"{f['path']} does not match its manifest (size or sha256)"
+        return None
 
+    def restore(self, engine: Engine) -> TrainerState | None:
+        """Load the newest complete checkpoint that verifies into `engine`; None when there is none.
+
+        A complete checkpoint whose files do not match its manifest (on any node) is skipped with a
+        warning and the next older one is tried; when every complete checkpoint is damaged, this
+        raises rather than silently starting over.
+        """
+        env = distributed.env()
+        candidates: list[int] = distributed.broadcast_object(self.complete_steps() if env.is_main else None)
+        if not candidates:
+            return None
+        skipped: list[str] = []
+        for step in candidates:
+            local = self.staging / f"restore-step-{step}"
+            problem = self._fetch_verified(step, local) if env.is_local_main else None
+            problems = [p for p in distributed.all_gather_object(problem) if p]
+            if problems:
+                if env.is_local_main:
+                    shutil.rmtree(local, ignore_errors=True)
+                skipped.append(f"step {step}: {problems[0]}")
+                distributed.print0(f"warning: checkpoint step {step} is damaged ({problems[0]}); trying the next older checkpoint")
+                continue
+            engine.load(local)
+            rng = local / f"rng-rank{env.rank}.pt"
+            if rng.is_file():
+                _set_rng_state(torch.load(rng, weights_only=False))
+            state = TrainerState.from_json((local / STATE_FILE).read_text())
+            distributed.barrier()
+            if env.is_local_main:
+                shutil.rmtree(local, ignore_errors=True)
+            distributed.print0(f"resumed from checkpoint step {step} (epoch {state.position.epoch}, micro-step {state.position.micro_step})")
+            return state
+        raise RuntimeError("no checkpoint matches its manifest, refusing to start over: " + "; ".join(skipped))
 
 __all__ = ["Checkpointer", "TrainerState", "describe_files"]
