@@ -166,7 +166,15 @@ def test_failed_worker_restarts_the_group_then_fails_past_max_restarts(kube: Kub
     assert env[ct.ENV_ATTEMPT] == "1"
     st = kube.wait_phase(ns, "flaky", "Running")
     assert st["restarts"] == 1 and st["attempt"] == 1
-    assert "attempt 0 failed" in kube.condition(ns, "flaky", "Running").get("message", "") or st["phase"] == "Running"
+    # the restart is recorded: one Warning event naming the failed attempt, the pod and its exit code
+    def restart_events() -> list[Any]:
+        events = kube.core.list_namespaced_event(ns, field_selector="involvedObject.name=flaky").items
+        return [e for e in events if e.reason == c.REASON_RESTARTING and e.type == "Warning"]  # (plus a Normal phase-change event)
+
+    (event,) = kube.wait(restart_events, "a Restarting warning", 30)
+    assert event.count == 1 and event.message.startswith("attempt 0 failed: "), event.message
+    assert victim.metadata.name in event.message and f"exited with code {ct.EXIT_TRAINING_ERROR}" in event.message, event.message
+    assert "restarting the group as attempt 1 (1/1)" in event.message, event.message
     # second failure: maxRestarts (1) reached -> Failed
     kube.set_result(ns, pods[0].metadata.name, kwok.FAILED, exit_code=ct.EXIT_TRAINING_ERROR)
     st = kube.wait_phase(ns, "flaky", "Failed", 90)
