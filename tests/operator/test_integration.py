@@ -210,6 +210,16 @@ def test_config_error_fails_at_once(kube: Kube, ftop: OperatorProcess, kube_name
     assert st["restarts"] == 0 and kube.condition(ns, "badcfg", "Failed")["reason"] == c.REASON_CONFIG_ERROR
 
 
+def test_local_model_path_fails_at_once_naming_the_field(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    ns = kube_namespace
+    kube.create_ftj(ns, "localpath", small(model={"uri": "/home/me/models/tiny"}))
+    kube.wait_phase(ns, "localpath", "Failed")
+    failed = kube.condition(ns, "localpath", "Failed")
+    assert failed["reason"] == c.REASON_INVALID_SPEC
+    assert failed["message"] == "spec.model.uri: local paths only work with ftctl run --local; use pvc:// or s3://"
+    assert not any(p.metadata.name.startswith("localpath") for p in kube.pods(ns)) and kube.job(ns, "localpath") is None
+
+
 def test_validation_failure_never_takes_a_gpu(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
     ns = kube_namespace
     kube.create_ftj(ns, "baddata", small())
