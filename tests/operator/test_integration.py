@@ -220,6 +220,20 @@ def test_local_model_path_fails_at_once_naming_the_field(kube: Kube, ftop: Opera
     assert not any(p.metadata.name.startswith("localpath") for p in kube.pods(ns)) and kube.job(ns, "localpath") is None
 
 
+def test_pvc_uris_mount_their_claims_in_the_pods(kube: Kube, ftop: OperatorProcess, kube_cluster: ControlPlane, kube_namespace: str) -> None:
+    ns = kube_namespace
+    for claim in ("models", "shared"):
+        pvc = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": claim, "namespace": ns}, "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}}}
+        kube_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump(pvc))
+    spec = small(model={"uri": "pvc://models/tiny"}, dataset={"uri": "pvc://shared/data/train.jsonl", "format": "chat"}, output={"uri": "pvc://shared/runs/one/"})
+    kube.create_ftj(ns, "onpvc", spec)
+    validator = kube.wait(lambda: next((p for p in kube.pods(ns) if p.metadata.name == "onpvc-validate"), None), "validation pod")
+    claims = {v.persistent_volume_claim.claim_name: (v.name, bool(v.persistent_volume_claim.read_only)) for v in validator.spec.volumes if v.persistent_volume_claim}
+    assert {k: ro for k, (_, ro) in claims.items()} == {"models": True, "shared": False}
+    mounts = {m.name: (m.mount_path, bool(m.read_only)) for m in validator.spec.containers[0].volume_mounts}
+    assert {mounts[name] for name, _ in claims.values()} == {(f"{ct.PVC_MOUNT_ROOT}/models", True), (f"{ct.PVC_MOUNT_ROOT}/shared", False)}
+
+
 def test_validation_failure_never_takes_a_gpu(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
     ns = kube_namespace
     kube.create_ftj(ns, "baddata", small())
