@@ -16,6 +16,7 @@ import sys
 import time
 
 import pytest
+from finetune_trainer import contract
 
 from tests.support.s3 import S3Server
 
@@ -150,7 +151,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_older_one(s3: S3Server, tin
     for step in (4, 8):
         _corrupt_one_file(s3, bucket, f"damaged/checkpoints/step-{step}/")
     third = run_trainer(["train", "--config", str(cfg)], env)
-    assert third.returncode != 0
+    assert third.returncode == contract.EXIT_TRAINING_ERROR
     message = summary_of(third)["message"]
     assert "no checkpoint matches its manifest" in message and "step 8:" in message and "step 4:" in message
     assert "starting at step" not in third.stderr
