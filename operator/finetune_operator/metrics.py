@@ -23,6 +23,10 @@ RESTARTS = Counter("finetune_operator_restarts", "Group restarts of FineTuneJobs
 JOB_FAILURES = Counter("finetune_operator_job_failures", "FineTuneJobs that entered phase Failed", ["namespace", "name", "reason"])
 APPLIES = Counter("finetune_operator_applies", "Server-side applies of child objects", ["kind"])
 STATUS_PATCHES = Counter("finetune_operator_status_patches", "Status subresource patches")
+COALESCED = Counter(
+    "finetune_operator_reconciles_coalesced",
+    "Watch events covered by a reconcile already queued for the same FineTuneJob",
+)
 
 for _phase in c.PHASES:
     JOBS.labels(_phase).set(0)

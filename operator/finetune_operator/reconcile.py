@@ -111,6 +111,9 @@ class Reconciler:
         self.indexes: Indexes | None = None
         self.phases = metrics.PhaseBook()
         self._locks: dict[Key, asyncio.Lock] = {}
+        #: Keys with a reconcile waiting for the lock: it will read the indexes when it runs, so
+        #: further watch events for the key before then need no reconcile of their own.
+        self._queued: set[Key] = set()
         #: Last status this process wrote, per job (uid, status): newer than the watch cache.
         self._written: dict[Key, tuple[str, FineTuneJobStatus]] = {}
         self._retry: dict[Key, asyncio.TimerHandle] = {}
@@ -123,8 +126,16 @@ class Reconciler:
     async def reconcile(self, key: Key, progress: Progress | None = None) -> Plan | None:
         if self.indexes is None:
             return None
+        if progress is None and key in self._queued:
+            metrics.COALESCED.inc()
+            return None
         lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock:
+        self._queued.add(key)
+        try:
+            await lock.acquire()
+        finally:
+            self._queued.discard(key)
+        try:
             started = time.perf_counter()
             try:
                 plan = await self._reconcile(key, progress)
@@ -144,6 +155,8 @@ class Reconciler:
             if plan is not None and plan.requeue_after is not None:
                 self._schedule_retry(key, delay=plan.requeue_after)
             return plan
+        finally:
+            lock.release()
 
     def active_keys(self) -> list[Key]:
         """Jobs not yet Succeeded/Failed (for the periodic resync)."""
