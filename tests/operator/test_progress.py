@@ -1,44 +1,27 @@
-"""fetch_progress against a real HTTP server (the trainer's /progress endpoint stand-in)."""
+"""fetch_progress against the trainer's own /progress endpoint (finetune_trainer.metrics), live."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import aiohttp
 import pytest
 from finetune_operator.progress import fetch_progress
-
-BODY = {"step": 40, "totalSteps": 160, "epoch": 0.5, "loss": 0.7123, "tokensPerSecond": 2750.5, "etaSeconds": 130, "stage": "training", "trainedTokens": 81920}
-
-
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        if self.path == "/progress":
-            data = json.dumps(BODY).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-        else:
-            self.send_response(404)
-            self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
+from finetune_trainer.metrics import Progress as TrainerProgress
+from finetune_trainer.metrics import TrainerMetrics
 
 
 @pytest.fixture
 def server() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    """The real trainer metrics server, on a free loopback port, showing step 40 of 160."""
+    metrics = TrainerMetrics("job", "ns", 0)
+    metrics.update(TrainerProgress(phase="Training", step=40, total_steps=160, epoch=0.5, percent=25.0, loss=0.7123, tokens_per_second=2750.5, eta_seconds=130, trained_tokens=81920))
+    port = metrics.serve(0, with_progress=True, host="127.0.0.1")
+    assert port is not None
+    yield f"http://127.0.0.1:{port}"
+    metrics.close()
 
 
 def test_fetch_progress_from_a_live_endpoint(server: str) -> None:
