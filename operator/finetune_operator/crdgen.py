@@ -149,32 +149,36 @@ def _crd(plural: str, kind: str, scope: str, short: list[str], root: dict[str, A
     }
 
 
-def finetunejob_crd() -> dict[str, Any]:
-    spec = model_schema(api.FineTuneJobSpec)
-    status = model_schema(api.FineTuneJobStatus)
-    spec["description"] = api.FineTuneJobSpec.__doc__.strip() if api.FineTuneJobSpec.__doc__ else ""
-    status["description"] = "Observed state, written only by the operator."
-    root = {
+def _root_schema(description: str, **properties: dict[str, Any]) -> dict[str, Any]:
+    """The openAPIV3Schema of a custom resource: the object envelope around spec (and status)."""
+    return {
         "type": "object",
-        "description": "A fine-tuning run: model + dataset + method -> an adapter in object storage.",
+        "description": description,
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string"},
             "kind": {"type": "string"},
             "metadata": {"type": "object"},
-            "spec": spec,
-            "status": status,
+            **properties,
         },
-        "x-kubernetes-validations": [
-            cel(
-                f"size(self.metadata.name) <= {c.MAX_JOB_NAME_LENGTH}",
-                f"metadata.name must be at most {c.MAX_JOB_NAME_LENGTH} characters (it names the Job, its pods and the <name>-workers Service)",
-                None,
-                "FieldValueInvalid",
-            ),
-            *_immutability_rules(list(spec["properties"])),
-        ],
     }
+
+
+def finetunejob_crd() -> dict[str, Any]:
+    spec = model_schema(api.FineTuneJobSpec)
+    status = model_schema(api.FineTuneJobStatus)
+    spec["description"] = api.FineTuneJobSpec.__doc__.strip() if api.FineTuneJobSpec.__doc__ else ""
+    status["description"] = "Observed state, written only by the operator."
+    root = _root_schema("A fine-tuning run: model + dataset + method -> an adapter in object storage.", spec=spec, status=status)
+    root["x-kubernetes-validations"] = [
+        cel(
+            f"size(self.metadata.name) <= {c.MAX_JOB_NAME_LENGTH}",
+            f"metadata.name must be at most {c.MAX_JOB_NAME_LENGTH} characters (it names the Job, its pods and the <name>-workers Service)",
+            None,
+            "FieldValueInvalid",
+        ),
+        *_immutability_rules(list(spec["properties"])),
+    ]
     columns: list[dict[str, Any]] = [
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Progress", "type": "number", "jsonPath": ".status.progress.percent", "description": "Percent of training steps done"},
@@ -189,17 +193,7 @@ def finetunejob_crd() -> dict[str, Any]:
 
 def runtime_crd() -> dict[str, Any]:
     spec = model_schema(api.ClusterFineTuneRuntimeSpec)
-    root = {
-        "type": "object",
-        "description": "A preset for FineTuneJobs, owned by the platform team (cluster-scoped).",
-        "required": ["spec"],
-        "properties": {
-            "apiVersion": {"type": "string"},
-            "kind": {"type": "string"},
-            "metadata": {"type": "object"},
-            "spec": spec,
-        },
-    }
+    root = _root_schema("A preset for FineTuneJobs, owned by the platform team (cluster-scoped).", spec=spec)
     columns: list[dict[str, Any]] = [
         {"name": "Image", "type": "string", "jsonPath": ".spec.image"},
         {"name": "Max-Nodes", "type": "integer", "jsonPath": ".spec.maxNodes"},
