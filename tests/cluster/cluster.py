@@ -250,6 +250,9 @@ class ControlPlane:
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
                 "--v=1",
+                # klog buffers for 5 s by default; a component SIGKILLed after a slow shutdown on a
+                # loaded machine would lose its last lines (the ones that explain a failure).
+                "--log-flush-frequency=200ms",
             ],
             "kube-controller-manager": [
                 str(b / "kube-controller-manager"),
