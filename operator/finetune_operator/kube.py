@@ -160,8 +160,9 @@ class Kube:
         raise KubeError(status, f"{what}: {message}")
 
     # --- operations ---------------------------------------------------------------------------
-    async def apply(self, manifest: dict[str, Any]) -> None:
-        """Server-side apply (create or update) under the operator's field manager."""
+    async def apply(self, manifest: dict[str, Any]) -> bool:
+        """Server-side apply (create or update) under the operator's field manager; False when
+        the object was in the way (409) and the apply must be tried again."""
         meta = manifest["metadata"]
         path = _PATHS[manifest["kind"]].format(ns=meta["namespace"], name=meta["name"])
         status, data = await self._run(
@@ -175,8 +176,9 @@ class Kube:
             # Only possible without force (never here) or when the object is being deleted and
             # recreated under us: the next reconcile applies again.
             log.info("apply %s %s/%s: conflict, will retry: %s", manifest["kind"], meta["namespace"], meta["name"], _msg(data))
-            return
+            return False
         self._check(status, data, f"apply {manifest['kind']} {meta['namespace']}/{meta['name']}")
+        return True
 
     async def delete(self, namespace: str, item: Delete) -> None:
         path = _PATHS[item.kind].format(ns=namespace, name=item.name)

@@ -27,6 +27,10 @@ COALESCED = Counter(
     "finetune_operator_reconciles_coalesced",
     "Watch events covered by a reconcile already queued for the same FineTuneJob",
 )
+UNCHANGED = Counter(
+    "finetune_operator_reconciles_unchanged",
+    "Watch events that changed nothing a reconcile reads (answered without computing a plan)",
+)
 
 for _phase in c.PHASES:
     JOBS.labels(_phase).set(0)

@@ -208,6 +208,8 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
             nxt.set(phase=c.PHASE_INITIALIZING, message=_workers_message(attempt, 0, r.nodes))
             nxt.condition(c.COND_RUNNING, False, c.REASON_WORKERS_STARTING, f"0/{r.nodes} workers running")
         _suspension(nxt, spec, suspended=suspend)
+        # gpuSeconds is reported from here on, so the Job appearing costs no status write of its own.
+        _gpu_seconds(obs, nxt, r)
         return _plan(obs, nxt, apply=builders.build_children(r, attempt, suspend))
 
     # The Job of the current attempt exists.

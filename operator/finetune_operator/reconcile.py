@@ -5,6 +5,14 @@ resync, runs the same function for that job; a per-job lock serializes runs. The
 executed in a fixed order (apply children, delete, one status patch if the status changed, then
 events), so a run interrupted half-way is completed by the next one. Failed runs are retried with
 exponential backoff.
+
+Watch handlers only `enqueue` the job's key and return, as a controller's work queue does: kopf
+drops the event's body at once, and `concurrency` workers take keys from the queue. A key is in
+the queue at most once, so the events that arrive while it waits are covered by that one run
+(it reads the indexes when it starts); an event that changed nothing the plan reads (the echo of
+the operator's own status write, a pod scheduled but still Pending) is answered without running
+`decide`. A burst of thousands of jobs therefore holds a bounded number of bodies and rendered
+plans in memory.
 """
 
 from __future__ import annotations
@@ -104,16 +112,20 @@ def _plain(value: Any) -> Any:
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, config: OperatorConfig, clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(self, kube: Kube, config: OperatorConfig, clock: Callable[[], datetime] | None = None, concurrency: int = 32) -> None:
         self.kube = kube
         self.config = config
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.indexes: Indexes | None = None
         self.phases = metrics.PhaseBook()
+        self.concurrency = concurrency
         self._locks: dict[Key, asyncio.Lock] = {}
-        #: Keys with a reconcile waiting for the lock: it will read the indexes when it runs, so
-        #: further watch events for the key before then need no reconcile of their own.
-        self._queued: set[Key] = set()
+        self._slots = asyncio.Semaphore(concurrency)
+        #: The work queue: keys waiting for a reconcile, each at most once (value: forced).
+        self._pending: dict[Key, bool] = {}
+        self._work: asyncio.Queue[Key] = asyncio.Queue()
+        #: What the last completed reconcile of each job read; the same inputs give the same plan.
+        self._inputs: dict[Key, tuple[Any, ...]] = {}
         #: Last status this process wrote, per job (uid, status): newer than the watch cache.
         self._written: dict[Key, tuple[str, FineTuneJobStatus]] = {}
         self._retry: dict[Key, asyncio.TimerHandle] = {}
@@ -123,22 +135,35 @@ class Reconciler:
         self._background: set[asyncio.Task[None]] = set()
 
     # --- entry points -------------------------------------------------------------------------
-    async def reconcile(self, key: Key, progress: Progress | None = None) -> Plan | None:
-        if self.indexes is None:
-            return None
-        if progress is None and key in self._queued:
+    def enqueue(self, key: Key, force: bool = False) -> None:
+        """Ask for a reconcile of `key`; returns at once. `force` runs `decide` even if nothing it
+        reads has changed (the periodic resync and timed retries: time itself moved on)."""
+        if key in self._pending:
+            self._pending[key] = self._pending[key] or force
             metrics.COALESCED.inc()
-            return None
+            return
+        self._pending[key] = force
+        self._work.put_nowait(key)
+
+    def start(self) -> list[asyncio.Task[None]]:
+        """The queue's workers (cancel them to stop)."""
+        return [asyncio.create_task(self._worker()) for _ in range(self.concurrency)]
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self._work.get()
+            force = self._pending.pop(key, False)
+            await self.reconcile(key, force=force)
+
+    async def reconcile(self, key: Key, progress: Progress | None = None, force: bool = False) -> Plan | None:
+        """Reconcile one job now (queue workers; the progress loop with fresh progress)."""
+        if self.indexes is None or self.indexes.ftj(key) is None:
+            return None  # not (or no longer) a FineTuneJob: events of its children's deletion
         lock = self._locks.setdefault(key, asyncio.Lock())
-        self._queued.add(key)
-        try:
-            await lock.acquire()
-        finally:
-            self._queued.discard(key)
-        try:
+        async with lock, self._slots:
             started = time.perf_counter()
             try:
-                plan = await self._reconcile(key, progress)
+                plan = await self._reconcile(key, progress, force)
             except (KubeError, OSError) as err:
                 metrics.ERRORS.labels("api").inc()
                 self._schedule_retry(key, failed=True)
@@ -155,8 +180,6 @@ class Reconciler:
             if plan is not None and plan.requeue_after is not None:
                 self._schedule_retry(key, delay=plan.requeue_after)
             return plan
-        finally:
-            lock.release()
 
     def active_keys(self) -> list[Key]:
         """Jobs not yet Succeeded/Failed (for the periodic resync)."""
@@ -197,6 +220,7 @@ class Reconciler:
 
     def forget(self, key: Key) -> None:
         self._written.pop(key, None)
+        self._inputs.pop(key, None)
         ns, name = key
         for k in [k for k in self._applied if k[0] == ns and (k[2] == name or k[2].startswith(name + "-"))]:
             self._applied.pop(k, None)
@@ -212,7 +236,7 @@ class Reconciler:
         return written[1].phase if written else None
 
     # --- internals ----------------------------------------------------------------------------
-    async def _reconcile(self, key: Key, progress: Progress | None) -> Plan | None:
+    async def _reconcile(self, key: Key, progress: Progress | None, force: bool = False) -> Plan | None:
         assert self.indexes is not None
         rec = self.indexes.ftj(key)
         if rec is None or rec["deleting"]:
@@ -220,20 +244,26 @@ class Reconciler:
         ns, name = key
         meta = JobMeta(name=name, namespace=ns, uid=rec["uid"], generation=rec["generation"])
         written = self._written.get(key)
-        previous = written[1] if written and written[0] == meta.uid else parse_status(rec["status"])
+        mine = written is not None and written[0] == meta.uid
+        ref = (rec["spec"].get("runtimeRef") or {}).get("name")
+        raw, found = self.indexes.runtime(ref) if ref else (None, False)
+        pods = self.indexes.pod_views(key)
+        job = self.indexes.training_job(key)
+        # Everything `decide` reads except the clock. Views are frozen dataclasses, compared by
+        # identity first, so this costs little next to `decide`.
+        inputs = (meta, rec["spec"], written[1] if mine and written else rec["status"], raw, found, job, pods)
+        if progress is None and not force and self._inputs.get(key) == inputs:
+            metrics.UNCHANGED.inc()
+            return None
+        previous = written[1] if mine and written else parse_status(rec["status"])
 
         runtime = None
-        found = False
-        ref = (rec["spec"].get("runtimeRef") or {}).get("name")
-        if ref:
-            raw, found = self.indexes.runtime(ref)
-            if raw is not None:
-                try:
-                    runtime = parse_runtime(raw)
-                except InvalidResource as err:
-                    log.warning("ClusterFineTuneRuntime %s is invalid: %s", ref, err)
-                    found = False
-        pods = self.indexes.pod_views(key)
+        if raw is not None:
+            try:
+                runtime = parse_runtime(raw)
+            except InvalidResource as err:
+                log.warning("ClusterFineTuneRuntime %s is invalid: %s", ref, err)
+                found = False
         validator = next((p for p in pods if p.component == ct.COMPONENT_VALIDATOR), None)
         observed = Observed(
             meta=meta,
@@ -242,7 +272,7 @@ class Reconciler:
             runtime=runtime,
             runtime_found=found,
             validator=validator,
-            job=self.indexes.training_job(key),
+            job=job,
             pods=tuple(p for p in pods if p.component == ct.COMPONENT_TRAINER),
             now=self.clock(),
             config=self.config,
@@ -251,22 +281,33 @@ class Reconciler:
         t0 = time.perf_counter()
         plan = decide(observed)
         t1 = time.perf_counter()
-        await self._execute(meta, previous, plan)
+        complete = await self._execute(meta, previous, plan)
+        if not complete:
+            self._inputs.pop(key, None)
+            self._schedule_retry(key, delay=RETRY_MIN_SECONDS)
+        elif plan.requeue_after is None:
+            # The status this run wrote is what the next event's `inputs` will hold.
+            written = self._written.get(key)
+            self._inputs[key] = (meta, rec["spec"], written[1] if written and written[0] == meta.uid else rec["status"], raw, found, job, pods)
         log.debug(
             "reconciled %s/%s: phase %s, decide %.1f ms, execute %.1f ms (%d applies, %d deletes)",
             ns, name, plan.status.phase, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000, len(plan.apply), len(plan.delete),
         )
         return plan
 
-    async def _execute(self, meta: JobMeta, previous: FineTuneJobStatus, plan: Plan) -> None:
+    async def _execute(self, meta: JobMeta, previous: FineTuneJobStatus, plan: Plan) -> bool:
+        """Carry out the plan; False when part of it must be tried again (an apply conflict)."""
         key = (meta.namespace, meta.name)
         # Independent children go out together (a pod waits for its ConfigMap by itself); an
         # object already applied with the same content by this process is not sent again.
-        todo = [m for m in plan.apply if self._applied.get(_child_key(m)) != _digest(m)]
-        await asyncio.gather(*(self.kube.apply(m) for m in todo))
-        for m in todo:
-            self._applied[_child_key(m)] = _digest(m)
-            metrics.APPLIES.labels(m["kind"]).inc()
+        todo = [(m, _digest(m)) for m in plan.apply]
+        todo = [(m, d) for m, d in todo if self._applied.get(_child_key(m)) != d]
+        done = await asyncio.gather(*(self.kube.apply(m) for m, _ in todo))
+        for (m, d), ok in zip(todo, done, strict=True):
+            if ok:
+                self._applied[_child_key(m)] = d
+                metrics.APPLIES.labels(m["kind"]).inc()
+        complete = all(done)
         for item in plan.delete:
             await self.kube.delete(meta.namespace, item)
             self._applied.pop((meta.namespace, item.kind, item.name), None)
@@ -275,7 +316,7 @@ class Reconciler:
             patch: dict[str, Any] = {k: None for k in old if k not in new}
             patch.update(new)
             if not await self.kube.patch_status(meta.namespace, meta.name, patch):
-                return
+                return True  # the FineTuneJob is gone: nothing left to do
             metrics.STATUS_PATCHES.inc()
             self._written[key] = (meta.uid, plan.status)
         if plan.status.phase == c.PHASE_FAILED and previous.phase != c.PHASE_FAILED:
@@ -288,6 +329,7 @@ class Reconciler:
             task = asyncio.create_task(self.kube.event(meta, event, self.clock()))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+        return complete
 
     def _schedule_retry(self, key: Key, failed: bool = False, delay: float | None = None) -> None:
         if failed:
@@ -298,9 +340,8 @@ class Reconciler:
         old = self._retry.pop(key, None)
         if old is not None:
             old.cancel()
-        loop = asyncio.get_running_loop()
-        self._retry[key] = loop.call_later(delay, lambda: loop.create_task(self._retried(key)))
+        self._retry[key] = asyncio.get_running_loop().call_later(delay, self._retried, key)
 
-    async def _retried(self, key: Key) -> None:
+    def _retried(self, key: Key) -> None:
         self._retry.pop(key, None)
-        await self.reconcile(key)
+        self.enqueue(key, force=True)

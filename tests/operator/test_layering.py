@@ -60,3 +60,26 @@ def test_module_imports_only_its_lower_layers(path: pathlib.Path) -> None:
 def test_no_private_kopf_imports() -> None:
     for path in PKG.glob("*.py"):
         assert "kopf._" not in path.read_text(), f"{path.name} imports kopf internals"
+
+
+#: kopf decorators the operator may use. Change-detecting ones (on.create/update/resume/delete/
+#: field) would need a diff-base, which handlers.NoDiffBase deliberately does not keep.
+KOPF_DECORATORS = {"on.startup", "on.cleanup", "on.login", "on.probe", "on.event", "index"}
+
+
+def kopf_decorators(path: pathlib.Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for dec in node.decorator_list:
+                target = dec.func if isinstance(dec, ast.Call) else dec
+                name = ast.unparse(target)
+                if name.startswith("kopf."):
+                    found.add(name.removeprefix("kopf."))
+    return found
+
+
+def test_only_level_triggered_kopf_handlers() -> None:
+    used = set().union(*(kopf_decorators(p) for p in PKG.glob("*.py")))
+    assert "on.event" in used and "index" in used  # the scan itself works
+    assert used <= KOPF_DECORATORS, f"change-detecting kopf handlers need a diff-base storage: {sorted(used - KOPF_DECORATORS)}"

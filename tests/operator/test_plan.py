@@ -263,6 +263,20 @@ def test_same_observation_same_plan_and_no_status_change() -> None:
     assert second.status == first.status and not second.apply and not second.events
 
 
+@pytest.mark.parametrize("spec_over", [{"queueName": "team-a"}, {}], ids=["queued", "starting"])
+def test_job_appearing_changes_no_status(spec_over: dict[str, Any]) -> None:
+    """Two status writes from apply to a created Job (Validating, then Queued/Initializing): the
+    Job showing up in the watch must not need a third one."""
+    spec = minimal_spec(**spec_over)
+    validating = decide(observed(spec))
+    done = pod("job-validate", component="validator", index=None, phase="Succeeded", ready=False, exit_code=0)
+    created = decide(observed(spec, status=validating.status.to_wire(), validator=done))
+    assert [m["kind"] for m in created.apply][-1] == "Job"
+    suspended = bool(spec_over)
+    seen = decide(observed(spec, status=created.status.to_wire(), validator=done, job_view=job(suspended=suspended, active=0, ready=0)))
+    assert seen.status.to_wire() == created.status.to_wire() and not seen.apply and not seen.events
+
+
 def test_condition_transition_time_kept_while_status_unchanged() -> None:
     pods = (pod("job-0", index=0), pod("job-1", index=1))
     first = decide(observed(status=RUNNING_STATUS, job_view=job(), pods=pods, now=T0))

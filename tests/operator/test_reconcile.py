@@ -1,0 +1,182 @@
+"""Reconciler bookkeeping, without a cluster: which watch events lead to a plan, which API calls a
+plan turns into, retries after an apply conflict, and the bound on concurrent reconciles.
+
+`RecordingKube` stands in for `finetune_operator.kube.Kube` (the one I/O module) and records
+the calls it is asked to make; what those calls do on a real API server is covered by
+`test_integration.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from finetune_operator import metrics
+from finetune_operator.reconcile import Indexes, Reconciler, ftj_record
+from finetune_operator.resolve import OperatorConfig
+
+from tests.operator.helpers import UID, minimal_spec, pod
+
+KEY = ("ns", "job")
+
+
+class RecordingKube:
+    """Records applies and status patches; `conflicts` names kinds whose next apply gets a 409."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.conflicts: set[str] = set()
+        self.gate: asyncio.Event | None = None
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def apply(self, manifest: dict[str, Any]) -> bool:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            kind = manifest["kind"]
+            self.calls.append(("apply", kind))
+            if kind in self.conflicts:
+                self.conflicts.discard(kind)
+                return False
+            return True
+        finally:
+            self.in_flight -= 1
+
+    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
+        self.calls.append(("status", str(patch.get("phase"))))
+        return True
+
+    async def delete(self, namespace: str, item: Any) -> None:
+        self.calls.append(("delete", item.kind))
+
+    async def event(self, meta: Any, event: Any, now: Any) -> None:
+        self.calls.append(("event", event.reason))
+
+
+def record(status: dict[str, Any] | None = None, uid: str = UID) -> dict[str, Any]:
+    return ftj_record({"metadata": {"uid": uid, "generation": 1}, "spec": minimal_spec(), "status": status or {}})
+
+
+def reconciler(kube: RecordingKube, jobs: dict[Any, Any], pods: dict[Any, Any], concurrency: int = 32) -> Reconciler:
+    r = Reconciler(kube, OperatorConfig(), concurrency=concurrency)  # type: ignore[arg-type]
+    r.indexes = Indexes(jobs=jobs, runtimes={}, children={}, pods=pods)
+    return r
+
+
+def counter(c: Any) -> float:
+    return float(c._value.get())
+
+
+async def settle() -> None:
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+def test_echo_of_its_own_status_write_computes_no_plan() -> None:
+    async def go() -> None:
+        kube = RecordingKube()
+        jobs: dict[Any, Any] = {KEY: [record()]}
+        r = reconciler(kube, jobs, {})
+        first = await r.reconcile(KEY)
+        await settle()
+        assert first is not None and first.status.phase == "Validating"
+        assert [c for c in kube.calls if c[0] != "event"] == [("apply", "ConfigMap"), ("apply", "Pod"), ("status", "Validating")]
+        # The watch brings back the status just written: same inputs, no plan, no calls.
+        jobs[KEY] = [record(first.status.to_wire())]
+        kube.calls.clear()
+        before = counter(metrics.UNCHANGED)
+        assert await r.reconcile(KEY) is None
+        assert kube.calls == [] and counter(metrics.UNCHANGED) == before + 1
+        # Forced (resync, timed retry): the plan is computed; nothing changed, so nothing is sent.
+        assert await r.reconcile(KEY, force=True) is not None
+        assert kube.calls == []
+
+    asyncio.run(go())
+
+
+def test_a_changed_child_is_reconciled() -> None:
+    async def go() -> None:
+        kube = RecordingKube()
+        jobs: dict[Any, Any] = {KEY: [record()]}
+        pods: dict[Any, Any] = {}
+        r = reconciler(kube, jobs, pods)
+        first = await r.reconcile(KEY)
+        await settle()
+        assert first is not None
+        jobs[KEY] = [record(first.status.to_wire())]
+        pods[KEY] = [pod("job-validate", component="validator", index=None, phase="Succeeded", ready=False, exit_code=0)]
+        kube.calls.clear()
+        plan = await r.reconcile(KEY)
+        await settle()
+        assert plan is not None and plan.status.phase == "Initializing"
+        # The ConfigMap is unchanged since the validation step: only the Service and Job are sent.
+        assert [c for c in kube.calls if c[0] == "apply"] == [("apply", "Service"), ("apply", "Job")]
+
+    asyncio.run(go())
+
+
+def test_apply_conflict_is_retried_even_without_a_new_event() -> None:
+    async def go() -> None:
+        kube = RecordingKube()
+        kube.conflicts = {"Pod"}
+        jobs: dict[Any, Any] = {KEY: [record()]}
+        r = reconciler(kube, jobs, {})
+        first = await r.reconcile(KEY)
+        await settle()
+        assert first is not None
+        jobs[KEY] = [record(first.status.to_wire())]
+        kube.calls.clear()
+        # Same inputs as the run whose Pod apply conflicted: not skipped, and only the Pod is re-sent.
+        await r.reconcile(KEY)
+        assert kube.calls == [("apply", "Pod")]
+        r.forget(KEY)
+
+    asyncio.run(go())
+
+
+def test_concurrent_reconciles_are_bounded() -> None:
+    async def go() -> None:
+        kube = RecordingKube()
+        kube.gate = asyncio.Event()
+        keys = [("ns", f"job-{i}") for i in range(10)]
+        jobs: dict[Any, Any] = {k: [record(uid=f"uid-{i}")] for i, k in enumerate(keys)}
+        r = reconciler(kube, jobs, {}, concurrency=3)
+        tasks = [asyncio.create_task(r.reconcile(k)) for k in keys]
+        await asyncio.sleep(0.05)
+        # Three reconciles hold their slot (two applies each); the other seven wait before
+        # rendering anything.
+        assert kube.in_flight == 6
+        kube.gate.set()
+        plans = await asyncio.gather(*tasks)
+        assert all(p is not None and p.status.phase == "Validating" for p in plans)
+        assert kube.most_in_flight == 6
+
+    asyncio.run(go())
+
+
+def test_events_for_a_queued_job_are_coalesced() -> None:
+    async def go() -> None:
+        kube = RecordingKube()
+        jobs: dict[Any, Any] = {KEY: [record()]}
+        r = reconciler(kube, jobs, {}, concurrency=2)
+        before = counter(metrics.COALESCED)
+        for _ in range(5):  # five watch events before any worker runs
+            r.enqueue(KEY)
+        assert counter(metrics.COALESCED) == before + 4
+        workers = r.start()
+        try:
+            for _ in range(100):
+                if any(c[0] == "status" for c in kube.calls):
+                    break
+                await asyncio.sleep(0.01)
+            await settle()
+        finally:
+            for w in workers:
+                w.cancel()
+        # One reconcile for the five events.
+        assert [c for c in kube.calls if c[0] != "event"] == [("apply", "ConfigMap"), ("apply", "Pod"), ("status", "Validating")]
+
+    asyncio.run(go())
