@@ -75,7 +75,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.watching.connect_timeout = 10
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 4
-    settings.batching.idle_timeout = 1.0  # per-object workers (and the bodies they hold) go away fast
+    settings.queueing.idle_timeout = 1.0  # per-object workers (and the bodies they hold) go away fast
     port = int(options.get("metrics_port", 8080))
     if port:
         start_http_server(port, addr=str(options.get("metrics_addr", "0.0.0.0")))
