@@ -21,7 +21,7 @@ from prometheus_client import start_http_server
 from finetune_operator import constants as c
 from finetune_operator.kube import Kube, login
 from finetune_operator.progress import fetch_progress
-from finetune_operator.reconcile import Indexes, Reconciler, ftj_record
+from finetune_operator.reconcile import Indexes, Peering, Reconciler, ftj_record
 from finetune_operator.resolve import OperatorConfig
 from finetune_operator.views import job_view, pod_view
 
@@ -82,7 +82,12 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     workers = int(options.get("api_workers", 32))
     kube = Kube(concurrency=workers)
     config = OperatorConfig(default_image=str(options.get("default_image", c.DEFAULT_IMAGE)))
-    memo["reconciler"] = Reconciler(kube, config, concurrency=workers)
+    # Timer-driven work follows the cluster-wide peering; namespaced peering (several objects, one
+    # per namespace) is not consulted: run namespaced operators as one replica or --standalone.
+    clusterwide_peering = not settings.peering.standalone and settings.peering.clusterwide
+    peering = Peering(settings.peering.name, settings.peering.priority) if clusterwide_peering else None
+    memo["reconciler"] = Reconciler(kube, config, concurrency=workers, peering=peering)
+    memo["resync_seconds"] = float(options.get("resync_seconds", RESYNC_SECONDS))
 
 
 @kopf.on.cleanup()
@@ -162,11 +167,14 @@ async def on_runtime(name: str, memo: Any, **kw: Any) -> None:
 
 
 # --- periodic work: one loop for all jobs (no per-object timer tasks) ------------------------------------
-async def resync_loop(r: Reconciler) -> None:
+async def resync_loop(r: Reconciler, seconds: float = RESYNC_SECONDS) -> None:
     """Level-triggered safety net: every unfinished job is reconciled once a minute, so a missed
-    watch event or a failed API call is corrected without waiting for the next event."""
+    watch event or a failed API call is corrected without waiting for the next event. Skipped
+    while a peer outranks this replica (its indexes are not kept current then)."""
     while True:
-        await asyncio.sleep(RESYNC_SECONDS)
+        await asyncio.sleep(seconds)
+        if not await r.active():
+            continue
         for key in r.active_keys():
             r.enqueue(key, force=True)
 
@@ -185,10 +193,11 @@ async def progress_loop(r: Reconciler) -> None:
     async with aiohttp.ClientSession() as session:
         while True:
             await asyncio.sleep(PROGRESS_SECONDS)
-            await asyncio.gather(*(poll(session, key, url) for key, url in r.progress_targets()))
+            if await r.active():
+                await asyncio.gather(*(poll(session, key, url) for key, url in r.progress_targets()))
 
 
 def _start_loops(memo: Any, r: Reconciler) -> None:
     if memo.get("loops"):
         return
-    memo["loops"] = [asyncio.create_task(resync_loop(r)), asyncio.create_task(progress_loop(r)), *r.start()]
+    memo["loops"] = [asyncio.create_task(resync_loop(r, memo.get("resync_seconds", RESYNC_SECONDS))), asyncio.create_task(progress_loop(r)), *r.start()]

@@ -40,6 +40,7 @@ _PATHS = {
     "FineTuneJob": "/apis/" + ct.API_VERSION + "/namespaces/{ns}/" + ct.PLURAL_JOB + "/{name}",
 }
 _EVENTS_PATH = "/api/v1/namespaces/{ns}/events"
+_PEERING_PATH = "/apis/kopf.dev/v1/clusterkopfpeerings/{name}"
 REQUEST_TIMEOUT_SECONDS = 30.0
 
 
@@ -122,18 +123,27 @@ class Kube:
         )
         return self._session
 
-    async def _run(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None, content_type: str = "application/json", slots: asyncio.Semaphore | None = None) -> tuple[int, Any]:
+    async def _run(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+        slots: asyncio.Semaphore | None = None,
+        read: bool = False,
+    ) -> tuple[int, Any]:
         url = path + ("?" + urlencode(query) if query else "")
         try:
             data = json.dumps(body, allow_nan=False) if body is not None else None
         except ValueError as err:  # NaN/Infinity is not JSON: refuse here instead of sending what the API server rejects
             raise KubeError(0, f"{method} {path}: body is not valid JSON: {err}") from err
         try:
-            return await self._request(method, url, data, content_type, slots or self._slots)
+            return await self._request(method, url, data, content_type, slots or self._slots, read)
         except (aiohttp.ClientError, TimeoutError) as err:
             raise KubeError(0, f"{method} {path}: {err!r}") from err
 
-    async def _request(self, method: str, url: str, data: str | None, content_type: str, slots: asyncio.Semaphore) -> tuple[int, Any]:
+    async def _request(self, method: str, url: str, data: str | None, content_type: str, slots: asyncio.Semaphore, read: bool) -> tuple[int, Any]:
         async with slots:
             for attempt in (1, 2):
                 session = await self._open(relogin=attempt == 2)
@@ -143,8 +153,8 @@ class Kube:
                     log.debug("%s %s -> %s in %.1f ms", method, url, resp.status, (time.perf_counter() - t0) * 1000)
                     if resp.status == 401 and attempt == 1:
                         continue  # rotated ServiceAccount token: read the credentials again
-                    if 200 <= resp.status < 300:
-                        return resp.status, None  # callers need no body on success
+                    if 200 <= resp.status < 300 and not read:
+                        return resp.status, None  # writes need no body on success
                     try:
                         payload = json.loads(raw) if raw else None
                     except ValueError:
@@ -226,6 +236,16 @@ class Kube:
             status, data = 0, repr(err)
         if not 200 <= status < 300:  # an event that cannot be posted is not worth failing a reconcile
             log.warning("event %s on %s/%s not posted: %s", event.reason, meta.namespace, meta.name, _msg(data))
+
+    async def peers(self, name: str) -> dict[str, Any] | None:
+        """The peers recorded in the ClusterKopfPeering `name` (kopf keeps them in its status);
+        None when it does not exist."""
+        status, data = await self._run("GET", _PEERING_PATH.format(name=name), read=True)
+        if status == 404:
+            return None
+        self._check(status, data, f"get ClusterKopfPeering {name}")
+        peers = data.get("status") if isinstance(data, dict) else None
+        return dict(peers) if isinstance(peers, dict) else {}
 
     async def close(self) -> None:
         if self._session is not None:

@@ -47,6 +47,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--liveness", default=None, help="liveness endpoint URL (overrides --liveness-port), e.g. http://0.0.0.0:8081/healthz")
     p.add_argument("--all-namespaces", "-A", action="store_true", help="watch all namespaces (the default)")
     p.add_argument("--namespace", "-n", action="append", default=[], help="watch only these namespaces (repeatable)")
+    p.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=float(env("FINETUNE_OPERATOR_RESYNC_SECONDS", "60")),
+        help="how often every unfinished job is reconciled even without a watch event",
+    )
     p.add_argument("--api-workers", type=int, default=int(env("FINETUNE_OPERATOR_API_WORKERS", "32")), help="concurrent API requests")
     p.add_argument("--log-level", default=env("FINETUNE_OPERATOR_LOG_LEVEL", "INFO"))
     return p.parse_args(argv)

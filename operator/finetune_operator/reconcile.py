@@ -40,7 +40,7 @@ from finetune_operator.kube import Kube, KubeError
 from finetune_operator.plan import Observed, Plan, decide
 from finetune_operator.progress import progress_url
 from finetune_operator.resolve import JobMeta, OperatorConfig
-from finetune_operator.views import JobView, PodView
+from finetune_operator.views import JobView, PodView, outranked
 
 ct = c.contract
 log = logging.getLogger(__name__)
@@ -49,6 +49,16 @@ Index = Mapping[Any, Collection[Any]]
 
 RETRY_MIN_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
+#: How long a peering check holds: timer-driven work asks at most this often.
+PEERING_CHECK_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Peering:
+    """This replica's place in kopf's peering (None: standalone, always active)."""
+
+    name: str
+    priority: int
 
 
 @dataclass
@@ -112,9 +122,18 @@ def _plain(value: Any) -> Any:
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, config: OperatorConfig, clock: Callable[[], datetime] | None = None, concurrency: int = 32) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        config: OperatorConfig,
+        clock: Callable[[], datetime] | None = None,
+        concurrency: int = 32,
+        peering: Peering | None = None,
+    ) -> None:
         self.kube = kube
         self.config = config
+        self.peering = peering
+        self._active: tuple[float, bool] | None = None  # (monotonic time checked, active)
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.indexes: Indexes | None = None
         self.phases = metrics.PhaseBook()
@@ -153,7 +172,31 @@ class Reconciler:
         while True:
             key = await self._work.get()
             force = self._pending.pop(key, False)
+            # Watch events reach the handlers only while kopf lets this replica act; forced keys
+            # come from timers (resync, retries), which kopf's peering pause does not stop.
+            if force and not await self.active():
+                continue
             await self.reconcile(key, force=force)
+
+    async def active(self) -> bool:
+        """Whether this replica may act: no live peer outranks it in kopf's peering object.
+        Timer-driven work asks before acting, so a replica paused in favour of another one does
+        not act on the state it saw before the pause."""
+        if self.peering is None:
+            return True
+        now = time.monotonic()
+        if self._active is not None and now - self._active[0] < PEERING_CHECK_SECONDS:
+            return self._active[1]
+        try:
+            peers = await self.kube.peers(self.peering.name)
+        except (KubeError, OSError) as err:
+            log.warning("peering %s unreadable, acting on timers paused: %s", self.peering.name, err)
+            peers = None
+        active = peers is not None and not outranked(peers, self.peering.priority, self.clock())
+        if self._active is not None and self._active[1] != active:
+            log.info("timer-driven work %s (peering %s)", "resumed" if active else "paused", self.peering.name)
+        self._active = (now, active)
+        return active
 
     async def reconcile(self, key: Key, progress: Progress | None = None, force: bool = False) -> Plan | None:
         """Reconcile one job now (queue workers; the progress loop with fresh progress)."""

@@ -137,7 +137,7 @@ class OperatorProcess:
     def log_path(self) -> Path:
         return self.log_dir / f"operator-{self.starts}.log"
 
-    def start(self, priority: int) -> None:
+    def start(self, priority: int, resync_seconds: float | None = None) -> None:
         self.starts += 1
         self.metrics_port, self.liveness_port = free_port(), free_port()
         env = {
@@ -151,6 +151,8 @@ class OperatorProcess:
             "--liveness-port", str(self.liveness_port),
             "--priority", str(priority), "--peering-lifetime", "10",
         ]
+        if resync_seconds is not None:
+            argv += ["--resync-seconds", str(resync_seconds)]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
         Kube.wait(self.healthy, "operator liveness endpoint", 60, self.tail)

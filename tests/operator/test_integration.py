@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import re
 import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -356,6 +357,41 @@ def test_ttl_after_finished_deletes_the_job(kube: Kube, ftop: OperatorProcess, k
         return not kube.custom.list_namespaced_custom_object(ct.GROUP, ct.VERSION, ns, ct.PLURAL_JOB)["items"]
 
     kube.wait(gone, "FineTuneJob deleted after ttlSecondsAfterFinished", 30)
+
+
+def reconciles(proc: OperatorProcess) -> float:
+    count = re.search(r"^finetune_operator_reconcile_duration_seconds_count (\S+)$", proc.metrics(), re.M)
+    assert count is not None
+    return float(count.group(1))
+
+
+def test_a_replica_outranked_by_a_new_peer_stops_its_timer_work(kube: Kube, ftop: OperatorProcess, kube_cluster: ControlPlane, kube_namespace: str, tmp_path: Any) -> None:
+    """The acting replica pauses when a higher-priority one starts. Its resync timer must stop
+    too: acting on what it saw before the pause, both replicas would write the same jobs."""
+    ns = kube_namespace
+    ftop.stop()
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    first = OperatorProcess(kube_cluster, tmp_path / "first")
+    second = OperatorProcess(kube_cluster, tmp_path / "second")
+    try:
+        first.start(priority=200, resync_seconds=1)
+        kube.create_ftj(ns, "outranked", small())
+        kube.wait_phase(ns, "outranked", "Validating")  # unfinished: resynced every second
+        seen = reconciles(first)
+        kube.wait(lambda: reconciles(first) >= seen + 3, "the first replica's resync timer at work", 30)
+        second.start(priority=900, resync_seconds=1)
+        kube.wait(lambda: "Pausing operations" in first.tail(500), "the first replica to pause", 60, first.tail)
+        time.sleep(7)  # what was already queued finishes; the last peering check (5 s) expires
+        paused_at = reconciles(first)
+        time.sleep(5)
+        assert reconciles(first) == paused_at, "the outranked replica kept reconciling on its timer"
+        acting = reconciles(second)
+        kube.wait(lambda: reconciles(second) >= acting + 3, "the second replica's resync timer at work", 30)
+    finally:
+        second.stop()
+        first.stop()
+        ftop.start(priority=300)
 
 
 def test_a_second_replica_waits_while_the_first_acts_then_takes_over(kube: Kube, ftop: OperatorProcess, kube_cluster: ControlPlane, kube_namespace: str, tmp_path: Any) -> None:
