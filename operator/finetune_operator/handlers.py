@@ -1,11 +1,13 @@
-"""kopf handlers: thin. Each one finds the FineTuneJob an event is about and calls the reconciler.
+"""kopf handlers: thin. Each one finds the FineTuneJob an event is about and queues it for the
+reconciler's workers.
 
 All kopf settings live in `configure` (the one startup hook): peering (only one replica acts),
 server-side label selectors (only the operator's own Jobs and pods are sent to it), progress
 storage in annotations, no diff-base (the operator has no change-detecting handlers), watch
-timeouts, no kopf-posted events, and the metrics server. Indexes keep small views of FineTuneJobs, runtimes, Jobs and pods in memory so a
-reconcile reads no API objects. Periodic work (resync, progress polling) is one loop each for all
-jobs, not a kopf timer per object, which keeps thousands of jobs cheap.
+timeouts, no kopf-posted events, and the metrics server. Indexes keep small views of
+FineTuneJobs, runtimes, Jobs and pods in memory so a reconcile reads no API objects. Periodic
+work (resync, progress polling) is one loop each for all jobs, not a kopf timer per object,
+which keeps thousands of jobs cheap; both stand down while a peer outranks this replica.
 """
 
 from __future__ import annotations

@@ -172,11 +172,14 @@ class Reconciler:
         while True:
             key = await self._work.get()
             force = self._pending.pop(key, False)
-            # Watch events reach the handlers only while kopf lets this replica act; forced keys
-            # come from timers (resync, retries), which kopf's peering pause does not stop.
-            if force and not await self.active():
-                continue
-            await self.reconcile(key, force=force)
+            try:
+                # Watch events reach the handlers only while kopf lets this replica act; forced
+                # keys come from timers (resync, retries), which kopf's peering pause does not stop.
+                if force and not await self.active():
+                    continue
+                await self.reconcile(key, force=force)
+            except Exception:  # reconcile handles its own errors; a worker must never die
+                log.exception("work queue: %s/%s failed", key[0], key[1])
 
     async def active(self) -> bool:
         """Whether this replica may act: no live peer outranks it in kopf's peering object.
@@ -298,6 +301,7 @@ class Reconciler:
         if progress is None and not force and self._inputs.get(key) == inputs:
             metrics.UNCHANGED.inc()
             return None
+        self._inputs.pop(key, None)  # recorded again only once this run completes
         previous = written[1] if mine and written else parse_status(rec["status"])
 
         runtime = None
@@ -326,7 +330,6 @@ class Reconciler:
         t1 = time.perf_counter()
         complete = await self._execute(meta, previous, plan)
         if not complete:
-            self._inputs.pop(key, None)
             self._schedule_retry(key, delay=RETRY_MIN_SECONDS)
         elif plan.requeue_after is None:
             # The status this run wrote is what the next event's `inputs` will hold.
