@@ -89,7 +89,6 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     clusterwide_peering = not settings.peering.standalone and settings.peering.clusterwide
     peering = Peering(settings.peering.name, settings.peering.priority) if clusterwide_peering else None
     memo["reconciler"] = Reconciler(kube, config, concurrency=workers, peering=peering)
-    memo["resync_seconds"] = float(options.get("resync_seconds", RESYNC_SECONDS))
 
 
 @kopf.on.cleanup()
@@ -190,7 +189,7 @@ async def progress_loop(r: Reconciler) -> None:
         async with slots:
             progress = await fetch_progress(session, url)
         if progress is not None:
-            await r.reconcile(key, progress=progress)
+            r.enqueue(key, progress=progress)
 
     async with aiohttp.ClientSession() as session:
         while True:
@@ -202,4 +201,5 @@ async def progress_loop(r: Reconciler) -> None:
 def _start_loops(memo: Any, r: Reconciler) -> None:
     if memo.get("loops"):
         return
-    memo["loops"] = [asyncio.create_task(resync_loop(r, memo.get("resync_seconds", RESYNC_SECONDS))), asyncio.create_task(progress_loop(r)), *r.start()]
+    resync = float((memo.get("options") or {}).get("resync_seconds", RESYNC_SECONDS))
+    memo["loops"] = [asyncio.create_task(resync_loop(r, resync)), asyncio.create_task(progress_loop(r)), *r.start()]

@@ -62,6 +62,14 @@ class Peering:
 
 
 @dataclass
+class _Request:
+    """A queued reconcile: forced (timers), with fresh progress (the progress loop), or neither."""
+
+    force: bool = False
+    progress: Progress | None = None
+
+
+@dataclass
 class Indexes:
     """The kopf indexes (live, updated in place by kopf) the reconciler reads from."""
 
@@ -137,11 +145,11 @@ class Reconciler:
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.indexes: Indexes | None = None
         self.phases = metrics.PhaseBook()
+        #: Queue workers: the bound on reconciles (and rendered plans) in flight at once.
         self.concurrency = concurrency
         self._locks: dict[Key, asyncio.Lock] = {}
-        self._slots = asyncio.Semaphore(concurrency)
-        #: The work queue: keys waiting for a reconcile, each at most once (value: forced).
-        self._pending: dict[Key, bool] = {}
+        #: The work queue: keys waiting for a reconcile, each at most once.
+        self._pending: dict[Key, _Request] = {}
         self._work: asyncio.Queue[Key] = asyncio.Queue()
         #: What the last completed reconcile of each job read; the same inputs give the same plan.
         self._inputs: dict[Key, tuple[Any, ...]] = {}
@@ -154,14 +162,17 @@ class Reconciler:
         self._background: set[asyncio.Task[None]] = set()
 
     # --- entry points -------------------------------------------------------------------------
-    def enqueue(self, key: Key, force: bool = False) -> None:
+    def enqueue(self, key: Key, force: bool = False, progress: Progress | None = None) -> None:
         """Ask for a reconcile of `key`; returns at once. `force` runs `decide` even if nothing it
-        reads has changed (the periodic resync and timed retries: time itself moved on)."""
-        if key in self._pending:
-            self._pending[key] = self._pending[key] or force
+        reads has changed (the periodic resync and timed retries: time itself moved on);
+        `progress` is rank 0's latest report, folded into the status."""
+        queued = self._pending.get(key)
+        if queued is not None:
+            queued.force = queued.force or force
+            queued.progress = progress or queued.progress
             metrics.COALESCED.inc()
             return
-        self._pending[key] = force
+        self._pending[key] = _Request(force, progress)
         self._work.put_nowait(key)
 
     def start(self) -> list[asyncio.Task[None]]:
@@ -171,13 +182,13 @@ class Reconciler:
     async def _worker(self) -> None:
         while True:
             key = await self._work.get()
-            force = self._pending.pop(key, False)
+            req = self._pending.pop(key, None) or _Request()
             try:
                 # Watch events reach the handlers only while kopf lets this replica act; forced
                 # keys come from timers (resync, retries), which kopf's peering pause does not stop.
-                if force and not await self.active():
+                if req.force and not await self.active():
                     continue
-                await self.reconcile(key, force=force)
+                await self.reconcile(key, progress=req.progress, force=req.force)
             except Exception:  # reconcile handles its own errors; a worker must never die
                 log.exception("work queue: %s/%s failed", key[0], key[1])
 
@@ -202,11 +213,11 @@ class Reconciler:
         return active
 
     async def reconcile(self, key: Key, progress: Progress | None = None, force: bool = False) -> Plan | None:
-        """Reconcile one job now (queue workers; the progress loop with fresh progress)."""
+        """Reconcile one job now (the queue's workers call this)."""
         if self.indexes is None or self.indexes.ftj(key) is None:
             return None  # not (or no longer) a FineTuneJob: events of its children's deletion
         lock = self._locks.setdefault(key, asyncio.Lock())
-        async with lock, self._slots:
+        async with lock:
             started = time.perf_counter()
             try:
                 plan = await self._reconcile(key, progress, force)
@@ -289,20 +300,19 @@ class Reconciler:
             return None
         ns, name = key
         meta = JobMeta(name=name, namespace=ns, uid=rec["uid"], generation=rec["generation"])
-        written = self._written.get(key)
-        mine = written is not None and written[0] == meta.uid
         ref = (rec["spec"].get("runtimeRef") or {}).get("name")
         raw, found = self.indexes.runtime(ref) if ref else (None, False)
         pods = self.indexes.pod_views(key)
         job = self.indexes.training_job(key)
         # Everything `decide` reads except the clock. Views are frozen dataclasses, compared by
         # identity first, so this costs little next to `decide`.
-        inputs = (meta, rec["spec"], written[1] if mine and written else rec["status"], raw, found, job, pods)
+        inputs = (meta, rec["spec"], self._last_status(key, rec), raw, found, job, pods)
         if progress is None and not force and self._inputs.get(key) == inputs:
             metrics.UNCHANGED.inc()
             return None
         self._inputs.pop(key, None)  # recorded again only once this run completes
-        previous = written[1] if mine and written else parse_status(rec["status"])
+        last = inputs[2]
+        previous = last if isinstance(last, FineTuneJobStatus) else parse_status(last)
 
         runtime = None
         if raw is not None:
@@ -333,13 +343,18 @@ class Reconciler:
             self._schedule_retry(key, delay=RETRY_MIN_SECONDS)
         elif plan.requeue_after is None:
             # The status this run wrote is what the next event's `inputs` will hold.
-            written = self._written.get(key)
-            self._inputs[key] = (meta, rec["spec"], written[1] if written and written[0] == meta.uid else rec["status"], raw, found, job, pods)
+            self._inputs[key] = (*inputs[:2], self._last_status(key, rec), *inputs[3:])
         log.debug(
             "reconciled %s/%s: phase %s, decide %.1f ms, execute %.1f ms (%d applies, %d deletes)",
             ns, name, plan.status.phase, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000, len(plan.apply), len(plan.delete),
         )
         return plan
+
+    def _last_status(self, key: Key, rec: Mapping[str, Any]) -> FineTuneJobStatus | dict[str, Any]:
+        """The status this process last wrote for this job (newer than the watch cache), else
+        the one the index holds."""
+        written = self._written.get(key)
+        return written[1] if written is not None and written[0] == rec["uid"] else rec["status"]
 
     async def _execute(self, meta: JobMeta, previous: FineTuneJobStatus, plan: Plan) -> bool:
         """Carry out the plan; False when part of it must be tried again (an apply conflict)."""

@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 from finetune_operator import metrics, reconcile
+from finetune_operator.api import Progress
 from finetune_operator.reconcile import Indexes, Peering, Reconciler, ftj_record
 from finetune_operator.resolve import OperatorConfig
 from finetune_operator.views import outranked
 
-from tests.operator.helpers import UID, minimal_spec, pod
+from tests.operator.helpers import UID, VALIDATED, job, minimal_spec, pod
 
 KEY = ("ns", "job")
 
@@ -34,6 +35,7 @@ class RecordingKube:
         self.in_flight = 0
         self.most_in_flight = 0
         self.peering: dict[str, Any] | None = None
+        self.patches: list[dict[str, Any]] = []
 
     async def apply(self, manifest: dict[str, Any]) -> bool:
         self.in_flight += 1
@@ -52,6 +54,7 @@ class RecordingKube:
 
     async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
         self.calls.append(("status", str(patch.get("phase"))))
+        self.patches.append(patch)
         return True
 
     async def delete(self, namespace: str, item: Any) -> None:
@@ -152,15 +155,24 @@ def test_concurrent_reconciles_are_bounded() -> None:
         keys = [("ns", f"job-{i}") for i in range(10)]
         jobs: dict[Any, Any] = {k: [record(uid=f"uid-{i}")] for i, k in enumerate(keys)}
         r = reconciler(kube, jobs, {}, concurrency=3)
-        tasks = [asyncio.create_task(r.reconcile(k)) for k in keys]
-        await asyncio.sleep(0.05)
-        # Three reconciles hold their slot (two applies each); the other seven wait before
-        # rendering anything.
-        assert kube.in_flight == 6
-        kube.gate.set()
-        plans = await asyncio.gather(*tasks)
-        assert all(p is not None and p.status.phase == "Validating" for p in plans)
-        assert kube.most_in_flight == 6
+        for k in keys:
+            r.enqueue(k)
+        workers = r.start()
+        try:
+            await asyncio.sleep(0.05)
+            # Three workers hold a reconcile each (two applies each); the other seven keys wait
+            # in the queue before rendering anything.
+            assert kube.in_flight == 6
+            kube.gate.set()
+            for _ in range(200):
+                if sum(c[0] == "status" for c in kube.calls) == len(keys):
+                    break
+                await asyncio.sleep(0.01)
+            assert [c[1] for c in kube.calls if c[0] == "status"] == ["Validating"] * len(keys)
+            assert kube.most_in_flight == 6
+        finally:
+            for w in workers:
+                w.cancel()
 
     asyncio.run(go())
 
@@ -241,5 +253,34 @@ def test_timer_driven_work_waits_while_a_peer_outranks_this_replica(monkeypatch:
         finally:
             for w in workers:
                 w.cancel()
+
+    asyncio.run(go())
+
+
+def test_progress_reports_go_through_the_queue() -> None:
+    async def go() -> None:
+        kube = RecordingKube()
+        running = {"phase": "Running", "conditions": [VALIDATED], "startTime": "2026-01-01T12:00:00Z"}
+        jobs: dict[Any, Any] = {KEY: [record(running)]}
+        pods: dict[Any, Any] = {KEY: [pod("job-0", index=0), pod("job-1", index=1)]}
+        r = reconciler(kube, jobs, pods)
+        r.indexes = Indexes(jobs=jobs, runtimes={}, children={KEY: [job()]}, pods=pods)
+        first = await r.reconcile(KEY)
+        assert first is not None and first.status.phase == "Running"
+        jobs[KEY] = [record(first.status.to_wire())]
+        kube.calls.clear()
+        # The same observations plus a progress report: not skipped, and the report is written.
+        r.enqueue(KEY, progress=Progress(step=40, total_steps=160, percent=25.0, loss=0.71))
+        workers = r.start()
+        try:
+            for _ in range(100):
+                if kube.calls:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            for w in workers:
+                w.cancel()
+        assert [c[0] for c in kube.calls] == ["status"]
+        assert kube.patches[-1]["progress"]["percent"] == 25.0
 
     asyncio.run(go())
