@@ -25,8 +25,20 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed ## Create .venv with the operator, trainer, CLI and test dependencies
 
 .PHONY: test
-test: install cluster-build prometheus ## Run the whole test suite (builds/starts what the tests need)
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: install cluster-build prometheus ## Run the test suite except the real-node tests (builds/starts what the tests need)
+	$(PY) -m pytest --ignore=tests/e2e $(PYTEST_ARGS)
+
+.PHONY: e2e
+e2e: install cluster-build prometheus node-deps ## The whole product on a real node (root): images from our Dockerfiles, chart, 2-pod LoRA job
+	$(PY) -m pytest tests/e2e $(E2E_ARGS)
+
+.PHONY: node-deps
+node-deps: ## Install Debian's containerd, runc, CNI plugins, iptables, debootstrap, docker.io (idempotent)
+	bash hack/install-node-deps.sh
+
+.PHONY: images
+images: node-deps ## Build the operator and trainer (CPU) images from our Dockerfiles, no registry (cached)
+	bash hack/build-images.sh
 
 .PHONY: prometheus
 prometheus: ## Install Debian's prometheus package for the scraping tests (idempotent)

@@ -5,9 +5,10 @@
 #        hack/build-control-plane.sh --print-bin  (prints the bin directory and exits)
 # Env:   FTOP_CACHE (default ~/.cache/finetune-operator), GO_BUILD_P (default 2).
 #
-# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes),
-# etcd (go.etcd.io/etcd/server/v3), kwok (sigs.k8s.io/kwok) and helm (helm.sh/helm/v3) into
-# $FTOP_CACHE/<version-stamp>/bin. Binaries already there are skipped, so a warm run is instant.
+# Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, and for the real node
+# kubelet and kube-proxy (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3), kwok
+# (sigs.k8s.io/kwok), helm (helm.sh/helm/v3) and coredns (github.com/coredns/coredns, a build
+# with only the plugins the test cluster's DNS uses) into $FTOP_CACHE/<version-stamp>/bin. Binaries already there are skipped, so a warm run is instant.
 # GOPATH/GOMODCACHE/GOCACHE live under $FTOP_CACHE/go so later builds are incremental.
 #
 # k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces the staging modules
@@ -20,9 +21,10 @@ K8S_VERSION="${K8S_VERSION:-v1.34.4}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.19.5}"
 KWOK_VERSION="${KWOK_VERSION:-v0.7.0}"
+COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
 
 CACHE="${FTOP_CACHE:-$HOME/.cache/finetune-operator}"
-STAMP="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
+STAMP="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_coredns-${COREDNS_VERSION}"
 ROOT="$CACHE/$STAMP"
 BIN="$ROOT/bin"
 SRC="$ROOT/src"
@@ -51,7 +53,7 @@ T0=$(date +%s)
 BUILT=0
 log() { printf '[build-control-plane %4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 
-if need etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm \
+if need etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kwok helm coredns \
     && ! command -v go >/dev/null 2>&1; then
   echo "build-control-plane: the go command is not on PATH (Go >= 1.24 is needed to build $STAMP)" >&2
   exit 1
@@ -81,7 +83,7 @@ gobuild() {
 wrapper() {
   local dir="$1" modver="$2"; shift 2
   mkdir -p "$dir"
-  if [[ -f "$dir/.ready" ]]; then return; fi
+  if [[ -f "$dir/.ready" && "$(cat "$dir/.ready")" == "$modver $*" ]]; then return; fi
   log "preparing wrapper module in $dir for $modver"
   (
     cd "$dir"
@@ -101,7 +103,7 @@ wrapper() {
     go mod edit -require="$modver"
     go mod tidy
   )
-  touch "$dir/.ready"
+  echo "$modver $*" > "$dir/.ready"
 }
 
 # ---- etcd ---------------------------------------------------------------------------------
@@ -113,7 +115,7 @@ if need etcd; then
 else log "etcd: already built, skipping"; fi
 
 # ---- kubernetes ---------------------------------------------------------------------------
-K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+K8S_CMDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 if need "${K8S_CMDS[@]}"; then
   log "downloading k8s.io/kubernetes@$K8S_VERSION (go.mod + sources)"
   KGOMOD=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p')
@@ -124,7 +126,8 @@ if need "${K8S_CMDS[@]}"; then
   log "replacing $(echo "$EXTRA_REPLACES" | wc -l) staging modules with $STAGING_V"
   EXTRA_REPLACES="$EXTRA_REPLACES" wrapper "$SRC/kubernetes" "k8s.io/kubernetes@$K8S_VERSION" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
   MAJOR=$(echo "$K8S_VERSION" | sed -E 's/^v([0-9]+)\..*/\1/')
   MINOR=$(echo "$K8S_VERSION" | sed -E 's/^v[0-9]+\.([0-9]+)\..*/\1/')
   BUILD_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -152,10 +155,44 @@ if need helm; then
     "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 else log "helm: already built, skipping"; fi
 
+# ---- coredns ------------------------------------------------------------------------------
+# Only the plugins the test cluster's DNS uses (kubernetes, no forward: it never asks upstream),
+# compiled in from a main package of our own; the full plugin set takes minutes longer to build.
+if need coredns; then
+  dir="$SRC/coredns"
+  EXTRA_REPLACES="" wrapper "$dir" "github.com/coredns/coredns@$COREDNS_VERSION" \
+    github.com/coredns/coredns/coremain
+  mkdir -p "$dir/cmd/coredns"
+  cat > "$dir/cmd/coredns/main.go" <<'GO'
+// Command coredns: CoreDNS with the plugins of the test cluster's DNS only.
+package main
+
+import (
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/ready"
+)
+
+func init() {
+	dnsserver.Directives = []string{"log", "errors", "health", "ready", "cache", "kubernetes"}
+}
+
+func main() { coremain.Run() }
+GO
+  (cd "$dir" && go mod tidy)
+  gobuild "$dir" coredns ./cmd/coredns ""
+else log "coredns: already built, skipping"; fi
+
 echo "$STAMP" > "$BIN/VERSION"
 log "done in $(( $(date +%s) - T0 ))s: $BIN"
 if [[ "$BUILT" == 1 ]]; then
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm; do
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd kwok helm coredns; do
     printf '  %-24s %s\n' "$b" "$(du -h "$BIN/$b" | cut -f1)"
   done
   log "cache size: $(du -sh "$CACHE" 2>/dev/null | cut -f1) in $CACHE"

@@ -242,6 +242,20 @@ def _resources(r: Resolved, gpus: int) -> dict[str, Any]:
     return out
 
 
+def omp_threads(cpu: str | int | None, nproc: int) -> int | None:
+    """Threads per training process for a CPU request of ``cpu`` (``"16"``, ``"1500m"``, 4):
+    the whole cores of the request shared by ``nproc`` processes, at least 1; None when the
+    request is not a plain core count or millicores (then torch's default stands)."""
+    text = str(cpu) if cpu is not None else ""
+    if text.isdigit():
+        cores = int(text)
+    elif text.endswith("m") and text[:-1].isdigit():
+        cores = int(text[:-1]) // 1000
+    else:
+        return None
+    return max(cores // max(nproc, 1), 1)
+
+
 def trainer_command(r: Resolved) -> list[str]:
     """The trainer image's launcher: torchrun in-process (it reads --nnodes, --nproc-per-node,
     --node-rank and --master-* from the PET_* env), exiting with the contract exit code the
@@ -265,9 +279,11 @@ def pod_template(r: Resolved, attempt: int) -> Manifest:
         {"name": ct.ENV_MASTER_PORT_COMPAT, "value": str(ct.RENDEZVOUS_PORT)},
         *_common_env(r, attempt),
     ]
-    if r.cpu is not None and str(r.cpu).isdigit():
-        # torchrun leaves OMP_NUM_THREADS unset with one process per node (FIELD-NOTES).
-        env.append({"name": "OMP_NUM_THREADS", "value": str(max(int(str(r.cpu)) // nproc, 1))})
+    threads = omp_threads(r.cpu, nproc)
+    if threads is not None:
+        # torchrun leaves OMP_NUM_THREADS unset with one process per node (FIELD-NOTES): torch
+        # would then start one thread per core of the machine, not of the pod's CPU request.
+        env.append({"name": "OMP_NUM_THREADS", "value": str(threads)})
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "subdomain": service_name(meta.name),

@@ -17,8 +17,11 @@ COMMANDS = (
     "kube-controller-manager",
     "kube-scheduler",
     "kubectl",
+    "kubelet",
+    "kube-proxy",
     "kwok",
     "helm",
+    "coredns",
 )
 
 

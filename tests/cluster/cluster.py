@@ -146,8 +146,20 @@ def _install_handlers() -> None:
 class ControlPlane:
     """A control plane rooted in ``state_dir`` (PKI, etcd data, logs, kubeconfig, state.json)."""
 
-    def __init__(self, state_dir: Path, *, nodes: int = 2, bin_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        nodes: int = 2,
+        bin_dir: Path | None = None,
+        advertise_address: str | None = None,
+    ) -> None:
+        """``advertise_address``: an address of this machine that a real node's pods reach (the
+        host end of ``tests.cluster.node``'s veth). The API server then binds to it instead of
+        127.0.0.1, publishes it in the ``kubernetes`` Service's endpoints, authorizes kubelets
+        (Node authorizer + NodeRestriction) and reaches them on their InternalIP."""
         self.state_dir = state_dir.resolve()
+        self.advertise_address = advertise_address
         self.node_count = nodes
         self._bin_dir = bin_dir
         self.components: dict[str, Component] = {}
@@ -169,8 +181,20 @@ class ControlPlane:
         return self.state_dir / ADMIN_KUBECONFIG
 
     @property
+    def api_host(self) -> str:
+        return self.advertise_address or "127.0.0.1"
+
+    @property
     def api_url(self) -> str:
-        return f"https://127.0.0.1:{self.ports['apiserver']}"
+        return f"https://{self.api_host}:{self.ports['apiserver']}"
+
+    @property
+    def kubelet_client_crt(self) -> Path:
+        return self.pki.directory / "apiserver-kubelet-client.crt"
+
+    @property
+    def kubelet_client_key(self) -> Path:
+        return self.pki.directory / "apiserver-kubelet-client.key"
 
     @property
     def log_dir(self) -> Path:
@@ -215,6 +239,23 @@ class ControlPlane:
         etcd_url = f"http://127.0.0.1:{p['etcd']}"
         peer_url = f"http://127.0.0.1:{p['etcd_peer']}"
         kubeconfig = str(self.kubeconfig)
+        if self.advertise_address:
+            apiserver_net = [
+                f"--bind-address={self.advertise_address}",
+                f"--advertise-address={self.advertise_address}",
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={self.kubelet_client_crt}",
+                f"--kubelet-client-key={self.kubelet_client_key}",
+            ]
+        else:
+            apiserver_net = [
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                "--authorization-mode=RBAC",
+                "--endpoint-reconciler-type=none",  # loopback cannot be an Endpoints address
+            ]
         return {
             "etcd": [
                 str(b / "etcd"),
@@ -232,20 +273,17 @@ class ControlPlane:
             "kube-apiserver": [
                 str(b / "kube-apiserver"),
                 f"--etcd-servers={etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                *apiserver_net,
                 f"--secure-port={p['apiserver']}",
                 f"--cert-dir={self.state_dir / 'apiserver-certs'}",
                 f"--tls-cert-file={k.apiserver_crt}",
                 f"--tls-private-key-file={k.apiserver_key}",
                 f"--client-ca-file={k.ca_crt}",
-                "--authorization-mode=RBAC",
                 "--anonymous-auth=false",
                 f"--service-account-issuer={SA_ISSUER}",
                 f"--service-account-key-file={k.sa_pub}",
                 f"--service-account-signing-key-file={k.sa_key}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--endpoint-reconciler-type=none",  # loopback cannot be an Endpoints address
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
@@ -325,7 +363,12 @@ class ControlPlane:
             with _OWNED_LOCK:
                 _OWNED.append(self)
         try:
-            pki.generate(self.pki.directory)
+            extra = (f"IP:{self.advertise_address}",) if self.advertise_address else ()
+            pki.generate(self.pki.directory, extra_sans=extra)
+            if self.advertise_address:
+                pki.client_cert(
+                    self.pki, "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver"
+                )
             self.ports = {
                 name: free_port()
                 for name in (
@@ -457,6 +500,7 @@ class ControlPlane:
     def _write_state(self) -> None:
         state = {
             "api_url": self.api_url,
+            "advertise_address": self.advertise_address,
             "kubeconfig": str(self.kubeconfig),
             "bin_dir": str(self.bin_dir),
             "nodes": self.node_names,
@@ -480,7 +524,12 @@ class ControlPlane:
             state = json.loads((state_dir / STATE_FILE).read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return None
-        cp = cls(state_dir, nodes=len(state["nodes"]), bin_dir=Path(state["bin_dir"]))
+        cp = cls(
+            state_dir,
+            nodes=len(state["nodes"]),
+            bin_dir=Path(state["bin_dir"]),
+            advertise_address=state.get("advertise_address"),
+        )
         cp.ports = {k: int(v) for k, v in state["ports"].items()}
         cp.startup_seconds = state.get("startup_seconds")
         for name, c in state["components"].items():

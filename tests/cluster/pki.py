@@ -80,6 +80,26 @@ def _key(path: Path) -> None:
     path.chmod(0o600)
 
 
+def leaf(pki: Pki, name: str, subject: str, extensions: list[str]) -> tuple[Path, Path]:
+    """Sign a new key pair ``<name>.crt``/``<name>.key`` with the CA of ``pki``."""
+    _leaf(pki, name, subject, extensions)
+    return pki.directory / f"{name}.crt", pki.directory / f"{name}.key"
+
+
+def client_cert(pki: Pki, name: str, subject: str) -> tuple[Path, Path]:
+    """A client certificate (``/O=group/CN=user`` subject) signed by the cluster CA."""
+    return leaf(
+        pki,
+        name,
+        subject,
+        [
+            "basicConstraints=CA:FALSE",
+            "keyUsage=critical,digitalSignature,keyEncipherment",
+            "extendedKeyUsage=clientAuth",
+        ],
+    )
+
+
 def _leaf(pki: Pki, name: str, subject: str, extensions: list[str]) -> None:
     d = pki.directory
     _key(d / f"{name}.key")
@@ -106,8 +126,11 @@ def _leaf(pki: Pki, name: str, subject: str, extensions: list[str]) -> None:
     )
 
 
-def generate(directory: Path) -> Pki:
-    """Create every key and certificate under ``directory`` (created if needed)."""
+def generate(directory: Path, extra_sans: tuple[str, ...] = ()) -> Pki:
+    """Create every key and certificate under ``directory`` (created if needed).
+
+    ``extra_sans`` (``IP:...``) are added to the API server's certificate, e.g. the address
+    a real node reaches it on."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = Pki(directory)
     _key(pki.ca_key)
@@ -138,7 +161,7 @@ def generate(directory: Path) -> Pki:
             "basicConstraints=CA:FALSE",
             "keyUsage=critical,digitalSignature,keyEncipherment",
             "extendedKeyUsage=serverAuth",
-            "subjectAltName=" + ",".join(APISERVER_SANS),
+            "subjectAltName=" + ",".join((*APISERVER_SANS, *extra_sans)),
         ],
     )
     _leaf(

@@ -278,3 +278,18 @@ def test_local_paths_fail_at_once_naming_the_field(over: dict[str, Any], field: 
     problem = resolved(minimal_spec(**over))
     assert isinstance(problem, Problem) and problem.reason == c.REASON_INVALID_SPEC and not problem.waiting
     assert problem.message == f"{field}: local paths only work with ftctl run --local; use pvc:// or s3://"
+
+
+@pytest.mark.parametrize(
+    ("cpu", "nproc", "want"),
+    [("16", 8, 2), (4, 1, 4), ("1500m", 1, 1), ("2500m", 1, 2), ("900m", 1, 1), ("8000m", 4, 2), ("1", 8, 1), ("1.5", 1, None), (None, 1, None)],
+)
+def test_omp_threads_follow_the_cpu_request(cpu: str | int | None, nproc: int, want: int | None) -> None:
+    assert builders.omp_threads(cpu, nproc) == want
+
+
+def test_trainer_pods_get_omp_threads_from_a_millicore_request() -> None:
+    r = resolved(minimal_spec(resources={"nodes": 2, "cpu": "2500m"}))
+    assert isinstance(r, Resolved), r
+    env = {e["name"]: e.get("value") for e in builders.pod_template(r, 0)["spec"]["containers"][0]["env"]}
+    assert env["OMP_NUM_THREADS"] == "2"

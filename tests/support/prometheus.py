@@ -44,39 +44,64 @@ def prometheus_binary() -> str:
 class Prometheus:
     """A Prometheus process scraping `targets` every `interval` seconds, with its own data dir."""
 
-    def __init__(self, binary: str, workdir: pathlib.Path, targets: list[str], interval: float = 1.0, job: str = "trainer") -> None:
+    def __init__(
+        self,
+        binary: str,
+        workdir: pathlib.Path,
+        targets: list[str] | None = None,
+        interval: float = 1.0,
+        job: str = "trainer",
+        *,
+        scrape_configs: list[dict[str, Any]] | None = None,
+        listen_host: str = "127.0.0.1",
+        wrap: list[str] | None = None,
+    ) -> None:
+        """Scrape static ``targets`` (as job ``job``), or the given ``scrape_configs`` (e.g.
+        Kubernetes service discovery). ``wrap`` prefixes the command (``ip netns exec NS``) and
+        ``listen_host`` is an address of that namespace."""
         self.binary = binary
         self.workdir = workdir
         self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = listen_host
+        self.wrap = list(wrap or [])
+        self.url = f"http://{listen_host}:{self.port}"
         workdir.mkdir(parents=True, exist_ok=True)
         self.config = workdir / "prometheus.yml"
-        target_list = ", ".join(f'"{t}"' for t in targets)
-        self.config.write_text(
-            "global:\n"
-            f"  scrape_interval: {int(interval * 1000)}ms\n"
-            f"  evaluation_interval: {int(interval * 1000)}ms\n"
-            "scrape_configs:\n"
-            f"  - job_name: {job}\n"
-            "    honor_labels: true\n"  # keep the trainer's own `job` label (as a PodMonitor with honorLabels)
-            f"    static_configs:\n      - targets: [{target_list}]\n"
-        )
+        if scrape_configs is None:
+            target_list = ", ".join(f'"{t}"' for t in targets or [])
+            self.config.write_text(
+                "global:\n"
+                f"  scrape_interval: {int(interval * 1000)}ms\n"
+                f"  evaluation_interval: {int(interval * 1000)}ms\n"
+                "scrape_configs:\n"
+                f"  - job_name: {job}\n"
+                "    honor_labels: true\n"  # keep the trainer's own `job` label (as a PodMonitor with honorLabels)
+                f"    static_configs:\n      - targets: [{target_list}]\n"
+            )
+        else:
+            import json
+
+            ms = f"{int(interval * 1000)}ms"
+            self.config.write_text(
+                json.dumps({"global": {"scrape_interval": ms, "evaluation_interval": ms}, "scrape_configs": scrape_configs}, indent=2)
+            )
         self.process: subprocess.Popen[bytes] | None = None
         self.log = workdir / "prometheus.log"
 
     def __enter__(self) -> Prometheus:
         self.process = subprocess.Popen(
             [
+                *self.wrap,
                 self.binary,
                 f"--config.file={self.config}",
                 f"--storage.tsdb.path={self.workdir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
+                f"--web.listen-address={self.host}:{self.port}",
             ],
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
         )
         try:
-            wait_for_port(self.port, timeout=30)
+            wait_for_port(self.port, timeout=30, host=self.host)
         except TimeoutError:
             self.__exit__(None, None, None)
             raise RuntimeError(f"Prometheus did not start: {self.log.read_text()[-2000:]}") from None

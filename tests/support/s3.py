@@ -118,19 +118,20 @@ def _moto_server_command() -> list[str]:
     return [sys.executable, "-m", "moto.server"]
 
 
-def start_s3_server() -> S3Server:
-    """Start moto's server on a free port, create an admin IAM key, then require credentials."""
+def start_s3_server(host: str = "127.0.0.1") -> S3Server:
+    """Start moto's server on a free port of ``host``, create an admin IAM key, then require
+    credentials. ``host``: 127.0.0.1, or an address pods reach (the real node's veth)."""
     port = free_port()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "bootstrap", "AWS_SECRET_ACCESS_KEY": "bootstrap", "AWS_DEFAULT_REGION": REGION}
     proc = subprocess.Popen(
-        [*_moto_server_command(), "-H", "127.0.0.1", "-p", str(port)],
+        [*_moto_server_command(), "-H", host, "-p", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=env,
     )
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"http://{host}:{port}"
     try:
-        wait_for_port(port, timeout=60)
+        wait_for_port(port, timeout=60, host=host)
         import boto3
 
         iam = boto3.client("iam", endpoint_url=endpoint, region_name=REGION, aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
