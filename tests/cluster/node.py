@@ -91,8 +91,10 @@ def _run(*argv: str, check: bool = True, timeout: float = 60) -> subprocess.Comp
 
 
 def in_netns(*argv: str) -> list[str]:
-    """``argv`` run inside the node's network namespace."""
-    return ["ip", "netns", "exec", NETNS, *argv]
+    """``argv`` run inside the node's network namespace, and only that: not ``ip netns exec``,
+    which also unshares the mount namespace and remounts /sys (the kubelet would then see no
+    cgroup mounts, and containerd would not see the volumes the kubelet mounts)."""
+    return ["nsenter", f"--net=/run/netns/{NETNS}", "--", *argv]
 
 
 def netns_exists() -> bool:

@@ -29,7 +29,7 @@ import yaml
 
 from tests.chart.chart import CHART, KUBE_VERSION
 from tests.cluster.cluster import ControlPlane
-from tests.cluster.node import HOST_IP, NETNS, NODE_IP, RealNode
+from tests.cluster.node import HOST_IP, NODE_IP, RealNode, in_netns
 from tests.support.prometheus import Prometheus
 from tests.support.s3 import S3Server
 
@@ -253,7 +253,7 @@ def monitor_scrape_configs(cp: ControlPlane) -> list[dict[str, Any]]:
 
 def start_prometheus(cp: ControlPlane, binary: str) -> Prometheus:
     prom = Prometheus(binary, cp.state_dir / "prometheus", scrape_configs=monitor_scrape_configs(cp),
-                      listen_host=NODE_IP, wrap=["ip", "netns", "exec", NETNS])
+                      listen_host=NODE_IP, wrap=in_netns())
     return prom.__enter__()
 
 
