@@ -31,11 +31,20 @@ pytestmark = [pytest.mark.e2e, pytest.mark.cluster]
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
+# A pod's own headless record appears once the EndpointSlice controller and CoreDNS have seen
+# the pod (about a second after it starts): resolve with retries, as torchrun's rendezvous does.
 DNS_CHECK = """
-import json, socket, sys
+import json, socket, sys, time
 out = {}
 for name in sys.argv[1:]:
-    out[name] = socket.gethostbyname(name)
+    for attempt in range(60):
+        try:
+            out[name] = socket.gethostbyname(name)
+            break
+        except socket.gaierror:
+            if attempt == 59:
+                raise
+            time.sleep(0.5)
 s = socket.create_connection(("kubernetes.default.svc", 443), timeout=10)
 out["api_peer"] = s.getpeername()[0]
 s.close()
