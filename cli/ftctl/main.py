@@ -305,7 +305,7 @@ def _job_output(cluster: Any, job: dict[str, Any]) -> tuple[str, str | None]:
         )
     if endpoint is None and (job.get("spec") or {}).get("runtimeRef"):
         runtime = cluster.get_runtime(job["spec"]["runtimeRef"]["name"])
-        endpoint = ((runtime.get("spec") or {}).get("output") or {}).get("endpoint")
+        endpoint = ((runtime.get("spec") or {}).get("defaultOutput") or {}).get("endpoint")
     base = str(manifest_uri).rsplit("/", 1)[0] + "/"
     return base, endpoint
 

@@ -119,7 +119,9 @@ def test_lora_job_from_apply_to_a_verified_adapter(e2e: E2E, uploaded: pathlib.P
 
     # ftctl download verifies every sha256; the adapter reloads and reproduces the trainer's logits
     dest = tmp_path / "adapter"
+    # no AWS_ENDPOINT_URL: ftctl finds the endpoint in the job's runtime (defaultOutput)
     env = {**e2e.cp.env(), **e2e.s3.env(), "HF_HUB_OFFLINE": "1"}
+    env.pop("AWS_ENDPOINT_URL")
     ftctl = str(pathlib.Path(sys.executable).parent / "ftctl")
     proc = subprocess.run([ftctl, "download", name, str(dest), "-n", TENANT_NS],
                           env=env, capture_output=True, text=True, timeout=300)
