@@ -29,7 +29,7 @@ test: install cluster-build prometheus ## Run the test suite except the real-nod
 	$(PY) -m pytest --ignore=tests/e2e $(PYTEST_ARGS)
 
 .PHONY: e2e
-e2e: install cluster-build prometheus node-deps ## The whole product on a real node (root): images from our Dockerfiles, chart, 2-pod LoRA job
+e2e: install cluster-build node-deps ## The whole product on a real node (root): images from our Dockerfiles, chart, 2-pod LoRA job
 	$(PY) -m pytest tests/e2e $(E2E_ARGS)
 
 .PHONY: node-deps

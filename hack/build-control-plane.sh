@@ -8,7 +8,8 @@
 # Builds kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, and for the real node
 # kubelet and kube-proxy (k8s.io/kubernetes), etcd (go.etcd.io/etcd/server/v3), kwok
 # (sigs.k8s.io/kwok), helm (helm.sh/helm/v3) and coredns (github.com/coredns/coredns, a build
-# with only the plugins the test cluster's DNS uses) into $FTOP_CACHE/<version-stamp>/bin. Binaries already there are skipped, so a warm run is instant.
+# with only the plugins the test cluster's DNS uses) and prometheus (github.com/prometheus/
+# prometheus, Kubernetes service discovery only) into $FTOP_CACHE/<version-stamp>/bin. Binaries already there are skipped, so a warm run is instant.
 # GOPATH/GOMODCACHE/GOCACHE live under $FTOP_CACHE/go so later builds are incremental.
 #
 # k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces the staging modules
@@ -22,9 +23,10 @@ ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 HELM_VERSION="${HELM_VERSION:-v3.19.5}"
 KWOK_VERSION="${KWOK_VERSION:-v0.7.0}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.316.0}"  # the Go module's version of Prometheus 3.16.0
 
 CACHE="${FTOP_CACHE:-$HOME/.cache/finetune-operator}"
-STAMP="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_coredns-${COREDNS_VERSION}"
+STAMP="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_coredns-${COREDNS_VERSION}_prometheus-${PROMETHEUS_VERSION}"
 ROOT="$CACHE/$STAMP"
 BIN="$ROOT/bin"
 SRC="$ROOT/src"
@@ -53,7 +55,7 @@ T0=$(date +%s)
 BUILT=0
 log() { printf '[build-control-plane %4ss] %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 
-if need etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kwok helm coredns \
+if need etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kwok helm coredns prometheus \
     && ! command -v go >/dev/null 2>&1; then
   echo "build-control-plane: the go command is not on PATH (Go >= 1.24 is needed to build $STAMP)" >&2
   exit 1
@@ -189,10 +191,31 @@ GO
   gobuild "$dir" coredns ./cmd/coredns ""
 else log "coredns: already built, skipping"; fi
 
+# ---- prometheus -------------------------------------------------------------------------
+# For the real-node tests: Debian's prometheus package is built without Kubernetes service
+# discovery. Prometheus' own build tags keep only that discoverer (remove_all_sd +
+# enable_kubernetes_sd); the web UI's assets are not compiled in (the tests use the HTTP API).
+if need prometheus; then
+  EXTRA_REPLACES="" wrapper "$SRC/prometheus" "github.com/prometheus/prometheus@$PROMETHEUS_VERSION" \
+    github.com/prometheus/prometheus/cmd/prometheus
+  PTAGS="remove_all_sd,enable_kubernetes_sd"
+  if [[ ! -x "$BIN/prometheus" ]]; then
+    t=$(date +%s)
+    log "prometheus: go build -tags $PTAGS ..."
+    (cd "$SRC/prometheus" && go build -p "$P" -tags "$PTAGS" -trimpath -ldflags "-s -w \
+      -X github.com/prometheus/common/version.Version=${PROMETHEUS_VERSION#v0.} \
+      -X github.com/prometheus/common/version.Branch=module" \
+      -o "$BIN/prometheus.tmp.$$" github.com/prometheus/prometheus/cmd/prometheus)
+    mv "$BIN/prometheus.tmp.$$" "$BIN/prometheus"
+    BUILT=1
+    log "prometheus: built in $(( $(date +%s) - t ))s ($(du -h "$BIN/prometheus" | cut -f1))"
+  fi
+else log "prometheus: already built, skipping"; fi
+
 echo "$STAMP" > "$BIN/VERSION"
 log "done in $(( $(date +%s) - T0 ))s: $BIN"
 if [[ "$BUILT" == 1 ]]; then
-  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd kwok helm coredns; do
+  for b in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy etcd kwok helm coredns prometheus; do
     printf '  %-24s %s\n' "$b" "$(du -h "$BIN/$b" | cut -f1)"
   done
   log "cache size: $(du -sh "$CACHE" 2>/dev/null | cut -f1) in $CACHE"

@@ -180,9 +180,9 @@ async def resync_loop(r: Reconciler, seconds: float = RESYNC_SECONDS) -> None:
             r.enqueue(key, force=True)
 
 
-async def progress_loop(r: Reconciler) -> None:
-    """Every PROGRESS_SECONDS, read rank 0's /progress of each running job and fold it into the
-    status (one patch, only if it changed)."""
+async def progress_loop(r: Reconciler, seconds: float = PROGRESS_SECONDS) -> None:
+    """Every ``seconds`` (PROGRESS_SECONDS by default), read rank 0's /progress of each running
+    job and fold it into the status (one patch, only if it changed)."""
     slots = asyncio.Semaphore(PROGRESS_CONCURRENCY)
 
     async def poll(session: aiohttp.ClientSession, key: tuple[str, str], url: str) -> None:
@@ -193,7 +193,7 @@ async def progress_loop(r: Reconciler) -> None:
 
     async with aiohttp.ClientSession() as session:
         while True:
-            await asyncio.sleep(PROGRESS_SECONDS)
+            await asyncio.sleep(seconds)
             if await r.active():
                 await asyncio.gather(*(poll(session, key, url) for key, url in r.progress_targets()))
 
@@ -201,5 +201,7 @@ async def progress_loop(r: Reconciler) -> None:
 def _start_loops(memo: Any, r: Reconciler) -> None:
     if memo.get("loops"):
         return
-    resync = float((memo.get("options") or {}).get("resync_seconds", RESYNC_SECONDS))
-    memo["loops"] = [asyncio.create_task(resync_loop(r, resync)), asyncio.create_task(progress_loop(r)), *r.start()]
+    options = memo.get("options") or {}
+    resync = float(options.get("resync_seconds", RESYNC_SECONDS))
+    progress = float(options.get("progress_seconds", PROGRESS_SECONDS))
+    memo["loops"] = [asyncio.create_task(resync_loop(r, resync)), asyncio.create_task(progress_loop(r, progress)), *r.start()]

@@ -53,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=float(env("FINETUNE_OPERATOR_RESYNC_SECONDS", "60")),
         help="how often every unfinished job is reconciled even without a watch event",
     )
+    p.add_argument(
+        "--progress-seconds",
+        type=float,
+        default=float(env("FINETUNE_OPERATOR_PROGRESS_SECONDS", "15")),
+        help="how often rank 0's /progress of each running job is read into its status",
+    )
     p.add_argument("--api-workers", type=int, default=int(env("FINETUNE_OPERATOR_API_WORKERS", "32")), help="concurrent API requests")
     p.add_argument("--log-level", default=env("FINETUNE_OPERATOR_LOG_LEVEL", "INFO"))
     return p.parse_args(argv)

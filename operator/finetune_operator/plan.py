@@ -9,6 +9,7 @@ is interrupted (operator killed, API error) is simply run again.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -276,6 +277,15 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
             nxt.set(trained_tokens=tokens)
         progress = dict(nxt.data.get("progress") or {})
         progress.update(percent=100.0, eta_seconds=0, eta="0s", stage="done")
+        # The last poll may predate the last step (or the first: a short run between two
+        # polls); the summary has the final figures.
+        steps = summary.get("steps")
+        if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0:
+            progress.update(step=steps, total_steps=steps)
+        for key, field in (("loss", "loss"), ("evalLoss", "eval_loss")):
+            value = summary.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                progress[field] = float(value)
         nxt.set(progress=progress, phase=c.PHASE_SUCCEEDED, message="training finished; adapter uploaded")
         nxt.condition(c.COND_RUNNING, False, c.REASON_TRAINING_SUCCEEDED, "all workers finished")
         nxt.condition(c.COND_SUCCEEDED, True, c.REASON_TRAINING_SUCCEEDED, f"adapter at {out.get('adapterUri') or r.output.uri}")

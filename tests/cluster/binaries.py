@@ -22,6 +22,7 @@ COMMANDS = (
     "kwok",
     "helm",
     "coredns",
+    "prometheus",
 )
 
 

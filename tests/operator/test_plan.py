@@ -174,7 +174,8 @@ def test_disruptions_do_not_count(kind: str) -> None:
 
 
 def test_success_reads_the_rank0_summary() -> None:
-    summary = {"adapterUri": "s3://out-bucket/run/adapter/", "manifestUri": "s3://out-bucket/run/manifest.json", "manifestSha256": "ab" * 32, "trainedTokens": 12345, "status": "Succeeded"}
+    summary = {"adapterUri": "s3://out-bucket/run/adapter/", "manifestUri": "s3://out-bucket/run/manifest.json", "manifestSha256": "ab" * 32, "trainedTokens": 12345, "status": "Succeeded",
+               "steps": 30, "loss": 0.25, "evalLoss": float("nan")}
     pods = (
         pod("job-0", index=0, phase="Succeeded", ready=False, exit_code=0, message=json.dumps(summary)),
         pod("job-1", index=1, phase="Succeeded", ready=False, exit_code=0),
@@ -185,6 +186,9 @@ def test_success_reads_the_rank0_summary() -> None:
     assert plan.status.output.manifest_uri == summary["manifestUri"] and plan.status.output.sha256 == summary["manifestSha256"]
     assert plan.status.trained_tokens == 12345
     assert plan.status.progress is not None and plan.status.progress.percent == 100.0
+    # the final figures come from the summary, not from the last poll (a run may end between two)
+    assert (plan.status.progress.step, plan.status.progress.total_steps, plan.status.progress.loss) == (30, 30, 0.25)
+    assert plan.status.progress.eval_loss is None  # non-finite: dropped
     assert cond(plan, "Succeeded").status == "True" and plan.status.completion_time is not None
 
 
