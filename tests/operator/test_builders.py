@@ -293,3 +293,17 @@ def test_trainer_pods_get_omp_threads_from_a_millicore_request() -> None:
     assert isinstance(r, Resolved), r
     env = {e["name"]: e.get("value") for e in builders.pod_template(r, 0)["spec"]["containers"][0]["env"]}
     assert env["OMP_NUM_THREADS"] == "2"
+
+
+def test_trainer_image_user_is_the_pods_run_as_user() -> None:
+    """trainer_image/Dockerfile's user owns /workspace and the venv's writable paths; the pods the
+    operator builds run as c.RUN_AS_USER. The two must be the same UID."""
+    import re
+
+    dockerfile = (pathlib.Path(__file__).resolve().parents[2] / "trainer_image" / "Dockerfile").read_text()
+    uid = re.search(r"^ARG TRAINER_UID=(\d+)\s*$", dockerfile, re.M)
+    assert uid, "trainer_image/Dockerfile must set ARG TRAINER_UID=<number>"
+    assert re.search(r"^USER \$\{TRAINER_UID\}:\$\{TRAINER_UID\}\s*$", dockerfile, re.M)
+    assert int(uid.group(1)) == c.RUN_AS_USER
+    pod = builders.pod_template(resolved_example(next(iter(example_jobs()))), 0)["spec"]["securityContext"]
+    assert pod["runAsUser"] == pod["runAsGroup"] == c.RUN_AS_USER
