@@ -292,7 +292,12 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
         return _finished_plan(obs, nxt, apply=apply)
 
     ready = _ready(obs, attempt)
-    if ready >= r.nodes:
+    done = sum(1 for p in pods if p.phase == "Succeeded")
+    if done and ready + done >= r.nodes:
+        # The workers leave the final barrier one by one: the group is finishing, not starting.
+        nxt.set(phase=c.PHASE_UPLOADING, message=f"attempt {attempt}: {done}/{r.nodes} workers finished")
+        nxt.condition(c.COND_RUNNING, True, c.REASON_UPLOADING, f"{done}/{r.nodes} workers finished")
+    elif ready >= r.nodes:
         stage = ((nxt.data.get("progress") or {}).get("stage") or "").lower()
         uploading = stage == "uploading"
         nxt.set(

@@ -88,6 +88,9 @@ def test_disrupted_validation_pod_is_retried() -> None:
         ((pod("job-0", index=0), pod("job-1", index=1)), "Running", 2, c.REASON_WORKERS_RUNNING),
         # pods of an older attempt do not count
         ((pod("job-0", index=0, attempt=1), pod("job-1", index=1, attempt=1)), "Initializing", 0, c.REASON_WORKERS_STARTING),
+        # one worker already left the final barrier: the group is finishing, not starting again
+        ((pod("job-0", index=0), pod("job-1", index=1, phase="Succeeded", ready=False, exit_code=0)), "Uploading", 1, c.REASON_UPLOADING),
+        ((pod("job-0", index=0, phase="Pending", ready=False), pod("job-1", index=1, phase="Succeeded", ready=False, exit_code=0)), "Initializing", 0, c.REASON_WORKERS_STARTING),
     ],
 )
 def test_worker_readiness(pods: tuple[Any, ...], phase: str, ready: int, running_reason: str) -> None:
