@@ -292,7 +292,9 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
         return _finished_plan(obs, nxt, apply=apply)
 
     ready = _ready(obs, attempt)
-    done = sum(1 for p in pods if p.phase == "Succeeded")
+    # A worker whose container exited 0 is done, whether or not the kubelet has moved its pod to
+    # Succeeded yet (for a moment it is Running and not Ready).
+    done = sum(1 for p in pods if p.phase == "Succeeded" or (p.exit_code == 0 and p.phase != "Failed"))
     if done and ready + done >= r.nodes:
         # The workers leave the final barrier one by one: the group is finishing, not starting.
         nxt.set(phase=c.PHASE_UPLOADING, message=f"attempt {attempt}: {done}/{r.nodes} workers finished")

@@ -86,7 +86,7 @@ def test_lora_job_from_apply_to_a_verified_adapter(e2e: E2E, uploaded: pathlib.P
     name = "lora-e2e"
     t_apply = time.monotonic()
     with harness.sampling(e2e, name) as sampler:
-        e2e.apply(manifest(name))
+        e2e.apply(manifest(name, max_steps=60, every=20))  # long enough for several progress polls
         first_step = wait("the first training step", lambda: step(e2e, name) >= 1, 420, every=0.5,
                           diagnose=lambda: e2e.diagnostics(name))
         e2e.figures["apply_to_first_step_s"] = round(time.monotonic() - t_apply, 1)

@@ -90,6 +90,8 @@ def test_disrupted_validation_pod_is_retried() -> None:
         ((pod("job-0", index=0, attempt=1), pod("job-1", index=1, attempt=1)), "Initializing", 0, c.REASON_WORKERS_STARTING),
         # one worker already left the final barrier: the group is finishing, not starting again
         ((pod("job-0", index=0), pod("job-1", index=1, phase="Succeeded", ready=False, exit_code=0)), "Uploading", 1, c.REASON_UPLOADING),
+        # ... also while its pod is still Running but its container has exited 0
+        ((pod("job-0", index=0), pod("job-1", index=1, ready=False, exit_code=0)), "Uploading", 1, c.REASON_UPLOADING),
         ((pod("job-0", index=0, phase="Pending", ready=False), pod("job-1", index=1, phase="Succeeded", ready=False, exit_code=0)), "Initializing", 0, c.REASON_WORKERS_STARTING),
     ],
 )
