@@ -78,6 +78,12 @@ def clip(text: str, limit: int = c.MAX_MESSAGE_LENGTH) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _decision(head: str, what: str, tail: str, limit: int = c.MAX_MESSAGE_LENGTH) -> str:
+    """``head + what + tail`` within ``limit``, shortening only ``what``: a long failure text
+    (a log tail) must never cut off what the operator decided."""
+    return head + clip(what, max(limit - len(head) - len(tail), 16)) + tail
+
+
 class _Next:
     """The status being computed, starting from the previous one."""
 
@@ -247,9 +253,13 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
                 obs,
                 nxt,
                 c.REASON_RESTART_LIMIT_EXCEEDED,
-                f"attempt {attempt} failed: {what}; maxRestarts ({spec.max_restarts}) reached",
+                _decision(f"attempt {attempt} failed: ", what, f"; maxRestarts ({spec.max_restarts}) reached"),
             )
-        message = f"attempt {attempt} failed: {what}; restarting the group as attempt {attempt + 1} ({prev.restarts + 1}/{spec.max_restarts})"
+        message = _decision(
+            f"attempt {attempt} failed: ",
+            what,
+            f"; restarting the group as attempt {attempt + 1} ({prev.restarts + 1}/{spec.max_restarts})",
+        )
         nxt.set(
             phase=c.PHASE_INITIALIZING,
             message=clip(message),

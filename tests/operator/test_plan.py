@@ -121,6 +121,20 @@ def test_failed_worker_restarts_the_group() -> None:
     assert any(e.reason == c.REASON_RESTARTING and e.type == "Warning" for e in plan.events)
 
 
+@pytest.mark.parametrize("restarts", [0, 2])
+def test_a_long_failure_text_never_cuts_off_the_decision(restarts: int) -> None:
+    """A worker killed before writing its summary leaves a log tail as its termination message
+    (FallbackToLogsOnError): the message is shortened in the middle, the decision stays."""
+    log_tail = "dataset: 240 rows -> 228 training examples\n" + "x" * 5000
+    pods = (pod("job-0", index=0, phase="Failed", ready=False, exit_code=4, message=log_tail), pod("job-1", index=1))
+    status = {**RUNNING_STATUS, "restarts": restarts}
+    plan = decide(observed(status=status, job_view=job(failed=True), pods=pods))
+    message = plan.status.message or ""
+    want = "; restarting the group as attempt 1 (1/2)" if restarts == 0 else "; maxRestarts (2) reached"
+    assert message.startswith("attempt 0 failed: worker 0") and message.endswith(want), message[-200:]
+    assert len(message) <= c.MAX_MESSAGE_LENGTH
+
+
 def test_next_attempt_waits_for_the_old_job_then_recreates() -> None:
     status = {**RUNNING_STATUS, "phase": "Initializing", "attempt": 1, "restarts": 1}
     waiting = decide(observed(status=status, job_view=job(attempt=0, deleting=True)))
