@@ -188,7 +188,9 @@ class FineTuneJobSpec(_Model):
         if self.method.type == "qlora" and self.resources.gpus_per_node == 0:
             problems.append(_SPEC_RULES[1]["message"])
         hp = self.hyperparameters
-        if hp.max_steps is not None and self.checkpoint.every_steps > hp.max_steps:
+        # Only an everySteps the user wrote: the default (200) must not reject a short run.
+        every_set = "every_steps" in self.checkpoint.model_fields_set
+        if hp.max_steps is not None and every_set and self.checkpoint.every_steps > hp.max_steps:
             problems.append(_SPEC_RULES[2]["message"])
         if problems:
             raise ValueError("; ".join(problems))

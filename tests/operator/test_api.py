@@ -93,6 +93,22 @@ def test_malformed_rejected_by_the_models_too(case: Case) -> None:
     assert (case.parse_field or case.field) in str(err.value)
 
 
+def test_a_short_run_is_not_rejected_by_the_checkpoint_default() -> None:
+    """checkpoint.everySteps defaults to 200; a user who sets only maxSteps: 6 wrote nothing
+    wrong. An everySteps the user did write above maxSteps is still rejected (malformed.py)."""
+    from tests.operator.helpers import minimal_spec
+
+    spec = parse_job(minimal_spec(hyperparameters={"maxSteps": 6}))
+    assert spec.hyperparameters.max_steps == 6
+    spec = parse_job(minimal_spec(hyperparameters={"maxSteps": 6}, checkpoint={"keep": 2}))
+    assert spec.checkpoint.keep == 2
+    # the operator renders the parsed spec into the TrainerConfig and parses it again
+    again = parse_job(spec.model_dump(by_alias=True, exclude_unset=True))
+    assert again.hyperparameters.max_steps == 6
+    with pytest.raises(InvalidResource, match="everySteps must not exceed"):
+        parse_job(minimal_spec(hyperparameters={"maxSteps": 6}, checkpoint={"everySteps": 10}))
+
+
 def test_progress_parsing() -> None:
     # the trainer's /progress document (finetune_trainer.metrics.Progress.to_json)
     p = parse_progress({"phase": "Running", "step": 30, "totalSteps": 120, "epoch": 0.25, "percent": 25.0, "loss": 0.123456, "evalLoss": None, "learningRate": 2e-4, "tokensPerSecond": 2712.33, "etaSeconds": 95.4, "trainedTokens": 4096, "worldSize": 2, "message": ""})
