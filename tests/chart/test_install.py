@@ -22,7 +22,6 @@ import pathlib
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,6 +33,7 @@ from finetune_trainer import contract
 from tests.chart.chart import CHART, KUBE_VERSION, REPO
 from tests.cluster import kwok
 from tests.cluster.cluster import ControlPlane
+from tests.support.waiting import wait
 
 pytestmark = pytest.mark.cluster
 
@@ -45,14 +45,7 @@ def _free_port() -> int:
 
 
 def _wait(what: str, probe: Callable[[], Any], timeout: float = 90.0, every: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    return wait(what, probe, timeout, every)
 
 
 def _get(cluster: ControlPlane, path: str) -> dict[str, Any] | None:

@@ -20,18 +20,17 @@ import json
 import pathlib
 import subprocess
 import threading
-import time
 import urllib.error
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import yaml
 
 from tests.chart.chart import CHART, KUBE_VERSION
 from tests.cluster.cluster import ControlPlane
-from tests.cluster.node import HOST_IP, NODE_IP, RealNode, in_netns
+from tests.cluster.node import NODE_IP, RealNode, in_netns
 from tests.support.prometheus import Prometheus
 from tests.support.s3 import S3Server
+from tests.support.waiting import wait
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BUILD_IMAGES = REPO / "hack" / "build-images.sh"
@@ -66,19 +65,6 @@ def build_images() -> dict[str, Image]:
         ref = {"operator": OPERATOR_IMAGE, "trainer": TRAINER_IMAGE}[name.strip()]
         images[name.strip()] = Image(ref, archive, image_id)
     return images
-
-
-def wait(what: str, probe: Callable[[], Any], timeout: float, every: float = 1.0,
-         diagnose: Callable[[], str] | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(every)
-    extra = "\n" + diagnose() if diagnose else ""
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r}){extra}")
 
 
 @dataclasses.dataclass
@@ -287,11 +273,3 @@ class Sampler:
         self._stop.set()
         self._thread.join(timeout=30)
 
-
-@contextlib.contextmanager
-def sampling(e2e: E2E, name: str) -> Iterator[Sampler]:
-    with Sampler(e2e, name) as s:
-        yield s
-
-
-_ = HOST_IP

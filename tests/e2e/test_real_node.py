@@ -85,7 +85,7 @@ def rank0_pod(pods: list[dict[str, Any]]) -> dict[str, Any]:
 def test_lora_job_from_apply_to_a_verified_adapter(e2e: E2E, uploaded: pathlib.Path, tmp_path: pathlib.Path) -> None:
     name = "lora-e2e"
     t_apply = time.monotonic()
-    with harness.sampling(e2e, name) as sampler:
+    with harness.Sampler(e2e, name) as sampler:
         e2e.apply(manifest(name, max_steps=60, every=20))  # long enough for several progress polls
         first_step = wait("the first training step", lambda: step(e2e, name) >= 1, 420, every=0.5,
                           diagnose=lambda: e2e.diagnostics(name))
