@@ -275,7 +275,8 @@ def describe_preflight(summary: dict[str, Any]) -> str:
         parts.append(f"model {model['modelType']}")
     for key, label in (("rows", "rows"), ("trainRows", "train"), ("validationRows", "validation"),
                        ("maxTokens", "max tokens"), ("meanTokens", "mean tokens"),
-                       ("rowsLongerThanMaxSeqLength", "rows longer than maxSeqLength")):
+                       ("rowsLongerThanMaxSeqLength", "rows longer than maxSeqLength"),
+                       ("rowsDroppedNoTrainedTokens", "rows dropped (no trained token left)")):
         if key in data:
             parts.append(f"{data[key]} {label}")
     if data.get("labels"):

@@ -188,9 +188,9 @@ class FineTuneJobSpec(_Model):
         if self.method.type == "qlora" and self.resources.gpus_per_node == 0:
             problems.append(_SPEC_RULES[1]["message"])
         hp = self.hyperparameters
-        # Only an everySteps the user wrote: the default (200) must not reject a short run.
-        every_set = "every_steps" in self.checkpoint.model_fields_set
-        if hp.max_steps is not None and every_set and self.checkpoint.every_steps > hp.max_steps:
+        # everySteps has no default here: the trainer picks one that fits the run's length.
+        every = self.checkpoint.every_steps
+        if hp.max_steps is not None and every is not None and every > hp.max_steps:
             problems.append(_SPEC_RULES[2]["message"])
         if problems:
             raise ValueError("; ".join(problems))
@@ -291,6 +291,8 @@ class Progress(_Model):
     percent: Annotated[float, Field(ge=0, le=100)] | None = None
     loss: float | None = None
     eval_loss: float | None = None
+    eval_accuracy: Annotated[float, Field(ge=0, le=1)] | None = Field(default=None, description="Validation accuracy (classification)")
+    eval_f1: Annotated[float, Field(ge=0, le=1)] | None = Field(default=None, description="Validation macro-F1 (classification, >2 labels)")
     tokens_per_second: float | None = None
     eta_seconds: Annotated[int, Field(ge=0)] | None = None
     eta: Annotated[str, Field(max_length=32)] | None = Field(default=None, description="etaSeconds for people (1h05m)")

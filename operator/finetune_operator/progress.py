@@ -27,6 +27,8 @@ _ALIASES = {
     "percent": ("percent", "progressPercent"),
     "loss": ("loss", "trainLoss", "train_loss"),
     "eval_loss": ("evalLoss", "eval_loss"),
+    "eval_accuracy": ("evalAccuracy", "eval_accuracy"),
+    "eval_f1": ("evalF1", "eval_f1"),
     "tokens_per_second": ("tokensPerSecond", "tokens_per_second"),
     "eta_seconds": ("etaSeconds", "eta_seconds"),
     "stage": ("stage", "phase", "state"),
@@ -64,9 +66,12 @@ def parse_progress(data: Any) -> Progress | None:
         out["percent"] = 100.0 * out["step"] / out["total_steps"]
     if "percent" in out:
         out["percent"] = round(min(max(out["percent"], 0.0), 100.0), 1)
-    for key in ("loss", "eval_loss"):
+    for key in ("loss", "eval_loss", "eval_accuracy", "eval_f1"):
         if key in out:
             out[key] = round(out[key], 4)
+    for key in ("eval_accuracy", "eval_f1"):
+        if key in out and not 0.0 <= out[key] <= 1.0:
+            del out[key]
     if "tokens_per_second" in out:
         out["tokens_per_second"] = round(out["tokens_per_second"], 1)
     if "epoch" in out:

@@ -115,7 +115,9 @@ def test_deepspeed_zero3_full_saves_consolidated_weights(tiny_llama: pathlib.Pat
     out = tmp_path / "out"
     cfg = _chat_config(tmp_path, "ds-full", str(tiny_llama), str(data), str(out),
                        {"type": "full", "deepspeed": {"zeroStage": 3}}, steps=4, lr=0.001)
-    _torchrun_two(cfg, tmp_path)
+    _, stderr = _torchrun_two(cfg, tmp_path)
+    # from_pretrained ran under zero.Init: no rank ever held the whole model
+    assert "ZeRO-3: weights loaded partitioned (zero.Init)" in stderr, stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["weights"] == "model/"
     trained = load_file(str(out / "model" / "model.safetensors"))
@@ -142,4 +144,21 @@ def test_deepspeed_zero2_full_with_optimizer_offload(tiny_llama: pathlib.Path, t
     trained = load_file(str(out / "model" / "model.safetensors"))
     base = load_file(str(tiny_llama / "model.safetensors"))
     name = "model.layers.0.mlp.up_proj.weight"
+    assert trained[name].shape == base[name].shape and not torch.equal(trained[name], base[name])
+
+
+def test_deepspeed_zero2_full_in_one_process(tiny_llama: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """The one-GPU setup (full fine-tune with ZeRO-2) runs without torchrun: a world of one."""
+    data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(32))
+    out = tmp_path / "out"
+    cfg = _chat_config(tmp_path, "ds-one", str(tiny_llama), str(data), str(out),
+                       {"type": "full", "deepspeed": {"zeroStage": 2}}, steps=3, lr=0.001)
+    proc = run_trainer(["train", "--config", str(cfg)], trainer_env({"FINETUNE_WORK_DIR": str(tmp_path / "work")}))
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    summary = summary_of(proc)
+    assert summary["status"] == "Succeeded" and summary["steps"] == 3
+    assert json.loads((out / "manifest.json").read_text())["worldSize"] == 1
+    trained = load_file(str(out / "model" / "model.safetensors"))
+    base = load_file(str(tiny_llama / "model.safetensors"))
+    name = "model.layers.1.self_attn.o_proj.weight"
     assert trained[name].shape == base[name].shape and not torch.equal(trained[name], base[name])

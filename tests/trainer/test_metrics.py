@@ -15,6 +15,7 @@ import time
 
 import pytest
 import requests
+import torch
 from finetune_trainer import contract
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -107,3 +108,26 @@ def test_metrics_progress_prometheus_and_sigterm(prometheus_binary: str, tiny_ll
     assert stopped_at >= step_before
     assert "SIGTERM: writing a checkpoint" in stderr
     assert not (out / "manifest.json").exists()  # a preempted run publishes no final output
+
+
+def test_classification_scores_are_exported_as_gauges_and_in_progress() -> None:
+    from finetune_trainer.metrics import Progress, TrainerMetrics
+    from finetune_trainer.train import classification_scores
+    from prometheus_client import generate_latest
+
+    # 3 classes; rows = true class, columns = predicted: accuracy 5/8; per class
+    # F1 = 2 tp / (support + predicted) = 4/5, 2/5, 4/6
+    confusion = torch.tensor([[2.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 2.0]])
+    accuracy, f1 = classification_scores(confusion)
+    assert accuracy == pytest.approx(5 / 8)
+    assert f1 == pytest.approx((2 * 2 / (2 + 3) + 2 * 1 / (3 + 2) + 2 * 2 / (3 + 3)) / 3)
+    assert classification_scores(torch.tensor([[3.0, 1.0], [0.0, 4.0]]))[1] is None  # binary: accuracy only
+
+    m = TrainerMetrics("job", "ns", 0)
+    m.update(Progress(phase="Running", eval_loss=0.5, eval_accuracy=accuracy, eval_f1=f1))
+    text = generate_latest(m.registry).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["finetune_trainer_eval_accuracy"].samples[0].value == pytest.approx(0.625)
+    assert families["finetune_trainer_eval_f1"].samples[0].value == pytest.approx(f1)
+    doc = json.loads(m.progress_json())
+    assert doc["evalAccuracy"] == pytest.approx(0.625) and doc["evalF1"] == pytest.approx(f1)

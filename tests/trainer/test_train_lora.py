@@ -95,6 +95,8 @@ def test_lora_chat_tiny_llama_all_on_s3(s3: S3Server, tiny_llama: pathlib.Path, 
     paths = {f["path"] for f in manifest["files"]}
     assert {"adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/tokenizer_config.json", "metrics.jsonl"} <= paths
     assert manifest["baseModel"] == f"s3://{bucket}/models/tiny-llama"
+    adapter_config = json.loads((tmp_path / "out2" / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == f"s3://{bucket}/models/tiny-llama"  # not the pod's download dir
     assert manifest["method"]["type"] == "lora" and manifest["hyperparameters"]["maxSteps"] == 16
     assert {"torch", "transformers", "peft"} <= set(manifest["versions"])
     assert manifest["metrics"]["trainedTokens"] > 0
@@ -131,7 +133,7 @@ def test_lora_classification_minilm_http_dataset(
     first = sum(r["loss"] for r in rows[:4]) / 4
     last = sum(r["loss"] for r in rows[-5:-1]) / 4
     assert last < first - 0.1, (first, last)
-    assert manifest["method"]["resolvedTargetModules"] == ["query", "value"]  # found automatically
+    assert manifest["method"]["resolvedTargetModules"] == ["dense", "key", "query", "value"]  # all-linear by default
     assert manifest["dataset"]["rows"] == 160 and manifest["dataset"]["validationExamples"] == 32
     assert "final" in rows[-1] and rows[-1]["evalLoss"] < 0.69
     _check_reload(minilm, tmp_path / "out" / "adapter", manifest, classification=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import pickle
 import random
 import re
 import shutil
@@ -60,6 +61,23 @@ def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _load_rng_state(path: pathlib.Path) -> dict[str, Any]:
+    """Read an rng-rank<r>.pt written by `_rng_state` + torch.save.
+
+    `weights_only=True`: the file comes from the bucket, and a full unpickle would run whatever
+    code a planted file names. Python's RNG state (a tuple of ints) and torch's (uint8 tensors)
+    load under it unchanged.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RuntimeError(f"{path.name} is not a plain RNG state, refusing to load it: {first}") from None
+    if not isinstance(state, dict) or "python" not in state or "torch" not in state:
+        raise RuntimeError(f"{path.name} is not an RNG state")
     return state
 
 
@@ -188,7 +206,7 @@ class Checkpointer:
             engine.load(local)
             rng = local / f"rng-rank{env.rank}.pt"
             if rng.is_file():
-                _set_rng_state(torch.load(rng, weights_only=False))
+                _set_rng_state(_load_rng_state(rng))
             state = TrainerState.from_json((local / STATE_FILE).read_text())
             distributed.barrier()
             if env.is_local_main:

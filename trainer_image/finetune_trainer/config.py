@@ -74,7 +74,7 @@ class LoraSettings(_Model):
     alpha: Annotated[int, Field(ge=1, le=4096)] = 32
     dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.05
     target_modules: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
-        default=None, max_length=64, description="Module names; found automatically when absent"
+        default=None, max_length=64, description="Module names; every linear layer except the output head (peft 'all-linear') when absent"
     )
 
 
@@ -109,21 +109,37 @@ Precision = Literal["auto", "bf16", "fp16", "fp32"]
 class Hyperparameters(_Model):
     epochs: Annotated[float, Field(gt=0, le=1000)] = 1
     max_steps: Annotated[int, Field(ge=1)] | None = Field(default=None, description="Overrides epochs")
-    learning_rate: Annotated[float, Field(gt=0, le=1)] = 2e-4
+    learning_rate: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None, description="Peak learning rate; when absent 2e-4 for lora/qlora and 2e-5 for full"
+    )
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 8
     gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = 1
     max_seq_length: Annotated[int, Field(ge=8, le=1_048_576)] = 512
     warmup_ratio: Annotated[float, Field(ge=0, le=1)] = 0.03
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.0
     seed: Annotated[int, Field(ge=0)] = 42
-    packing: bool = True
+    packing: bool | None = Field(
+        default=None,
+        description="Bin-pack whole examples into maxSeqLength blocks, each document attending only to itself; "
+        "when absent, on for model families where that isolation is verified and off otherwise",
+    )
     precision: Precision = "auto"
+    gradient_checkpointing: bool = Field(default=False, description="Recompute activations in backward: less memory, ~30% more compute")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] | None = Field(
+        default=None, description="Attention kernel; when absent transformers' default for the model (sdpa)"
+    )
     eval_every_steps: Annotated[int, Field(ge=1)] | None = None
     logging_steps: Annotated[int, Field(ge=1)] = 1
 
 
+DEFAULT_LEARNING_RATE: Final = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5}
+DEFAULT_CHECKPOINT_EVERY_STEPS: Final = 200
+
+
 class CheckpointSettings(_Model):
-    every_steps: Annotated[int, Field(ge=1)] = 200
+    every_steps: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="Steps between checkpoints; when absent 200, or a fifth of a shorter run"
+    )
     keep: Annotated[int, Field(ge=1, le=100)] = 3
 
 
@@ -151,6 +167,16 @@ class TrainerConfig(_Model):
 
     def to_json(self) -> str:
         return self.model_dump_json(by_alias=True, exclude_none=True, indent=2)
+
+    def learning_rate(self) -> float:
+        """The configured learning rate, else the method's default (full fine-tuning needs ~10x less)."""
+        return self.hyperparameters.learning_rate or DEFAULT_LEARNING_RATE[self.method.type]
+
+    def checkpoint_every(self, total_steps: int) -> int:
+        """The configured interval, else 200 steps, or about five checkpoints in a shorter run."""
+        if self.checkpoint.every_steps is not None:
+            return self.checkpoint.every_steps
+        return min(DEFAULT_CHECKPOINT_EVERY_STEPS, max(1, -(-total_steps // 5)))
 
 
 class ConfigError(ValueError):

@@ -67,8 +67,12 @@ def read_env() -> DistEnv:
     return DistEnv(rank, local_rank, world_size, local_world_size, node_rank, device)
 
 
-def init(timeout_s: float = 600.0) -> DistEnv:
-    """Join the process group (NCCL on GPU, gloo on CPU) and set threads for CPU runs."""
+def init(timeout_s: float = 600.0, *, group_for_one: bool = False) -> DistEnv:
+    """Join the process group (NCCL on GPU, gloo on CPU) and set threads for CPU runs.
+
+    `group_for_one`: make a group even for a world of one (DeepSpeed needs one; a single process
+    needs no rendezvous, so an in-memory store is used instead of MASTER_ADDR/PORT).
+    """
     global _ENV
     env = read_env()
     if "OMP_NUM_THREADS" not in os.environ and env.device.type == "cpu":
@@ -76,12 +80,16 @@ def init(timeout_s: float = 600.0) -> DistEnv:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world_size))
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
-    if env.distributed and not dist.is_initialized():
+    if (env.distributed or group_for_one) and not dist.is_initialized():
         backend = "nccl" if env.device.type == "cuda" else "gloo"
+        store = dist.HashStore() if not env.distributed and "MASTER_ADDR" not in os.environ else None  # type: ignore[attr-defined]
+        for name, value in (("RANK", env.rank), ("LOCAL_RANK", env.local_rank), ("WORLD_SIZE", env.world_size)):
+            os.environ.setdefault(name, str(value))  # what torchrun would set; DeepSpeed reads them
         dist.init_process_group(
             backend=backend,
             rank=env.rank,
             world_size=env.world_size,
+            store=store,
             timeout=datetime.timedelta(seconds=timeout_s),
             device_id=env.device if env.device.type == "cuda" else None,
         )

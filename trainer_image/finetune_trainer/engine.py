@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import torch
 
 from .config import TrainerConfig
+from .data import IGNORE_INDEX
 from .distributed import DistEnv
 
 TRAINABLE_FILE = "trainable.pt"
@@ -36,8 +37,11 @@ def lr_lambda(total_steps: int, warmup_ratio: float) -> Any:
 
 
 class Engine(Protocol):
-    def forward_backward(self, batch: dict[str, torch.Tensor], *, last_micro: bool) -> float:
-        """Run one micro-batch; return its loss (unscaled)."""
+    def forward_backward(self, batch: dict[str, torch.Tensor], *, scale: float, last_micro: bool) -> torch.Tensor:
+        """Run one micro-batch and back-propagate `scale * (sum of its losses)`.
+
+        Returns the unscaled loss sum as a detached 0-d tensor on the device (no host sync).
+        """
         ...
 
     def step(self) -> None:
@@ -46,8 +50,8 @@ class Engine(Protocol):
 
     def learning_rate(self) -> float: ...
 
-    def evaluate(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Per-example losses summed with their weights: returns (loss_sum, count)."""
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Forward pass without gradients (evaluation); `labels` in the batch are ignored."""
         ...
 
     def save(self, directory: pathlib.Path) -> None:
@@ -60,31 +64,48 @@ class Engine(Protocol):
         """The model without DDP/DeepSpeed wrappers."""
         ...
 
-    def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """Full trainable-model weights on rank 0 (gathered from ZeRO-3 partitions); None elsewhere."""
+    def consolidated_state_dict(self, *, trainable_only: bool) -> dict[str, torch.Tensor] | None:
+        """Weights on rank 0 gathered from ZeRO-3 partitions (None elsewhere, and without ZeRO-3).
+
+        `trainable_only` gathers just the parameters that train (LoRA adapters, saved heads).
+        """
         ...
 
 
-def _loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(sum of per-token or per-example losses, how many) for causal LM or classification."""
+def count_targets(labels: torch.Tensor) -> int:
+    """How many losses a batch contributes: trained next-token targets, or examples (classification)."""
+    if labels.dim() == 1:
+        return int(labels.numel())
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+
+
+def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The SUM of per-token (causal LM) or per-example (classification) cross-entropy, in fp32.
+
+    Only trained positions are upcast, so a large vocabulary never gets a full fp32 logits copy.
+    """
     if labels.dim() == 1:  # classification
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-        return torch.stack([loss, torch.tensor(float(labels.numel()), device=loss.device)])
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    loss = torch.nn.functional.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1), ignore_index=-100, reduction="sum"
-    )
-    return torch.stack([loss, (shift_labels != -100).sum().to(loss.dtype)])
+        return torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    picked = logits[:, :-1, :][keep].float()
+    return torch.nn.functional.cross_entropy(picked, targets[keep], reduction="sum")
+
+
+def _model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in ("labels", "token_mask")}
 
 
 class TorchEngine:
-    """AdamW + linear schedule on the trainable parameters; DDP across ranks."""
+    """AdamW + linear schedule on the trainable parameters; DDP across ranks.
+
+    The parameters keep the dtype they were loaded in (fp32 for full fine-tuning: the optimizer
+    then updates fp32 master weights) and the forward pass runs under autocast to `dtype`.
+    """
 
     def __init__(self, cfg: TrainerConfig, model: torch.nn.Module, env: DistEnv, total_steps: int, dtype: torch.dtype) -> None:
         hp = cfg.hyperparameters
         self.env = env
-        self.accum = hp.gradient_accumulation_steps
         self.dtype = dtype
         model.to(env.device)
         self._module = model
@@ -95,7 +116,8 @@ class TorchEngine:
         else:
             self.wrapped = model
         params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        fused = env.device.type == "cuda" and all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params)
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=hp.weight_decay, fused=fused or None)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(total_steps, hp.warmup_ratio))
         self.scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
 
@@ -104,18 +126,19 @@ class TorchEngine:
             return contextlib.nullcontext()
         return torch.autocast(self.env.device.type, dtype=self.dtype)
 
-    def forward_backward(self, batch: dict[str, torch.Tensor], *, last_micro: bool) -> float:
-        batch = {k: v.to(self.env.device, non_blocking=True) for k, v in batch.items()}
+    def forward_backward(self, batch: dict[str, torch.Tensor], *, scale: float, last_micro: bool) -> torch.Tensor:
+        labels = batch["labels"].to(self.env.device, non_blocking=True)
         sync = contextlib.nullcontext() if (last_micro or not self.env.distributed) else self.wrapped.no_sync()  # type: ignore[operator]
         with sync:
             with self._autocast():
-                loss = self.wrapped(**batch).loss
-            scaled = loss / self.accum
+                logits = self.wrapped(**_model_inputs(batch, self.env.device), use_cache=False).logits
+            total = loss_sum(logits, labels)
+            scaled: torch.Tensor = total * scale
             if self.scaler is not None:
-                self.scaler.scale(scaled).backward()
+                self.scaler.scale(scaled).backward()  # type: ignore[no-untyped-call]
             else:
-                scaled.backward()
-        return float(loss.detach())
+                scaled.backward()  # type: ignore[no-untyped-call]
+        return total.detach()
 
     def step(self) -> None:
         params = [p for p in self._module.parameters() if p.requires_grad]
@@ -134,12 +157,9 @@ class TorchEngine:
         return float(self.scheduler.get_last_lr()[0])
 
     @torch.no_grad()
-    def evaluate(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        batch = {k: v.to(self.env.device) for k, v in batch.items()}
-        labels = batch.pop("labels")
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with self._autocast():
-            logits = self._module(**batch).logits
-        return _loss_sum(logits, labels).double().cpu()
+            return self._module(**_model_inputs(batch, self.env.device), use_cache=False).logits  # type: ignore[no-any-return]
 
     def save(self, directory: pathlib.Path) -> None:
         if self.env.is_main:
@@ -163,7 +183,7 @@ class TorchEngine:
     def module(self) -> torch.nn.Module:
         return self._module
 
-    def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
+    def consolidated_state_dict(self, *, trainable_only: bool) -> dict[str, torch.Tensor] | None:
         return None  # every rank holds the full weights; save_pretrained reads them directly
 
 
@@ -185,9 +205,10 @@ def deepspeed_config(cfg: TrainerConfig, env: DistEnv, dtype: torch.dtype) -> di
         "optimizer": {
             "type": "AdamW",
             "params": {
-                "lr": hp.learning_rate,
+                "lr": cfg.learning_rate(),
                 "weight_decay": hp.weight_decay,
-                # torch's AdamW needs no compiled op; a GPU image may swap in FusedAdam.
+                # On CPU torch's AdamW needs no compiled op; on GPU DeepSpeed picks FusedAdam
+                # (prebuilt in the image), and DeepSpeedCPUAdam when the optimizer is offloaded.
                 "torch_adam": env.device.type == "cpu" and not ds.offload_optimizer,
             },
         },
@@ -199,33 +220,63 @@ def deepspeed_config(cfg: TrainerConfig, env: DistEnv, dtype: torch.dtype) -> di
     }
 
 
-class DeepSpeedEngine:
-    """DeepSpeed's engine: ZeRO 0-3, optional optimizer offload; it accumulates gradients itself."""
+class DeepSpeedSetup:
+    """The DeepSpeed config, made before the model is loaded.
 
-    def __init__(self, cfg: TrainerConfig, model: torch.nn.Module, env: DistEnv, total_steps: int, dtype: torch.dtype) -> None:
+    For ZeRO-3 an `HfDeepSpeedConfig` must be alive while `from_pretrained` runs: transformers
+    then loads each weight straight into its partition (`deepspeed.zero.Init`) instead of
+    materialising the whole model on every rank. Keep this object until training ends.
+    """
+
+    def __init__(self, cfg: TrainerConfig, env: DistEnv, dtype: torch.dtype) -> None:
+        self.config = deepspeed_config(cfg, env, dtype)
+        self.zero_stage = int(self.config["zero_optimization"]["stage"])
+        self._hf: Any = None
+        import deepspeed
+
+        # DeepSpeed's own comm layer wraps the process group made by distributed.init (its
+        # config checks the batch sizes against the world size it reports).
+        deepspeed.init_distributed(dist_backend="nccl" if env.device.type == "cuda" else "gloo", dist_init_required=False)
+        if self.zero_stage == 3:
+            from transformers.integrations.deepspeed import HfDeepSpeedConfig
+
+            self._hf = HfDeepSpeedConfig(self.config)  # type: ignore[no-untyped-call]
+
+
+class DeepSpeedEngine:
+    """DeepSpeed's engine: ZeRO 0-3, optional optimizer offload.
+
+    Gradient accumulation boundaries are DeepSpeed's; the loss scale is ours (backward runs
+    without DeepSpeed's 1/accumulation scaling, see `forward_backward`).
+    """
+
+    def __init__(self, cfg: TrainerConfig, model: torch.nn.Module, env: DistEnv, total_steps: int, setup: DeepSpeedSetup) -> None:
         import deepspeed
 
         hp = cfg.hyperparameters
         self.env = env
-        self.dtype = dtype
-        self.zero_stage = cfg.method.deepspeed.zero_stage if cfg.method.deepspeed else 0
+        self.setup = setup
+        self.zero_stage = setup.zero_stage
         self._module = model
         params = [p for p in model.parameters() if p.requires_grad]
         scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(total_steps, hp.warmup_ratio))  # noqa: E731
         self.engine, _, _, self.scheduler = deepspeed.initialize(
             model=model,
             model_parameters=params,
-            config=deepspeed_config(cfg, env, dtype),
+            config=setup.config,
             lr_scheduler=scheduler,
             dist_init_required=False,
         )
 
-    def forward_backward(self, batch: dict[str, torch.Tensor], *, last_micro: bool) -> float:
-        batch = {k: v.to(self.engine.device) for k, v in batch.items()}
-        loss = self.engine(**batch).loss
-        self.engine.backward(loss)
+    def forward_backward(self, batch: dict[str, torch.Tensor], *, scale: float, last_micro: bool) -> torch.Tensor:
+        labels = batch["labels"].to(self.engine.device, non_blocking=True)
+        logits = self.engine(**_model_inputs(batch, self.engine.device), use_cache=False).logits
+        total = loss_sum(logits, labels)
+        # `scale` already holds 1/(trained tokens of the whole step); DeepSpeed must not divide
+        # by the accumulation steps again.
+        self.engine.backward(total * scale, scale_wrt_gas=False)
         self.engine.step()  # applies the update only at the accumulation boundary
-        return float(loss.detach())
+        return total.detach()
 
     def step(self) -> None:
         """Nothing to do: `engine.step()` in forward_backward already applied the update."""
@@ -234,11 +285,8 @@ class DeepSpeedEngine:
         return float(self.engine.get_lr()[0])
 
     @torch.no_grad()
-    def evaluate(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        batch = {k: v.to(self.engine.device) for k, v in batch.items()}
-        labels = batch.pop("labels")
-        logits = self.engine(**batch).logits
-        return _loss_sum(logits, labels).double().cpu()
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.engine(**_model_inputs(batch, self.engine.device), use_cache=False).logits  # type: ignore[no-any-return]
 
     def save(self, directory: pathlib.Path) -> None:
         self.engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, save_latest=False, exclude_frozen_parameters=True)
@@ -253,24 +301,32 @@ class DeepSpeedEngine:
     def module(self) -> torch.nn.Module:
         return self._module
 
-    def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """Gather ZeRO-3 partitions one parameter at a time (a plain state_dict would be empty)."""
+    def consolidated_state_dict(self, *, trainable_only: bool) -> dict[str, torch.Tensor] | None:
+        """Gather ZeRO-3 partitions one parameter at a time (a plain state_dict would be empty).
+
+        For LoRA only the trainable parameters are gathered: the frozen base is never assembled.
+        """
         if self.zero_stage != 3:
             return None
         import deepspeed
 
         out: dict[str, torch.Tensor] = {}
         for name, param in self._module.named_parameters():
+            if trainable_only and not param.requires_grad:
+                continue
             with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
                 if self.env.is_main:
                     out[name] = param.detach().cpu().clone()
-        for name, buf in self._module.named_buffers():
-            if self.env.is_main:
-                out[name] = buf.detach().cpu().clone()
+        if not trainable_only:
+            for name, buf in self._module.named_buffers():
+                if self.env.is_main:
+                    out[name] = buf.detach().cpu().clone()
         return out if self.env.is_main else None
 
 
-def make_engine(cfg: TrainerConfig, model: torch.nn.Module, env: DistEnv, total_steps: int, dtype: torch.dtype) -> Engine:
-    if cfg.method.deepspeed is not None:
-        return DeepSpeedEngine(cfg, model, env, total_steps, dtype)
+def make_engine(
+    cfg: TrainerConfig, model: torch.nn.Module, env: DistEnv, total_steps: int, dtype: torch.dtype, deepspeed_setup: DeepSpeedSetup | None
+) -> Engine:
+    if deepspeed_setup is not None:
+        return DeepSpeedEngine(cfg, model, env, total_steps, deepspeed_setup)
     return TorchEngine(cfg, model, env, total_steps, dtype)

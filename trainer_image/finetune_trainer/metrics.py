@@ -37,6 +37,8 @@ class Progress:
     percent: float = 0.0
     loss: float | None = None
     eval_loss: float | None = None
+    eval_accuracy: float | None = None  # classification only
+    eval_f1: float | None = None  # classification with more than two labels (macro-F1)
     learning_rate: float | None = None
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
@@ -125,6 +127,8 @@ class TrainerMetrics:
         self.epoch = gauge("epoch", "Epochs done (fractional)")
         self.loss = gauge("loss", "Training loss of the last step")
         self.eval_loss = gauge("eval_loss", "Loss on the validation split (absent until the first evaluation)")
+        self.eval_accuracy = gauge("eval_accuracy", "Accuracy on the validation split (classification; absent until the first evaluation)")
+        self.eval_f1 = gauge("eval_f1", "Macro-F1 on the validation split (classification with more than two labels)")
         self.learning_rate = gauge("learning_rate", "Learning rate of the last step")
         self.tokens_per_second = gauge("tokens_per_second", "Trained tokens per second, all ranks together")
         self.progress = gauge("progress_ratio", "Fraction of planned steps done (0-1)")
@@ -145,6 +149,10 @@ class TrainerMetrics:
             self.loss.labels(**lab).set(p.loss)
         if p.eval_loss is not None:
             self.eval_loss.labels(**lab).set(p.eval_loss)
+        if p.eval_accuracy is not None:
+            self.eval_accuracy.labels(**lab).set(p.eval_accuracy)
+        if p.eval_f1 is not None:
+            self.eval_f1.labels(**lab).set(p.eval_f1)
         if p.learning_rate is not None:
             self.learning_rate.labels(**lab).set(p.learning_rate)
         if p.tokens_per_second is not None:

@@ -6,17 +6,23 @@ and `FullRecipe` (every weight; usually under DeepSpeed ZeRO) are small and inde
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import pathlib
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import torch
 
+from . import distributed
 from .config import TrainerConfig
 from .distributed import DistEnv
 from .errors import DataError, SetupError
 
 CLASSIFICATION = "classification"
+#: Written next to a classifier's adapter: its label names in class-id order (a JSON list).
+LABELS_FILE = "labels.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +51,35 @@ def train_dtype(cfg: TrainerConfig, env: DistEnv) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[p]
 
 
+def weights_dtype(cfg: TrainerConfig, env: DistEnv) -> torch.dtype:
+    """The dtype the weights are loaded in; `precision` is explicit, never the checkpoint's.
+
+    - LoRA/QLoRA: the frozen base in the compute dtype (peft keeps the adapters in fp32).
+    - full without DeepSpeed: fp32, so AdamW updates fp32 master weights; the forward pass runs
+      under autocast to the compute dtype.
+    - under DeepSpeed: the compute dtype; DeepSpeed's optimizer keeps the fp32 master copy.
+    """
+    compute = train_dtype(cfg, env)
+    if cfg.method.type == "full" and cfg.method.deepspeed is None:
+        return torch.float32
+    return compute
+
+
+def _load_kwargs(cfg: TrainerConfig, env: DistEnv) -> dict[str, Any]:
+    hp = cfg.hyperparameters
+    kwargs: dict[str, Any] = {"dtype": weights_dtype(cfg, env)}
+    if hp.attn_implementation is not None:
+        kwargs["attn_implementation"] = hp.attn_implementation
+    return kwargs
+
+
+def _gradient_checkpointing(model: Any, cfg: TrainerConfig) -> None:
+    if cfg.hyperparameters.gradient_checkpointing:
+        # Non-reentrant checkpointing needs no inputs that require grad (frozen embeddings + LoRA).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+
+
 def load_tokenizer(model_dir: pathlib.Path, cfg: TrainerConfig) -> Any:
     from transformers import AutoTokenizer
 
@@ -59,12 +94,13 @@ def load_tokenizer(model_dir: pathlib.Path, cfg: TrainerConfig) -> Any:
     return tok
 
 
-def _load_base(model_dir: pathlib.Path, cfg: TrainerConfig, task: Task, **kwargs: Any) -> Any:
+def _load_base(model_dir: pathlib.Path, cfg: TrainerConfig, task: Task, pad_token_id: int | None = None, **kwargs: Any) -> Any:
+    """The base model; a classifier is told the tokenizer's pad id (`pad_token_id`, else read here)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     try:
         if task.kind == "classification":
-            return AutoModelForSequenceClassification.from_pretrained(
+            model = AutoModelForSequenceClassification.from_pretrained(
                 str(model_dir),
                 num_labels=len(task.labels),
                 id2label=dict(enumerate(task.labels)),
@@ -72,23 +108,66 @@ def _load_base(model_dir: pathlib.Path, cfg: TrainerConfig, task: Task, **kwargs
                 trust_remote_code=cfg.model.trust_remote_code,
                 **kwargs,
             )
+            if pad_token_id is None:
+                pad_token_id = load_tokenizer(model_dir, cfg).pad_token_id
+            _use_pad_token(model, pad_token_id)
+            return model
         return AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=cfg.model.trust_remote_code, **kwargs)
     except (OSError, ValueError) as err:
         raise DataError(f"model.uri: cannot load the model: {type(err).__name__}: {err}") from None
 
 
-def lora_target_modules(model: torch.nn.Module, configured: list[str] | None) -> list[str] | str:
-    """The configured modules, else peft's known list for this architecture, else every Linear."""
+def _use_pad_token(model: Any, pad_token_id: int) -> None:
+    """A classifier pools the last token that is not padding, found through `config.pad_token_id`.
+
+    Llama, Mistral, Qwen... configs ship `pad_token_id: null` (batches of more than one then fail:
+    "Cannot handle batch sizes > 1 if no padding token is defined"), and a config whose pad id is
+    not the one batches are padded with would pool a padding position. Batches are padded with
+    the tokenizer's pad id, so that is the model's.
+    """
+    current = getattr(model.config, "pad_token_id", None)
+    if current == pad_token_id:
+        return
+    if current is not None:
+        distributed.print0(
+            f"model config pad_token_id {current} is not the tokenizer's pad token id {pad_token_id} that batches are padded with; "
+            f"the classifier uses {pad_token_id}"
+        )
+    model.config.pad_token_id = pad_token_id
+
+
+def base_model_reference(uri: str) -> tuple[str, str | None]:
+    """What an adapter names as its base model: (name or URI, revision).
+
+    `hf://org/name@rev` -> ("org/name", "rev"), which `from_pretrained` resolves on the Hub;
+    `file:///abs` -> "/abs"; any other URI (s3://, pvc://) or local path as given: never the
+    pod-local directory the model was downloaded to.
+    """
+    if uri.startswith("hf://"):
+        name, _, revision = uri[len("hf://") :].partition("@")
+        return name, revision or None
+    if uri.startswith("file://"):
+        return uri[len("file://") :], None
+    return uri, None
+
+
+def lora_target_modules(configured: list[str] | None) -> list[str] | str:
+    """The configured modules, else every linear projection (peft's "all-linear").
+
+    peft's per-architecture defaults are narrow (only q_proj and v_proj for Llama); "all-linear"
+    adapts every Linear layer except the output layer: `lm_head` of a causal LM, and the
+    `score`/`classifier` head of a classifier, which trains fully through `modules_to_save`.
+    """
     if configured:
         return list(configured)
-    try:
-        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as KNOWN
-    except ImportError:  # pragma: no cover - older/newer peft layouts
-        KNOWN = {}
-    model_type = getattr(getattr(model, "config", None), "model_type", "")
-    if model_type in KNOWN:
-        return list(KNOWN[model_type])
     return "all-linear"
+
+
+def adapted_module_names(model: torch.nn.Module) -> list[str]:
+    """The distinct names (last component) of the modules that received a LoRA adapter."""
+    from peft.tuners.lora import LoraLayer
+
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, LoraLayer)})
 
 
 class Recipe(Protocol):
@@ -96,8 +175,12 @@ class Recipe(Protocol):
 
     name: str
 
-    def build(self, model_dir: pathlib.Path, task: Task) -> torch.nn.Module:
-        """The model to train, with only the intended parameters requiring gradients."""
+    def build(self, model_dir: pathlib.Path, task: Task, pad_token_id: int | None = None) -> torch.nn.Module:
+        """The model to train, with only the intended parameters requiring gradients.
+
+        `pad_token_id`: the id batches are padded with (the tokenizer's); a classifier needs it
+        to find each row's last real token. When None it is read from the model's tokenizer.
+        """
         ...
 
     def save_final(self, model: torch.nn.Module, tokenizer: Any, dest: pathlib.Path, state_dict: dict[str, torch.Tensor] | None) -> None:
@@ -107,6 +190,11 @@ class Recipe(Protocol):
     @property
     def output_prefix(self) -> str:
         """Where the weights go under the job's output ("adapter/" or "model/")."""
+        ...
+
+    @property
+    def saves_trainable_only(self) -> bool:
+        """Whether `save_final` needs only the trainable parameters (LoRA adapters + saved heads)."""
         ...
 
 
@@ -119,43 +207,86 @@ class LoraRecipe:
     quantized: bool = False
     name: str = "lora"
     target_modules: list[str] | str = dataclasses.field(default_factory=list)
+    task: Task | None = None
 
     @property
     def output_prefix(self) -> str:
         return "adapter/"
 
-    def build(self, model_dir: pathlib.Path, task: Task) -> torch.nn.Module:
+    @property
+    def saves_trainable_only(self) -> bool:
+        return True
+
+    def build(self, model_dir: pathlib.Path, task: Task, pad_token_id: int | None = None) -> torch.nn.Module:
         from peft import LoraConfig, TaskType, get_peft_model
 
-        kwargs: dict[str, Any] = {}
+        self.task = task
+        kwargs = _load_kwargs(self.cfg, self.env)
         if self.quantized:
-            kwargs = _qlora_load_kwargs(self.env)
-        model = _load_base(model_dir, self.cfg, task, **kwargs)
+            kwargs.update(_qlora_load_kwargs(self.env))
+        model = _load_base(model_dir, self.cfg, task, pad_token_id, **kwargs)
         if self.quantized:
             from peft import prepare_model_for_kbit_training
 
-            model = prepare_model_for_kbit_training(model)  # type: ignore[no-untyped-call]
+            model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
+                model,
+                use_gradient_checkpointing=self.cfg.hyperparameters.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
+        else:
+            _gradient_checkpointing(model, self.cfg)
         settings = self.cfg.method.lora_settings()
-        self.target_modules = lora_target_modules(model, settings.target_modules)
         lora = LoraConfig(
             r=settings.r,
             lora_alpha=settings.alpha,
             lora_dropout=settings.dropout,
-            target_modules=self.target_modules,
+            target_modules=lora_target_modules(settings.target_modules),
             task_type=TaskType.SEQ_CLS if task.kind == "classification" else TaskType.CAUSAL_LM,
         )
         try:
             peft_model = get_peft_model(model, lora)
         except ValueError as err:
             raise SetupError(f"method.lora.targetModules: {err}") from None
+        self.target_modules = adapted_module_names(peft_model)  # what the manifest records
         return peft_model
 
     def save_final(self, model: torch.nn.Module, tokenizer: Any, dest: pathlib.Path, state_dict: dict[str, torch.Tensor] | None) -> None:
-        kwargs: dict[str, Any] = {"safe_serialization": True}
+        """adapter_model.safetensors + adapter_config.json (+ labels.json for a classifier) + tokenizer.
+
+        adapter_config.json names the model's source as its base (`org/name` + `revision` for
+        hf://, else the URI as configured), not the pod-local copy it was trained from.
+        """
+        # save_embedding_layers: the vocabulary is never resized here, and peft's "auto" would
+        # look the base up (on the Hub, by the name below) to compare vocabulary sizes
+        kwargs: dict[str, Any] = {"safe_serialization": True, "save_embedding_layers": False}
         if state_dict is not None:
             kwargs["state_dict"] = state_dict
-        model.save_pretrained(str(dest), **kwargs)  # type: ignore[operator]
+        with _naming_base_model(model, *base_model_reference(self.cfg.model.uri)):
+            model.save_pretrained(str(dest), **kwargs)  # type: ignore[operator]
         tokenizer.save_pretrained(str(dest))
+        if self.task is not None and self.task.kind == "classification":
+            (dest / LABELS_FILE).write_text(json.dumps(list(self.task.labels)) + "\n")
+
+
+@contextlib.contextmanager
+def _naming_base_model(model: Any, name: str, revision: str | None) -> Iterator[None]:
+    """While saving, name `name`@`revision` as the base model instead of the local download
+    directory: in peft's configs (adapter_config.json) and in the base model's `name_or_path`
+    and config (the model card's `base_model` and its `base_model:adapter:` tag)."""
+    configs = list(model.peft_config.values())
+    base = model.get_base_model()
+    saved_configs = [(c.base_model_name_or_path, c.revision) for c in configs]
+    saved_names = (getattr(base, "name_or_path", None), base.config.name_or_path)
+    for c in configs:
+        c.base_model_name_or_path, c.revision = name, revision
+    base.name_or_path = name
+    base.config.name_or_path = name
+    try:
+        yield
+    finally:
+        for c, (old_name, old_revision) in zip(configs, saved_configs, strict=True):
+            c.base_model_name_or_path, c.revision = old_name, old_revision
+        base.name_or_path, base.config.name_or_path = saved_names
 
 
 def _qlora_load_kwargs(env: DistEnv) -> dict[str, Any]:
@@ -189,8 +320,13 @@ class FullRecipe:
     def output_prefix(self) -> str:
         return "model/"
 
-    def build(self, model_dir: pathlib.Path, task: Task) -> torch.nn.Module:
-        model = _load_base(model_dir, self.cfg, task)
+    @property
+    def saves_trainable_only(self) -> bool:
+        return False
+
+    def build(self, model_dir: pathlib.Path, task: Task, pad_token_id: int | None = None) -> torch.nn.Module:
+        model = _load_base(model_dir, self.cfg, task, pad_token_id, **_load_kwargs(self.cfg, self.env))
+        _gradient_checkpointing(model, self.cfg)
         model.train()
         return model  # type: ignore[no-any-return]
 

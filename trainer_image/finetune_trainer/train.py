@@ -22,19 +22,22 @@ from . import contract, distributed
 from .checkpoint import Checkpointer, TrainerState
 from .config import TrainerConfig
 from .data import (
+    PACKING_MODEL_TYPES,
     Batches,
     Example,
     Position,
     eval_batches,
     label_names,
     pack,
+    packing_isolated,
     read_rows,
+    real_tokens,
     split,
     tokenize,
 )
 from .distributed import DistEnv
-from .engine import Engine, make_engine
-from .errors import Preempted
+from .engine import DeepSpeedSetup, Engine, count_targets, loss_sum, make_engine
+from .errors import Preempted, SetupError
 from .metrics import NullMetrics, Progress, TrainerMetrics
 from .output import write_final_output
 from .recipes import load_tokenizer, preflight, recipe_for, task_for, train_dtype
@@ -88,7 +91,7 @@ def run(cfg: TrainerConfig) -> dict[str, Any]:
     """Train as configured and return the JSON summary (rank 0's is the one that counts)."""
     sigterm = SigtermFlag()
     sigterm.install()
-    env = distributed.init()
+    env = distributed.init(group_for_one=cfg.method.deepspeed is not None)
     torch.manual_seed(cfg.hyperparameters.seed)
     metrics = _start_metrics(cfg, env)
     try:
@@ -129,20 +132,27 @@ def _train(cfg: TrainerConfig, env: DistEnv, metrics: TrainerMetrics | NullMetri
     examples, token_stats = tokenize(rows, cfg.dataset.format, tokenizer, hp.max_seq_length, labels)
     train_set, val_set = split(examples, cfg.dataset.validation_split, hp.seed)
     task = task_for(cfg, labels)
-    if task.kind == "causal-lm" and hp.packing:
-        train_set = pack(train_set, hp.max_seq_length)
-    distributed.print0(
-        f"dataset: {len(rows)} rows -> {len(train_set)} training {'blocks' if hp.packing and task.kind == 'causal-lm' else 'examples'}, "
-        f"{len(val_set)} validation examples; {token_stats.longer_than_max} rows truncated to {hp.max_seq_length} tokens"
-    )
 
     recipe = recipe_for(cfg, env)
     dtype = train_dtype(cfg, env)
-    model = recipe.build(model_dir, task)
-    batches = Batches(train_set, hp.batch_size, env.rank, env.world_size, hp.seed, tokenizer.pad_token_id)
+    ds_setup = DeepSpeedSetup(cfg, env, dtype) if cfg.method.deepspeed is not None else None  # before loading (ZeRO-3)
+    model = recipe.build(model_dir, task, tokenizer.pad_token_id)
+    if ds_setup is not None and ds_setup.zero_stage == 3:
+        partitioned = all(hasattr(p, "ds_id") for p in model.parameters() if not p.requires_grad or cfg.method.type == "full")
+        local = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters())
+        distributed.print0(f"ZeRO-3: weights loaded {'partitioned (zero.Init)' if partitioned else 'WHOLE on every rank'}; this rank holds {local} elements")
+    packing = task.kind == "causal-lm" and decide_packing(cfg, model, ds_setup)
+    if packing:
+        train_set = pack(train_set, hp.max_seq_length)
+    distributed.print0(
+        f"dataset: {len(rows)} rows -> {len(train_set)} training {'blocks (packed)' if packing else 'examples'}, "
+        f"{len(val_set)} validation examples; {token_stats.truncation_summary(hp.max_seq_length)}"
+    )
+    batches = Batches(train_set, hp.batch_size, env.rank, env.world_size, hp.seed, tokenizer.pad_token_id, group_by_length=not packing)
     steps_per_epoch = max(1, math.ceil(batches.micro_steps_per_epoch / hp.gradient_accumulation_steps))
     total_steps = hp.max_steps or max(1, math.ceil(hp.epochs * steps_per_epoch))
-    engine = make_engine(cfg, model, env, total_steps, dtype)
+    checkpoint_every = cfg.checkpoint_every(total_steps)
+    engine = make_engine(cfg, model, env, total_steps, dtype, ds_setup)
 
     # --- resume --------------------------------------------------------------------------------
     checkpoints = Checkpointer(output, cfg.checkpoint, work / "checkpoints")
@@ -150,7 +160,7 @@ def _train(cfg: TrainerConfig, env: DistEnv, metrics: TrainerMetrics | NullMetri
     attempt = os.environ.get(contract.ENV_ATTEMPT, "0")
     distributed.print0(
         f"training {recipe.name} on {env.world_size} process(es), {total_steps} steps "
-        f"({steps_per_epoch}/epoch), starting at step {state.step}, attempt {attempt}"
+        f"({steps_per_epoch}/epoch), checkpoint every {checkpoint_every}, starting at step {state.step}, attempt {attempt}"
     )
 
     # --- train ---------------------------------------------------------------------------------
@@ -159,28 +169,25 @@ def _train(cfg: TrainerConfig, env: DistEnv, metrics: TrainerMetrics | NullMetri
     batch_iter = batches.iterate(state.position)
     position = state.position
     eval_every = hp.eval_every_steps
+    num_labels = len(task.labels) if task.kind == "classification" else 0
     model.train()
     while state.step < total_steps:
         step_started = time.monotonic()
-        loss_sum, tokens = 0.0, 0
-        for micro in range(hp.gradient_accumulation_steps):
+        micro_batches = []
+        for _ in range(hp.gradient_accumulation_steps):
             position, batch = next(batch_iter)
-            loss_sum += engine.forward_backward(batch, last_micro=micro == hp.gradient_accumulation_steps - 1)
-            tokens += int(batch["attention_mask"].sum())
-        engine.step()
-        loss_sum, tokens_all, stop = distributed.all_reduce_sum(
-            [loss_sum / hp.gradient_accumulation_steps, float(tokens), 1.0 if sigterm.set else 0.0]
-        )
+            micro_batches.append(batch)
+        stepped = train_step(engine, micro_batches, env, stop=sigterm.set)
         state.step += 1
         state.position = _after(position, batches.micro_steps_per_epoch)
-        state.tokens_seen += int(tokens_all)
-        throughput.add(int(tokens_all), time.monotonic() - step_started)
+        state.tokens_seen += stepped.tokens
+        throughput.add(stepped.tokens, time.monotonic() - step_started)
         progress = dataclasses.replace(
             progress,
             step=state.step,
             epoch=round(state.step / steps_per_epoch, 4),
             percent=round(100.0 * state.step / total_steps, 2),
-            loss=loss_sum / env.world_size,
+            loss=stepped.loss,
             learning_rate=engine.learning_rate(),
             tokens_per_second=throughput.tokens_per_second,
             eta_seconds=round(throughput.last_step_s * (total_steps - state.step), 1),
@@ -188,22 +195,22 @@ def _train(cfg: TrainerConfig, env: DistEnv, metrics: TrainerMetrics | NullMetri
         )
         evaluated = bool(val_set and eval_every and state.step % eval_every == 0 and state.step < total_steps)
         if evaluated:
-            progress.eval_loss = evaluate(engine, val_set, hp.batch_size, env, tokenizer.pad_token_id)
+            progress = _with_eval(progress, evaluate(engine, val_set, hp.batch_size, env, tokenizer.pad_token_id, num_labels))
         if evaluated or state.step % hp.logging_steps == 0 or state.step == total_steps:
             state.history.append(_history_row(progress, with_eval=evaluated))
-        metrics.update(progress, int(tokens_all))
+        metrics.update(progress, stepped.tokens)
 
-        if stop:
+        if stepped.stop:
             saved = _checkpoint_on_sigterm(checkpoints, engine, state, sigterm)
             raise Preempted(state.step, saved)
-        if state.step % cfg.checkpoint.every_steps == 0 and state.step < total_steps:
+        if state.step % checkpoint_every == 0 and state.step < total_steps:
             checkpoints.save(state.step, engine, state)
 
     train_tokens_per_second = throughput.tokens_per_second  # before the final evaluation and upload
 
     # --- final evaluation, save, upload ---------------------------------------------------------
     if val_set:
-        progress.eval_loss = evaluate(engine, val_set, hp.batch_size, env, tokenizer.pad_token_id)
+        progress = _with_eval(progress, evaluate(engine, val_set, hp.batch_size, env, tokenizer.pad_token_id, num_labels))
         state.history.append({**_history_row(progress, with_eval=True), "final": True})
     progress.phase = "Uploading"
     metrics.update(progress)
@@ -211,6 +218,8 @@ def _train(cfg: TrainerConfig, env: DistEnv, metrics: TrainerMetrics | NullMetri
         "steps": state.step,
         "loss": progress.loss,
         "evalLoss": progress.eval_loss,
+        **({"evalAccuracy": progress.eval_accuracy} if progress.eval_accuracy is not None else {}),
+        **({"evalF1": progress.eval_f1} if progress.eval_f1 is not None else {}),
         "trainedTokens": state.tokens_seen,
         "tokensPerSecond": train_tokens_per_second,
         "epochs": progress.epoch,
@@ -239,6 +248,10 @@ def _train(cfg: TrainerConfig, env: DistEnv, metrics: TrainerMetrics | NullMetri
     return {"status": "Succeeded", **final_metrics, **result}
 
 
+def _with_eval(p: Progress, ev: EvalResult) -> Progress:
+    return dataclasses.replace(p, eval_loss=ev.loss, eval_accuracy=ev.accuracy, eval_f1=ev.f1)
+
+
 def _after(pos: Position, per_epoch: int) -> Position:
     """The position following `pos`."""
     if pos.micro_step + 1 >= per_epoch:
@@ -248,8 +261,10 @@ def _after(pos: Position, per_epoch: int) -> Position:
 
 def _history_row(p: Progress, *, with_eval: bool) -> dict[str, Any]:
     row: dict[str, Any] = {"step": p.step, "epoch": p.epoch, "loss": p.loss, "learningRate": p.learning_rate, "tokensPerSecond": p.tokens_per_second}
-    if with_eval and p.eval_loss is not None:
-        row["evalLoss"] = p.eval_loss
+    if with_eval:
+        for key, value in (("evalLoss", p.eval_loss), ("evalAccuracy", p.eval_accuracy), ("evalF1", p.eval_f1)):
+            if value is not None:
+                row[key] = value
     return row
 
 
@@ -264,25 +279,129 @@ def _checkpoint_on_sigterm(checkpoints: Checkpointer, engine: Engine, state: Tra
         return False
 
 
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    """One optimizer step, summed over micro-batches and ranks."""
+
+    loss: float | None  # mean loss per trained target; None when the step had no target
+    targets: int  # trained next-token targets (causal LM) or examples (classification)
+    tokens: int  # real (non-padding) input tokens
+    stop: bool  # some rank received SIGTERM
+
+
+def train_step(engine: Engine, micro_batches: list[dict[str, torch.Tensor]], env: DistEnv, *, stop: bool = False) -> StepResult:
+    """Forward/backward every micro-batch, then one optimizer step, on the mean over all targets.
+
+    The objective is the mean loss over every trained target of the step, on every rank: the
+    targets are counted first and all-reduced, and each micro-batch back-propagates its loss SUM
+    times world_size / targets (DDP and DeepSpeed average gradients over ranks). So batchSize 8 x
+    accumulation 1, batchSize 1 x accumulation 8 and 2 ranks x accumulation 4 optimise the same
+    function. Host syncs: two small all-reduces per step, none per micro-batch.
+    """
+    local_targets = sum(count_targets(b["labels"]) for b in micro_batches)
+    local_tokens = sum(real_tokens(b) for b in micro_batches)
+    (targets,) = distributed.all_reduce_sum([float(local_targets)])
+    scale = env.world_size / targets if targets > 0 else 0.0
+    total: torch.Tensor | None = None
+    for i, batch in enumerate(micro_batches):
+        part = engine.forward_backward(batch, scale=scale, last_micro=i == len(micro_batches) - 1)
+        total = part if total is None else total + part
+    engine.step()
+    assert total is not None
+    loss_sum, tokens, stops = distributed.all_reduce_sum([float(total), float(local_tokens), 1.0 if stop else 0.0])
+    return StepResult(loss_sum / targets if targets > 0 else None, int(targets), int(tokens), stops > 0)
+
+
+def decide_packing(cfg: TrainerConfig, model: torch.nn.Module, ds_setup: DeepSpeedSetup | None) -> bool:
+    """Pack only where each document provably attends to itself alone.
+
+    Unset: on for model families known to honour packed positions, confirmed on the loaded model
+    (two short documents, packed vs alone). `packing: true` on a model that fails the check is an
+    error. Under ZeRO-3 the weights are partitioned before the engine exists, so the family list
+    alone decides.
+    """
+    wanted = cfg.hyperparameters.packing
+    if wanted is False:
+        return False
+    model_type = str(getattr(getattr(model, "config", None), "model_type", ""))
+    known = model_type in PACKING_MODEL_TYPES
+    if ds_setup is not None and ds_setup.zero_stage == 3:
+        if known:
+            return True
+        if wanted:
+            raise SetupError(f"hyperparameters.packing: cannot verify document isolation for model type {model_type!r} under ZeRO-3; set packing: false")
+        return False
+    if wanted is None and not known:
+        distributed.print0(f"packing: off (model type {model_type!r} is not known to keep packed documents apart)")
+        return False
+    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    if vocab and packing_isolated(model, vocab):
+        return True
+    if wanted:
+        raise SetupError(
+            f"hyperparameters.packing: model type {model_type!r} lets packed documents attend to each other "
+            "(its attention ignores packed position_ids); set packing: false"
+        )
+    distributed.print0(f"packing: off (model type {model_type!r} failed the packed-attention check)")
+    return False
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    accuracy: float | None = None
+    f1: float | None = None  # macro-F1, for more than two classes
+
+
+
+def classification_scores(confusion: torch.Tensor) -> tuple[float, float | None]:
+    """Accuracy and (for more than two classes) macro-F1 from a [true, predicted] count matrix."""
+    total = float(confusion.sum())
+    accuracy = float(confusion.diagonal().sum()) / total if total else 0.0
+    k = confusion.shape[0]
+    if k <= 2:
+        return accuracy, None
+    tp = confusion.diagonal()
+    precision_den = confusion.sum(0)
+    recall_den = confusion.sum(1)
+    f1s = []
+    for c in range(k):
+        if recall_den[c] == 0 and precision_den[c] == 0:
+            continue  # class absent from labels and predictions: no evidence either way
+        denom = float(precision_den[c] + recall_den[c])
+        f1s.append(2.0 * float(tp[c]) / denom if denom else 0.0)
+    return accuracy, (sum(f1s) / len(f1s) if f1s else 0.0)
+
+
 @torch.no_grad()
-def evaluate(engine: Engine, val_set: list[Example], batch_size: int, env: DistEnv, pad_id: int) -> float:
-    """Mean loss over the validation split (per token for causal LM, per example for classifiers).
+def evaluate(engine: Engine, val_set: list[Example], batch_size: int, env: DistEnv, pad_id: int, num_labels: int = 0) -> EvalResult:
+    """Mean loss over the validation split (per token for causal LM, per example for classifiers),
+    plus accuracy and macro-F1 for classifiers.
 
     Every rank runs the same number of forward passes (ZeRO-3 gathers parameters collectively):
-    a rank with fewer batches repeats one with weight zero.
+    a rank with fewer batches repeats one and does not count it.
     """
     module = engine.module()
     module.eval()
     mine = list(eval_batches(val_set, batch_size, env.rank, env.world_size, pad_id))
     n = int(distributed.all_reduce_max(float(len(mine))))
-    total = torch.zeros(2, dtype=torch.float64)
+    sums = torch.zeros(2, dtype=torch.float64)
+    confusion = torch.zeros((num_labels, num_labels), dtype=torch.float64)
     for i in range(n):
-        if mine:
-            out = engine.evaluate(mine[min(i, len(mine) - 1)])
-            if i < len(mine):
-                total += out
-        else:  # this rank has no validation data: still take part
-            engine.evaluate(next(iter(eval_batches(val_set, 1, 0, 1, pad_id))))
+        batch = mine[min(i, len(mine) - 1)] if mine else next(iter(eval_batches(val_set, 1, 0, 1, pad_id)))
+        logits = engine.logits(batch)
+        if not mine or i >= len(mine):
+            continue  # took part in the collective forward only
+        labels = batch["labels"].to(logits.device)
+        sums += torch.tensor([float(loss_sum(logits, labels)), float(count_targets(batch["labels"]))], dtype=torch.float64)
+        if num_labels:
+            pred = logits.argmax(-1).cpu()
+            for t, q in zip(batch["labels"].tolist(), pred.tolist(), strict=True):
+                confusion[t, q] += 1
     module.train()
-    loss_sum, count = distributed.all_reduce_sum(total.tolist())
-    return loss_sum / max(count, 1.0)
+    reduced = distributed.all_reduce_sum([*sums.tolist(), *confusion.flatten().tolist()])
+    loss = reduced[0] / max(reduced[1], 1.0)
+    if not num_labels:
+        return EvalResult(loss)
+    accuracy, f1 = classification_scores(torch.tensor(reduced[2:], dtype=torch.float64).reshape(num_labels, num_labels))
+    return EvalResult(loss, round(accuracy, 6), None if f1 is None else round(f1, 6))
