@@ -90,3 +90,24 @@ def test_micro_batches_ranks_and_packing_train_the_same_objective(tiny_llama: pa
         assert run["targets"] == ref_targets, what
         assert run["loss"] == pytest.approx(ref_loss, rel=1e-5), what
         _assert_same_grads(one_batch["grads"], run["grads"], what)
+
+
+def test_a_step_without_targets_logs_null_and_changes_nothing(tiny_llama: pathlib.Path) -> None:
+    from finetune_trainer import distributed
+    from finetune_trainer.config import parse_config
+    from finetune_trainer.data import Example, collate
+    from finetune_trainer.engine import TorchEngine
+    from finetune_trainer.train import train_step
+    from transformers import AutoModelForCausalLM
+
+    cfg = parse_config({"model": {"uri": str(tiny_llama)}, "dataset": {"uri": "/d"}, "output": {"uri": "/o"},
+                        "method": {"type": "full"}, "hyperparameters": {"precision": "fp32", "weightDecay": 0.0}})
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llama), dtype=torch.float32)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    env = distributed.read_env()
+    engine = TorchEngine(cfg, model, env, total_steps=2, dtype=torch.float32)
+    untrained = Example([1, 5, 6, 7], [-100, -100, -100, -100])
+    result = train_step(engine, [collate([untrained], 0)], env)
+    assert result.loss is None and result.targets == 0 and result.tokens == 4
+    for name, p in model.named_parameters():
+        assert torch.isfinite(p).all() and torch.equal(p, before[name]), name

@@ -67,7 +67,12 @@ def read_env() -> DistEnv:
     return DistEnv(rank, local_rank, world_size, local_world_size, node_rank, device)
 
 
-def init(timeout_s: float = 600.0, *, group_for_one: bool = False) -> DistEnv:
+#: How long a collective (a barrier included) may wait. The other ranks wait at a barrier while
+#: rank 0 uploads the final weights (with retries), which for a large full model takes minutes.
+DEFAULT_TIMEOUT_S = 1800.0
+
+
+def init(timeout_s: float | None = None, *, group_for_one: bool = False) -> DistEnv:
     """Join the process group (NCCL on GPU, gloo on CPU) and set threads for CPU runs.
 
     `group_for_one`: make a group even for a world of one (DeepSpeed needs one; a single process
@@ -90,7 +95,7 @@ def init(timeout_s: float = 600.0, *, group_for_one: bool = False) -> DistEnv:
             rank=env.rank,
             world_size=env.world_size,
             store=store,
-            timeout=datetime.timedelta(seconds=timeout_s),
+            timeout=datetime.timedelta(seconds=timeout_s or float(os.environ.get("FINETUNE_COLLECTIVE_TIMEOUT_SECONDS") or DEFAULT_TIMEOUT_S)),
             device_id=env.device if env.device.type == "cuda" else None,
         )
     _ENV = env
