@@ -192,16 +192,28 @@ class Kube:
 
     async def delete(self, namespace: str, item: Delete) -> None:
         path = _PATHS[item.kind].format(ns=namespace, name=item.name)
-        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": item.propagation}
+        body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": item.propagation}
+        if item.uid:
+            body["preconditions"] = {"uid": item.uid}  # never the object that took the name since
         status, data = await self._run("DELETE", path, body)
         self._check(status, data, f"delete {item.kind} {namespace}/{item.name}", ok=(404, 409))
 
-    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
-        """JSON merge patch of the status subresource; False when the FineTuneJob is gone."""
+    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any], resource_version: str | None = None) -> bool | None:
+        """JSON merge patch of the status subresource; False when the FineTuneJob is gone.
+
+        With `resource_version` the patch applies only to that version of the object (optimistic
+        concurrency): None when it has changed since (409), and nothing was written.
+        """
         path = _PATHS["FineTuneJob"].format(ns=namespace, name=name) + "/status"
-        status, data = await self._run("PATCH", path, {"status": patch}, None, "application/merge-patch+json")
+        body: dict[str, Any] = {"status": patch}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        status, data = await self._run("PATCH", path, body, None, "application/merge-patch+json")
         if status == 404:
             return False
+        if status == 409 and resource_version:
+            log.info("status of %s/%s changed since it was read (%s); will decide again", namespace, name, _msg(data))
+            return None
         self._check(status, data, f"patch status of {ct.KIND_JOB} {namespace}/{name}")
         return True
 

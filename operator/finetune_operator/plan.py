@@ -54,6 +54,8 @@ class Delete:
     kind: str  # "Job" | "Pod" | "FineTuneJob"
     name: str
     propagation: str = "Background"
+    #: The UID of the object observed: the delete is refused if the name now holds another one.
+    uid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,7 @@ def _validation_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolv
         return None
     elif pod.phase == "Failed" and (pod.disrupted or pod.deleting):
         if not pod.deleting:
-            deletes = [Delete("Pod", pod.name)]
+            deletes = [Delete("Pod", pod.name, uid=pod.uid or None)]
         reason, message = c.REASON_VALIDATION_PENDING, f"validation pod {pod.name} was disrupted; retrying"
     elif pod.phase == "Failed":
         detail = _failure_text(pod) or pod.reason or "no message (see the pod's log)"
@@ -203,7 +205,7 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
 
     # A Job from an earlier attempt: wait until it is gone, then create the next one.
     if job is not None and (job.attempt != attempt or job.deleting):
-        deletes = [] if job.deleting else [Delete("Job", job.name, "Foreground")]
+        deletes = [] if job.deleting else [Delete("Job", job.name, "Foreground", job.uid or None)]
         nxt.set(phase=c.PHASE_INITIALIZING, message=f"waiting for attempt {job.attempt} to be removed")
         return _plan(obs, nxt, delete=deletes)
 
@@ -268,7 +270,7 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
             prior_gpu_seconds=nxt.data.get("gpu_seconds") or 0.0,
         )
         nxt.condition(c.COND_RUNNING, False, c.REASON_RESTARTING, message)
-        plan = _plan(obs, nxt, apply=apply, delete=[Delete("Job", job.name, "Foreground")])
+        plan = _plan(obs, nxt, apply=apply, delete=[Delete("Job", job.name, "Foreground", job.uid or None)])
         plan.events.append(Event("Warning", c.REASON_RESTARTING, clip(message)))
         return plan
 
@@ -468,7 +470,7 @@ def _finished_plan(obs: Observed, nxt: _Next, apply: list[dict[str, Any]] | None
     if isinstance(ttl, int) and done is not None:
         left = (done + timedelta(seconds=ttl) - obs.now).total_seconds()
         if left <= 0:
-            plan.delete.append(Delete("FineTuneJob", obs.meta.name))
+            plan.delete.append(Delete("FineTuneJob", obs.meta.name, uid=obs.meta.uid or None))
         else:
             plan.requeue_after = left
     return plan

@@ -2,7 +2,8 @@
 
 Level-triggered: any event on a FineTuneJob, its runtime, its Job or its pods, and a periodic
 resync, runs the same function for that job; a per-job lock serializes runs. The plan is
-executed in a fixed order (apply children, delete, one status patch if the status changed, then
+executed in a fixed order (a plan that deletes writes its status first, conditional on the observed
+resourceVersion, then deletes by UID; then children are applied, one status patch if the status changed, then
 events), so a run interrupted half-way is completed by the next one. Failed runs are retried with
 exponential backoff.
 
@@ -105,6 +106,7 @@ def ftj_record(body: Mapping[str, Any]) -> dict[str, Any]:
     meta = body.get("metadata") or {}
     return {
         "uid": meta.get("uid", ""),
+        "resourceVersion": meta.get("resourceVersion"),
         "generation": int(meta.get("generation") or 1),
         "deleting": meta.get("deletionTimestamp") is not None,
         "spec": _plain(body.get("spec") or {}),
@@ -338,7 +340,7 @@ class Reconciler:
         t0 = time.perf_counter()
         plan = decide(observed)
         t1 = time.perf_counter()
-        complete = await self._execute(meta, previous, plan)
+        complete = await self._execute(meta, previous, plan, rec.get("resourceVersion"))
         if not complete:
             self._schedule_retry(key, delay=RETRY_MIN_SECONDS)
         elif plan.requeue_after is None:
@@ -356,9 +358,26 @@ class Reconciler:
         written = self._written.get(key)
         return written[1] if written is not None and written[0] == rec["uid"] else rec["status"]
 
-    async def _execute(self, meta: JobMeta, previous: FineTuneJobStatus, plan: Plan) -> bool:
-        """Carry out the plan; False when part of it must be tried again (an apply conflict)."""
+    async def _execute(self, meta: JobMeta, previous: FineTuneJobStatus, plan: Plan, resource_version: str | None = None) -> bool:
+        """Carry out the plan; False when part of it must be tried again (an apply conflict, or a
+        status that changed since it was read).
+
+        Record, then act: a plan that deletes (a failed attempt's Job, a pod, the FineTuneJob)
+        first writes the status that explains it, conditional on the FineTuneJob's observed
+        resourceVersion, and deletes only once that write landed; each delete names the UID it
+        observed. So a crash or a failed write between the two never loses a counted restart,
+        and a decision taken on a stale view deletes nothing.
+        """
         key = (meta.namespace, meta.name)
+        if plan.delete:
+            written = await self._write_status(meta, previous, plan, resource_version)
+            if written is None:
+                return False  # changed since read: decide again from what is there now
+            if written is False:
+                return True  # the FineTuneJob is gone: nothing left to do
+            for item in plan.delete:
+                await self.kube.delete(meta.namespace, item)
+                self._applied.pop((meta.namespace, item.kind, item.name), None)
         # Independent children go out together (a pod waits for its ConfigMap by itself); an
         # object already applied with the same content by this process is not sent again.
         todo = [(m, _digest(m)) for m in plan.apply]
@@ -369,17 +388,8 @@ class Reconciler:
                 self._applied[_child_key(m)] = d
                 metrics.APPLIES.labels(m["kind"]).inc()
         complete = all(done)
-        for item in plan.delete:
-            await self.kube.delete(meta.namespace, item)
-            self._applied.pop((meta.namespace, item.kind, item.name), None)
-        old, new = previous.to_wire(), plan.status.to_wire()
-        if new != old:
-            patch: dict[str, Any] = {k: None for k in old if k not in new}
-            patch.update(new)
-            if not await self.kube.patch_status(meta.namespace, meta.name, patch):
-                return True  # the FineTuneJob is gone: nothing left to do
-            metrics.STATUS_PATCHES.inc()
-            self._written[key] = (meta.uid, plan.status)
+        if not plan.delete and await self._write_status(meta, previous, plan) is False:
+            return True  # the FineTuneJob is gone: nothing left to do
         if plan.status.phase == c.PHASE_FAILED and previous.phase != c.PHASE_FAILED:
             failed = plan.status.condition(c.COND_FAILED)
             metrics.JOB_FAILURES.labels(meta.namespace, meta.name, failed.reason if failed else "Unknown").inc()
@@ -391,6 +401,20 @@ class Reconciler:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
         return complete
+
+    async def _write_status(self, meta: JobMeta, previous: FineTuneJobStatus, plan: Plan, resource_version: str | None = None) -> bool | None:
+        """Patch the status when it changed: True when written (or nothing to write), False when
+        the FineTuneJob is gone, None when `resource_version` is no longer current."""
+        old, new = previous.to_wire(), plan.status.to_wire()
+        if new == old:
+            return True
+        patch: dict[str, Any] = {k: None for k in old if k not in new}
+        patch.update(new)
+        written = await self.kube.patch_status(meta.namespace, meta.name, patch, resource_version)
+        if written:
+            metrics.STATUS_PATCHES.inc()
+            self._written[(meta.namespace, meta.name)] = (meta.uid, plan.status)
+        return written
 
     def _schedule_retry(self, key: Key, failed: bool = False, delay: float | None = None) -> None:
         if failed:

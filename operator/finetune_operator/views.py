@@ -35,6 +35,7 @@ class PodView:
     disrupted: bool
     deleting: bool
     pod_ip: str | None
+    uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class JobView:
     ready: int
     succeeded: int
     failed_pods: int
+    uid: str = ""
 
 
 def _int(value: Any) -> int | None:
@@ -99,6 +101,7 @@ def pod_view(body: dict[str, Any]) -> PodView:
         disrupted=disrupted,
         deleting=meta.get("deletionTimestamp") is not None,
         pod_ip=status.get("podIP"),
+        uid=meta.get("uid", ""),
     )
 
 
@@ -122,6 +125,7 @@ def job_view(body: dict[str, Any]) -> JobView:
         ready=int(status.get("ready") or 0),
         succeeded=int(status.get("succeeded") or 0),
         failed_pods=int(status.get("failed") or 0),
+        uid=meta.get("uid", ""),
     )
 
 

@@ -413,3 +413,47 @@ def test_a_second_replica_waits_while_the_first_acts_then_takes_over(kube: Kube,
     finally:
         standby.stop()
         ftop.start(priority=300)
+
+
+def test_status_writes_and_deletes_are_fenced_by_what_was_observed(
+    kube: Kube, ftop: OperatorProcess, kube_cluster: ControlPlane, kube_namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator's own client against the API server: a status patch conditional on a stale
+    resourceVersion writes nothing, and a delete naming another UID deletes nothing (the name now
+    belongs to a re-created object); the current resourceVersion/UID go through."""
+    import asyncio
+
+    import kopf
+    from finetune_operator.kube import Kube as OperatorKube
+    from finetune_operator.plan import Delete
+
+    ns, name = kube_namespace, "fenced"
+    monkeypatch.setenv("KUBECONFIG", str(kube_cluster.kubeconfig))
+    ftop.stop()  # this test is the only writer
+    try:
+        created = kube.create_ftj(ns, name, small(suspend=True))
+        stale_rv, uid = created["metadata"]["resourceVersion"], created["metadata"]["uid"]
+        kube.custom.patch_namespaced_custom_object_status(ct.GROUP, ct.VERSION, ns, ct.PLURAL_JOB, name, {"status": {"message": "moved on"}})
+
+        async def go() -> tuple[Any, Any, dict[str, Any]]:
+            client = OperatorKube(credentials=lambda: kopf.login_with_kubeconfig(settings=kopf.OperatorSettings()))
+            try:
+                stale = await client.patch_status(ns, name, {"message": "from a stale view"}, stale_rv)
+                await client.delete(ns, Delete("FineTuneJob", name, uid="00000000-0000-0000-0000-000000000000"))
+                current = kube.ftj(ns, name)["metadata"]["resourceVersion"]
+                fresh = await client.patch_status(ns, name, {"message": "from the current view"}, current)
+                after = kube.ftj(ns, name)  # the wrong-UID delete left it alone
+                await client.delete(ns, Delete("FineTuneJob", name, uid=uid))
+                return stale, fresh, after
+            finally:
+                await client.close()
+
+        stale, fresh, after = asyncio.run(go())
+        assert stale is None and fresh is True
+        assert after["metadata"]["uid"] == uid and after["status"]["message"] == "from the current view"
+        Kube.wait(
+            lambda: not kube.custom.list_namespaced_custom_object(ct.GROUP, ct.VERSION, ns, ct.PLURAL_JOB, field_selector=f"metadata.name={name}")["items"],
+            "the FineTuneJob deleted by its own UID",
+        )
+    finally:
+        ftop.start(priority=100)

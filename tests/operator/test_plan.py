@@ -12,7 +12,7 @@ from finetune_operator import constants as c
 from finetune_operator.api import Progress, parse_runtime
 from finetune_operator.plan import Delete, decide
 
-from tests.operator.helpers import T0, VALIDATED, job, minimal_spec, observed, pod
+from tests.operator.helpers import T0, UID, VALIDATED, job, minimal_spec, observed, pod
 
 ct = c.contract
 
@@ -223,7 +223,7 @@ def test_ttl_after_finished() -> None:
     early = decide(observed(spec, status, now=T0 + timedelta(minutes=10)))
     assert early.requeue_after == 300 and not early.delete
     late = decide(observed(spec, status, now=T0 + timedelta(minutes=16)))
-    assert late.delete == [Delete("FineTuneJob", "job")]
+    assert late.delete == [Delete("FineTuneJob", "job", uid=UID)]  # never a re-created namesake
 
 
 @pytest.mark.parametrize(

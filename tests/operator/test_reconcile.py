@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from finetune_operator import metrics, reconcile
 from finetune_operator.api import Progress
+from finetune_operator.kube import KubeError
 from finetune_operator.reconcile import Indexes, Peering, Reconciler, ftj_record
 from finetune_operator.resolve import OperatorConfig
 from finetune_operator.views import outranked
@@ -36,6 +37,10 @@ class RecordingKube:
         self.most_in_flight = 0
         self.peering: dict[str, Any] | None = None
         self.patches: list[dict[str, Any]] = []
+        self.resource_versions: list[str | None] = []
+        self.deleted: list[Any] = []
+        #: What patch_status returns (None: the resourceVersion was stale) or raises.
+        self.status_result: bool | Exception | None = True
 
     async def apply(self, manifest: dict[str, Any]) -> bool:
         self.in_flight += 1
@@ -52,13 +57,17 @@ class RecordingKube:
         finally:
             self.in_flight -= 1
 
-    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> bool:
+    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any], resource_version: str | None = None) -> bool | None:
         self.calls.append(("status", str(patch.get("phase"))))
         self.patches.append(patch)
-        return True
+        self.resource_versions.append(resource_version)
+        if isinstance(self.status_result, Exception):
+            raise self.status_result
+        return self.status_result
 
     async def delete(self, namespace: str, item: Any) -> None:
         self.calls.append(("delete", item.kind))
+        self.deleted.append(item)
 
     async def event(self, meta: Any, event: Any, now: Any) -> None:
         self.calls.append(("event", event.reason))
@@ -282,5 +291,66 @@ def test_progress_reports_go_through_the_queue() -> None:
                 w.cancel()
         assert [c[0] for c in kube.calls] == ["status"]
         assert kube.patches[-1]["progress"]["percent"] == 25.0
+
+    asyncio.run(go())
+
+
+def _failed_attempt(kube: RecordingKube) -> tuple[Reconciler, dict[Any, Any]]:
+    """A running attempt 0 whose worker 1 failed: the plan restarts the group as attempt 1."""
+    status = {"phase": "Running", "conditions": [VALIDATED], "startTime": "2026-01-01T12:00:00Z"}
+    rec = record(status)
+    rec["resourceVersion"] = "42"
+    jobs: dict[Any, Any] = {KEY: [rec]}
+    pods = {KEY: [pod("job-0", index=0), pod("job-1", index=1, phase="Failed", ready=False, exit_code=1)]}
+    r = reconciler(kube, jobs, pods)
+    assert r.indexes is not None
+    r.indexes.children[KEY] = [job(0, failed=True, uid="job-uid-0")]
+    return r, jobs
+
+
+@pytest.mark.parametrize("outcome", ["written", "stale", "error"])
+def test_a_restart_is_recorded_before_the_failed_attempt_is_deleted(outcome: str) -> None:
+    """Record, then act: the status that counts the restart is written first, conditional on the
+    resourceVersion the decision was taken from; only once it landed is the old Job deleted, by UID."""
+
+    async def go() -> None:
+        kube = RecordingKube()
+        kube.status_result = {"written": True, "stale": None, "error": KubeError(503, "etcd leader changed")}[outcome]
+        r, _ = _failed_attempt(kube)
+        await r.reconcile(KEY)
+        await settle()
+        calls = [c for c in kube.calls if c[0] != "event"]
+        assert calls[0] == ("status", "Initializing") and kube.resource_versions == ["42"]
+        assert kube.patches[0]["restarts"] == 1 and kube.patches[0]["attempt"] == 1
+        if outcome == "written":
+            assert calls == [("status", "Initializing"), ("delete", "Job")]
+            assert kube.deleted[0].uid == "job-uid-0" and kube.deleted[0].propagation == "Foreground"
+        else:  # nothing recorded: nothing deleted; the next reconcile decides again
+            assert ("delete", "Job") not in calls
+        r.forget(KEY)
+
+    asyncio.run(go())
+
+
+def test_a_restart_recorded_before_a_crash_is_finished_not_repeated() -> None:
+    """The operator died after writing restarts=1 and before deleting attempt 0: a fresh process
+    sees status attempt 1 and the attempt-0 Job, deletes that Job and counts nothing again."""
+
+    async def go() -> None:
+        kube = RecordingKube()
+        r, jobs = _failed_attempt(kube)
+        await r.reconcile(KEY)
+        written = kube.patches[0]
+        fresh = RecordingKube()
+        r2 = reconciler(fresh, {KEY: [record({**jobs[KEY][0]["status"], **written})]}, r.indexes.pods if r.indexes else {})
+        assert r2.indexes is not None
+        r2.indexes.children[KEY] = [job(0, failed=True, uid="job-uid-0")]
+        plan = await r2.reconcile(KEY)
+        await settle()
+        assert plan is not None and plan.status.restarts == 1 and plan.status.attempt == 1
+        assert [c for c in fresh.calls if c[0] == "delete"] == [("delete", "Job")]
+        assert all(p.get("restarts", 1) == 1 for p in fresh.patches)
+        r.forget(KEY)
+        r2.forget(KEY)
 
     asyncio.run(go())

@@ -111,3 +111,22 @@ def test_a_step_without_targets_logs_null_and_changes_nothing(tiny_llama: pathli
     assert result.loss is None and result.targets == 0 and result.tokens == 4
     for name, p in model.named_parameters():
         assert torch.isfinite(p).all() and torch.equal(p, before[name]), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_loss_sum_matches_torch_cross_entropy_and_its_gradient(dtype: torch.dtype) -> None:
+    from finetune_trainer.engine import LOSS_CHUNK_TOKENS, loss_sum
+
+    torch.manual_seed(0)
+    rows = LOSS_CHUNK_TOKENS // 64 + 3  # 2 rows x 67 positions: more than one chunk
+    logits = torch.randn(2, rows * 32, 257, dtype=dtype, requires_grad=True)
+    labels = torch.randint(0, 257, (2, rows * 32))
+    labels[0, :7] = -100
+    labels[1, 40:90] = -100
+    ref = torch.nn.functional.cross_entropy(logits.float()[:, :-1].reshape(-1, 257), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum")
+    ours = loss_sum(logits, labels)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-3)
+    (g_ref,) = torch.autograd.grad(ref * 0.37, logits)
+    (g_ours,) = torch.autograd.grad(ours * 0.37, logits)
+    assert g_ours.dtype == dtype
+    torch.testing.assert_close(g_ours.float(), g_ref.float(), rtol=0, atol=1e-6 if dtype == torch.float32 else 4e-3)

@@ -79,17 +79,62 @@ def count_targets(labels: torch.Tensor) -> int:
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
+#: Rows of logits handled at once by the cross-entropy (fp32 work space: chunk x vocabulary).
+LOSS_CHUNK_TOKENS = 2048
+
+
+class _CrossEntropySum(torch.autograd.Function):
+    """Sum of token cross-entropies over `logits` [N, V] (any float dtype), computed in fp32.
+
+    Forward keeps only the per-row log-sum-exp; backward writes softmax - onehot straight into
+    one gradient tensor, chunk by chunk. Compared with `F.cross_entropy` this never materialises
+    a full-size log-softmax, its zero-filled NLL gradient, nor (for bf16) an fp32 copy of the
+    logits: ~2x less loss time on CPU and far less memory for large vocabularies.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        valid = targets != IGNORE_INDEX
+        safe = torch.where(valid, targets, 0)
+        lse = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)
+        total = torch.zeros((), dtype=torch.float32, device=logits.device)
+        for i in range(0, logits.shape[0], LOSS_CHUNK_TOKENS):
+            chunk = logits[i : i + LOSS_CHUNK_TOKENS].float()
+            rows = torch.logsumexp(chunk, dim=-1)
+            lse[i : i + LOSS_CHUNK_TOKENS] = rows
+            picked = chunk.gather(1, safe[i : i + LOSS_CHUNK_TOKENS, None]).squeeze(1)
+            total += ((rows - picked) * valid[i : i + LOSS_CHUNK_TOKENS]).sum()
+        ctx.save_for_backward(logits, safe, valid, lse)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple[torch.Tensor, None]:
+        logits, safe, valid, lse = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        fp32 = logits.dtype == torch.float32
+        for i in range(0, logits.shape[0], LOSS_CHUNK_TOKENS):
+            j = i + LOSS_CHUNK_TOKENS
+            # softmax - onehot, in place (fp32: straight in the gradient tensor)
+            g = torch.sub(logits[i:j], lse[i:j, None], out=grad[i:j]) if fp32 else logits[i:j].float() - lse[i:j, None]
+            g.exp_()
+            g.scatter_add_(1, safe[i:j, None], torch.full_like(lse[i:j, None], -1.0))
+            g.mul_(valid[i:j, None] * grad_total)
+            if not fp32:
+                grad[i:j] = g
+        return grad, None
+
+
 def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The SUM of per-token (causal LM) or per-example (classification) cross-entropy, in fp32.
 
-    Only trained positions are upcast, so a large vocabulary never gets a full fp32 logits copy.
+    Causal LM: the labels are shifted (padded with IGNORE_INDEX at the end), never the logits,
+    and `_CrossEntropySum` works on the logits in place.
     """
     if labels.dim() == 1:  # classification
         return torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-    targets = labels[:, 1:]
-    keep = targets != IGNORE_INDEX
-    picked = logits[:, :-1, :][keep].float()
-    return torch.nn.functional.cross_entropy(picked, targets[keep], reduction="sum")
+    targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
+    total: torch.Tensor = _CrossEntropySum.apply(logits.reshape(-1, logits.size(-1)), targets)  # type: ignore[no-untyped-call]
+    return total
 
 
 def _model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
