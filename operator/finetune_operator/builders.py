@@ -51,6 +51,8 @@ def owner_reference(meta: JobMeta) -> dict[str, Any]:
 
 def labels(meta: JobMeta, component: str | None = None) -> dict[str, str]:
     out = {ct.LABEL_MANAGED_BY: ct.MANAGED_BY, ct.LABEL_JOB_NAME: meta.name}
+    if meta.uid:
+        out[ct.LABEL_JOB_UID] = meta.uid
     if component:
         out[ct.LABEL_COMPONENT] = component
     return out

@@ -47,6 +47,9 @@ class Observed:
     config: OperatorConfig = field(default_factory=OperatorConfig)
     #: Fresh progress from the rank-0 trainer (None: not polled this time; keep the last one).
     progress: Progress | None = None
+    #: Children with this job's name made for another FineTuneJob UID (a deleted namesake):
+    #: never adopted; removed before this job makes its own.
+    leftovers: tuple[PodView | JobView, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,8 @@ def decide(obs: Observed) -> Plan:
     if prev.phase in c.TERMINAL_PHASES and not _spec_failure_retry(obs):
         return _finished_plan(obs, nxt)
 
+    if obs.leftovers:
+        return _remove_leftovers(obs, nxt)
     try:
         spec = parse_job(obs.spec)
     except InvalidResource as err:
@@ -157,6 +162,20 @@ def decide(obs: Observed) -> Plan:
         if plan is not None:
             return plan
     return _training_step(obs, nxt, spec, resolved)
+
+
+def _remove_leftovers(obs: Observed, nxt: _Next) -> Plan:
+    """A Job or validator pod with this name made for an earlier FineTuneJob (deleted, maybe with
+    --cascade=orphan, and re-created under the same name): its result is not this job's. Delete
+    it (by UID) and wait until it is gone; this job then validates and trains afresh."""
+    names = ", ".join(f"{'Job' if isinstance(v, JobView) else 'pod'} {v.name}" for v in obs.leftovers)
+    nxt.set(phase=obs.status.phase or c.PHASE_PENDING, message=clip(f"removing {names}, left by an earlier FineTuneJob named {obs.meta.name}"))
+    deletes = [
+        Delete("Job" if isinstance(v, JobView) else "Pod", v.name, "Foreground" if isinstance(v, JobView) else "Background", v.uid or None)
+        for v in obs.leftovers
+        if not v.deleting
+    ]
+    return _plan(obs, nxt, delete=deletes)
 
 
 # --- steps ----------------------------------------------------------------------------------------

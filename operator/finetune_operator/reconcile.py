@@ -89,16 +89,21 @@ class Indexes:
         return value, value is not None
 
     def training_job(self, key: Key) -> JobView | None:
-        store = self.children.get(key) or ()
-        views = [v for v in store if isinstance(v, JobView)]
-        # Normally one; while an attempt is replaced, the newest attempt wins.
-        return max(views, key=lambda v: (v.attempt or 0, not v.deleting), default=None)
+        return pick_training_job(self.job_views(key))
+
+    def job_views(self, key: Key) -> list[JobView]:
+        return [v for v in (self.children.get(key) or ()) if isinstance(v, JobView)]
 
     def pod_views(self, key: Key) -> tuple[PodView, ...]:
         return tuple(v for v in (self.pods.get(key) or ()) if isinstance(v, PodView))
 
     def keys_using_runtime(self, name: str) -> list[Key]:
         return [k for k, store in self.jobs.items() for rec in store if ((rec.get("spec") or {}).get("runtimeRef") or {}).get("name") == name]
+
+
+def pick_training_job(views: list[JobView]) -> JobView | None:
+    """Normally one; while an attempt is replaced, the newest attempt wins."""
+    return max(views, key=lambda v: (v.attempt or 0, not v.deleting), default=None)
 
 
 def ftj_record(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -263,7 +268,12 @@ class Reconciler:
                     (
                         p
                         for p in self.indexes.pod_views(key)
-                        if p.component == ct.COMPONENT_TRAINER and p.index == 0 and p.attempt == attempt and p.phase == "Running" and p.pod_ip
+                        if p.component == ct.COMPONENT_TRAINER
+                        and p.index == 0
+                        and p.attempt == attempt
+                        and p.job_uid in ("", rec.get("uid"))
+                        and p.phase == "Running"
+                        and p.pod_ip
                     ),
                     None,
                 )
@@ -304,11 +314,21 @@ class Reconciler:
         meta = JobMeta(name=name, namespace=ns, uid=rec["uid"], generation=rec["generation"])
         ref = (rec["spec"].get("runtimeRef") or {}).get("name")
         raw, found = self.indexes.runtime(ref) if ref else (None, False)
-        pods = self.indexes.pod_views(key)
-        job = self.indexes.training_job(key)
+        # Children belong to a UID, not a name: those labelled for another FineTuneJob UID (a
+        # deleted namesake) are never adopted. Unlabelled ones predate the label and count as ours.
+        uid = rec["uid"]
+        all_pods = self.indexes.pod_views(key)
+        pods = tuple(p for p in all_pods if p.job_uid in ("", uid))
+        jobs = self.indexes.job_views(key)
+        job = pick_training_job([j for j in jobs if j.job_uid in ("", uid)])
+        leftovers: tuple[PodView | JobView, ...] = (
+            *(j for j in jobs if j.job_uid not in ("", uid)),
+            # a leftover Job's trainer pods go with it; a validator pod is owned by the FineTuneJob
+            *(p for p in all_pods if p.job_uid not in ("", uid) and p.component == ct.COMPONENT_VALIDATOR),
+        )
         # Everything `decide` reads except the clock. Views are frozen dataclasses, compared by
         # identity first, so this costs little next to `decide`.
-        inputs = (meta, rec["spec"], self._last_status(key, rec), raw, found, job, pods)
+        inputs = (meta, rec["spec"], self._last_status(key, rec), raw, found, job, pods, leftovers)
         if progress is None and not force and self._inputs.get(key) == inputs:
             metrics.UNCHANGED.inc()
             return None
@@ -336,6 +356,7 @@ class Reconciler:
             now=self.clock(),
             config=self.config,
             progress=progress,
+            leftovers=leftovers,
         )
         t0 = time.perf_counter()
         plan = decide(observed)

@@ -36,6 +36,8 @@ class PodView:
     deleting: bool
     pod_ip: str | None
     uid: str = ""
+    #: The FineTuneJob UID the pod was made for ("" on children made before the label existed).
+    job_uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class JobView:
     succeeded: int
     failed_pods: int
     uid: str = ""
+    job_uid: str = ""
 
 
 def _int(value: Any) -> int | None:
@@ -102,6 +105,7 @@ def pod_view(body: dict[str, Any]) -> PodView:
         deleting=meta.get("deletionTimestamp") is not None,
         pod_ip=status.get("podIP"),
         uid=meta.get("uid", ""),
+        job_uid=labels.get(ct.LABEL_JOB_UID, ""),
     )
 
 
@@ -126,6 +130,7 @@ def job_view(body: dict[str, Any]) -> JobView:
         succeeded=int(status.get("succeeded") or 0),
         failed_pods=int(status.get("failed") or 0),
         uid=meta.get("uid", ""),
+        job_uid=labels.get(ct.LABEL_JOB_UID, ""),
     )
 
 

@@ -457,3 +457,39 @@ def test_status_writes_and_deletes_are_fenced_by_what_was_observed(
         )
     finally:
         ftop.start(priority=100)
+
+
+def test_a_re_created_namesake_never_adopts_the_old_jobs_children(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    """Delete a running FineTuneJob with --cascade=orphan (its Job, pods and validator stay) and
+    create one with the same name: the new job must not take the old validator's success nor
+    the old Job as its own; it removes them (by UID) and validates and trains afresh."""
+    ns, name = kube_namespace, "namesake"
+    start_running(kube, ns, name)
+    old_job = kube.job(ns, name)
+    old_uid = kube.ftj(ns, name)["metadata"]["uid"]
+    # the old run succeeded as far as its pods are concerned
+    for p in kube.trainer_pods(ns, name, 0):
+        kube.set_result(ns, p.metadata.name, kwok.SUCCEEDED)
+    kube.custom.delete_namespaced_custom_object(ct.GROUP, ct.VERSION, ns, ct.PLURAL_JOB, name, propagation_policy="Orphan")
+    Kube.wait(lambda: not kube.custom.list_namespaced_custom_object(ct.GROUP, ct.VERSION, ns, ct.PLURAL_JOB, field_selector=f"metadata.name={name}")["items"], "old FineTuneJob gone")
+    assert kube.job(ns, name) is not None  # orphaned, still there
+
+    kube.create_ftj(ns, name, small(output={"uri": "s3://other-bucket/new-run/"}))
+    new_uid = kube.ftj(ns, name)["metadata"]["uid"]
+    assert new_uid != old_uid
+    # the old Job is removed, a new validator runs for the new UID; never Succeeded on the old results
+    seen: set[str] = set()
+
+    def fresh_validator() -> Any:
+        seen.add(kube.status(ns, name).get("phase") or "")
+        pods = [p for p in kube.pods(ns) if p.metadata.name == f"{name}-validate" and p.status.phase == "Running"]
+        return next((p for p in pods if p.metadata.labels.get(ct.LABEL_JOB_UID) == new_uid), None)
+
+    Kube.wait(fresh_validator, "a validator pod for the new FineTuneJob", 90)
+    assert "Succeeded" not in seen, seen
+    Kube.wait(lambda: (j := kube.job(ns, name)) is None or j.metadata.uid != old_job.metadata.uid, "the orphaned Job removed", 60)
+    kube.set_result(ns, f"{name}-validate", kwok.SUCCEEDED)
+    pods = kube.wait_running_pods(ns, name, 2, attempt=0, timeout=90)
+    assert all(p.metadata.labels[ct.LABEL_JOB_UID] == new_uid for p in pods)
+    st = kube.wait_phase(ns, name, "Running")
+    assert st["attempt"] == 0 and "Succeeded" not in seen

@@ -74,6 +74,8 @@ HTTP_HEALTH_PATH = "/healthz"
 LABEL_JOB_NAME = "finetune.dev/job-name"
 LABEL_COMPONENT = "finetune.dev/component"
 LABEL_ATTEMPT = "finetune.dev/attempt"
+#: The UID of the FineTuneJob a child belongs to (names are reused; UIDs are not).
+LABEL_JOB_UID = "finetune.dev/job-uid"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "finetune-operator"
 COMPONENT_TRAINER = "trainer"
