@@ -160,6 +160,25 @@ async def on_pod(namespace: str | None, labels: kopf.Labels, memo: Any, **kw: An
     _reconciler(memo, kw).enqueue((namespace or "", labels.get(ct.LABEL_JOB_NAME, "")))
 
 
+@kopf.on.event("v1", "configmaps", labels=MANAGED)
+async def on_configmap(type: str, namespace: str | None, name: str, labels: kopf.Labels, memo: Any, **kw: Any) -> None:
+    _on_plain_child(memo, kw, type, namespace, "ConfigMap", name, labels)
+
+
+@kopf.on.event("v1", "services", labels=MANAGED)
+async def on_service(type: str, namespace: str | None, name: str, labels: kopf.Labels, memo: Any, **kw: Any) -> None:
+    _on_plain_child(memo, kw, type, namespace, "Service", name, labels)
+
+
+def _on_plain_child(memo: Any, kw: dict[str, Any], type: str, namespace: str | None, kind: str, name: str, labels: kopf.Labels) -> None:
+    """A ConfigMap or Service of a job: only its deletion matters (the job needs it back)."""
+    if type != "DELETED":
+        return
+    r = _reconciler(memo, kw)
+    r.child_gone(namespace or "", kind, name)
+    r.enqueue((namespace or "", labels.get(ct.LABEL_JOB_NAME, "")), force=True)
+
+
 @kopf.on.event(ct.GROUP, ct.VERSION, ct.PLURAL_RUNTIME)
 async def on_runtime(name: str, memo: Any, **kw: Any) -> None:
     r = _reconciler(memo, kw)

@@ -240,11 +240,12 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
         _gpu_seconds(obs, nxt, r)
         return _plan(obs, nxt, apply=builders.build_children(r, attempt, suspend))
 
-    # The Job of the current attempt exists.
-    apply: list[dict[str, Any]] = []
+    # The Job of the current attempt exists. Its ConfigMap and Service are wanted all along (the
+    # executor sends only what it has not already applied, so a deleted one comes back).
+    apply: list[dict[str, Any]] = [] if job.complete else [builders.build_configmap(r), builders.build_service(r)]
     desired = _desired_suspend(spec, job)
     if desired is not None and desired != job.suspended:
-        apply = [builders.build_job(r, attempt, desired)]
+        apply.append(builders.build_job(r, attempt, desired))
     suspended = job.suspended if desired is None else desired
     _gpu_seconds(obs, nxt, r)
 

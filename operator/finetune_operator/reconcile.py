@@ -300,6 +300,11 @@ class Reconciler:
             handle.cancel()
         self.phases.forget(key)
 
+    def child_gone(self, namespace: str, kind: str, name: str) -> None:
+        """A child was deleted: what this process applied to it is no longer there (the next
+        plan that wants it sends it again)."""
+        self._applied.pop((namespace, kind, name), None)
+
     def observed_phase(self, key: Key) -> str | None:
         written = self._written.get(key)
         return written[1].phase if written else None

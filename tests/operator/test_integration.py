@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client as k8s
 from finetune_operator import constants as c
 
 from tests.cluster import kwok
@@ -493,3 +494,32 @@ def test_a_re_created_namesake_never_adopts_the_old_jobs_children(kube: Kube, ft
     assert all(p.metadata.labels[ct.LABEL_JOB_UID] == new_uid for p in pods)
     st = kube.wait_phase(ns, name, "Running")
     assert st["attempt"] == 0 and "Succeeded" not in seen
+
+
+def test_a_deleted_service_or_configmap_comes_back_while_the_job_runs(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    """The rendezvous Service and the config ConfigMap are wanted for as long as the Job runs: a
+    deleted one is re-created (the operator watches them and drops what it had applied)."""
+    ns, name = kube_namespace, "keepalive"
+    start_running(kube, ns, name)
+    svc_uid = kube.core.read_namespaced_service(f"{name}-workers", ns).metadata.uid
+    cm_uid = kube.core.read_namespaced_config_map(f"{name}-config", ns).metadata.uid
+    kube.core.delete_namespaced_service(f"{name}-workers", ns)
+    kube.core.delete_namespaced_config_map(f"{name}-config", ns)
+
+    def back(read: Any, old_uid: str) -> Any:
+        def check() -> Any:
+            try:
+                obj = read()
+            except k8s.ApiException as err:
+                if err.status == 404:
+                    return None
+                raise
+            return obj if obj.metadata.uid != old_uid else None
+
+        return check
+
+    svc = Kube.wait(back(lambda: kube.core.read_namespaced_service(f"{name}-workers", ns), svc_uid), "the Service re-created", 30)
+    cm = Kube.wait(back(lambda: kube.core.read_namespaced_config_map(f"{name}-config", ns), cm_uid), "the ConfigMap re-created", 30)
+    assert svc.spec.cluster_ip == "None" and svc.spec.selector[ct.LABEL_JOB_UID] == kube.ftj(ns, name)["metadata"]["uid"]
+    assert cm.data  # the trainer config is back
+    assert kube.status(ns, name)["phase"] == "Running"

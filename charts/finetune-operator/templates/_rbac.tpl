@@ -39,7 +39,7 @@ differ in any (apiGroup, resource, verb).
   verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [configmaps, services]
-  verbs: [get, create, patch]
+  verbs: [get, list, watch, create, patch]
 # Trainer pods are watched (phases, exit codes, IPs for /progress); the validation pod is
 # applied, and deleted when it was disrupted.
 - apiGroups: [""]
