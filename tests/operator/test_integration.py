@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client as k8s
 from finetune_operator import constants as c
+from kubernetes import client as k8s
 
 from tests.cluster import kwok
 from tests.cluster.cluster import ControlPlane
