@@ -190,6 +190,16 @@ class Kube:
         self._check(status, data, f"apply {manifest['kind']} {meta['namespace']}/{meta['name']}")
         return True
 
+    async def suspend_job(self, namespace: str, name: str, uid: str, suspend: bool) -> None:
+        """Set spec.suspend of an existing Job (a merge patch of that field only, under the
+        operator's field manager; refused if the name now holds a Job with another UID)."""
+        path = _PATHS["Job"].format(ns=namespace, name=name)
+        body: dict[str, Any] = {"spec": {"suspend": suspend}}
+        if uid:
+            body["metadata"] = {"uid": uid}
+        status, data = await self._run("PATCH", path, body, [("fieldManager", c.FIELD_MANAGER)], "application/merge-patch+json")
+        self._check(status, data, f"suspend={suspend} Job {namespace}/{name}", ok=(404, 409))
+
     async def delete(self, namespace: str, item: Delete) -> None:
         path = _PATHS[item.kind].format(ns=namespace, name=item.name)
         body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": item.propagation}

@@ -76,6 +76,9 @@ class Plan:
     events: list[Event] = field(default_factory=list)
     #: Seconds after which the job should be looked at again even without a watch event.
     requeue_after: float | None = None
+    #: (Job name, Job UID, value): set the existing Job's spec.suspend with a patch of its own
+    #: (another manager, e.g. Kueue, may own the field; a started Job's template is immutable).
+    suspend_job: tuple[str, str, bool] | None = None
 
 
 def clip(text: str, limit: int = c.MAX_MESSAGE_LENGTH) -> str:
@@ -244,8 +247,7 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
     # executor sends only what it has not already applied, so a deleted one comes back).
     apply: list[dict[str, Any]] = [] if job.complete else [builders.build_configmap(r), builders.build_service(r)]
     desired = _desired_suspend(spec, job)
-    if desired is not None and desired != job.suspended:
-        apply.append(builders.build_job(r, attempt, desired))
+    suspend_job = (job.name, job.uid, desired) if desired is not None and desired != job.suspended else None
     suspended = job.suspended if desired is None else desired
     _gpu_seconds(obs, nxt, r)
 
@@ -254,7 +256,7 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
         nxt.set(phase=phase, message=_held_message(spec))
         _suspension(nxt, spec, suspended=True)
         nxt.clear(c.COND_RUNNING, c.REASON_SUSPENDED if spec.suspend else c.REASON_QUEUED)
-        return _plan(obs, nxt, apply=apply)
+        return _with_suspend(_plan(obs, nxt, apply=apply), suspend_job)
     _suspension(nxt, spec, suspended=False)
 
     pods = [p for p in obs.pods if p.attempt == attempt and p.component == ct.COMPONENT_TRAINER]
@@ -345,7 +347,7 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
     tokens = (nxt.data.get("progress") or {}).get("trained_tokens")
     if isinstance(tokens, int):
         nxt.set(trained_tokens=tokens)
-    return _plan(obs, nxt, apply=apply)
+    return _with_suspend(_plan(obs, nxt, apply=apply), suspend_job)
 
 
 # --- helpers ----------------------------------------------------------------------------------------
@@ -493,6 +495,11 @@ def _finished_plan(obs: Observed, nxt: _Next, apply: list[dict[str, Any]] | None
             plan.delete.append(Delete("FineTuneJob", obs.meta.name, uid=obs.meta.uid or None))
         else:
             plan.requeue_after = left
+    return plan
+
+
+def _with_suspend(plan: Plan, suspend_job: tuple[str, str, bool] | None) -> Plan:
+    plan.suspend_job = suspend_job
     return plan
 
 

@@ -414,6 +414,9 @@ class Reconciler:
                 self._applied[_child_key(m)] = d
                 metrics.APPLIES.labels(m["kind"]).inc()
         complete = all(done)
+        if plan.suspend_job is not None:
+            # Never cached: whoever else set the field since, the observed Job says it differs.
+            await self.kube.suspend_job(meta.namespace, *plan.suspend_job)
         if not plan.delete and await self._write_status(meta, previous, plan) is False:
             return True  # the FineTuneJob is gone: nothing left to do
         if plan.status.phase == c.PHASE_FAILED and previous.phase != c.PHASE_FAILED:

@@ -523,3 +523,21 @@ def test_a_deleted_service_or_configmap_comes_back_while_the_job_runs(kube: Kube
     assert svc.spec.cluster_ip == "None" and svc.spec.selector[ct.LABEL_JOB_UID] == kube.ftj(ns, name)["metadata"]["uid"]
     assert cm.data  # the trainer config is back
     assert kube.status(ns, name)["phase"] == "Running"
+
+
+def test_suspend_reaches_a_job_that_another_manager_unsuspended(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    """A queued job's Job is created suspended; an admission controller (Kueue) unsuspends it
+    under its own field manager. The user's spec.suspend: true must then reach the Job (a patch
+    of that field): before, the operator re-sent nothing, since it had once applied the same Job."""
+    ns, name = kube_namespace, "requeued"
+    kube.create_ftj(ns, name, small(queueName="team-q"))
+    kube.pass_validation(ns, name)
+    Kube.wait(lambda: (j := kube.job(ns, name)) is not None and j.spec.suspend, "the Job created suspended (queued)", 60)
+    kube.wait_phase(ns, name, "Queued")
+    kube.batch.patch_namespaced_job(name, ns, {"spec": {"suspend": False}}, field_manager="kueue-admission")  # admitted
+    kube.wait_running_pods(ns, name, 2, attempt=0)
+    kube.wait_phase(ns, name, "Running")
+    kube.patch_spec(ns, name, {"suspend": True})
+    Kube.wait(lambda: kube.job(ns, name).spec.suspend is True, "the Job suspended again", 30)
+    kube.wait_phase(ns, name, "Suspended")
+    kube.wait(lambda: not [p for p in kube.trainer_pods(ns, name, 0) if p.metadata.deletion_timestamp is None], "the workers removed", 60)

@@ -65,6 +65,9 @@ class RecordingKube:
             raise self.status_result
         return self.status_result
 
+    async def suspend_job(self, namespace: str, name: str, uid: str, suspend: bool) -> None:
+        self.calls.append(("suspend", str(suspend)))
+
     async def delete(self, namespace: str, item: Any) -> None:
         self.calls.append(("delete", item.kind))
         self.deleted.append(item)
