@@ -82,6 +82,7 @@ REASON_DATA_ERROR = "DataError"
 REASON_RESTART_LIMIT_EXCEEDED = "RestartLimitExceeded"
 REASON_JOB_FAILED = "JobFailed"
 REASON_DISRUPTED = "WorkerDisrupted"
+REASON_SPEC_EDITED = "SpecEdited"
 #: Reasons that fail a job because of its spec: editing the spec (new generation) re-evaluates.
 SPEC_FAILURE_REASONS = (
     REASON_INVALID_SPEC,

@@ -169,6 +169,9 @@ def finetunejob_crd() -> dict[str, Any]:
     status = model_schema(api.FineTuneJobStatus)
     spec["description"] = api.FineTuneJobSpec.__doc__.strip() if api.FineTuneJobSpec.__doc__ else ""
     status["description"] = "Observed state, written only by the operator."
+    # One condition per type (a map-list, as in metav1.Condition lists): merge patches and
+    # server-side apply address a condition by its type.
+    status["properties"]["conditions"].update({"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
     root = _root_schema("A fine-tuning run: model + dataset + method -> an adapter in object storage.", spec=spec, status=status)
     root["x-kubernetes-validations"] = [
         cel(

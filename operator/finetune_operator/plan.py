@@ -141,8 +141,13 @@ class _Next:
 def decide(obs: Observed) -> Plan:
     nxt = _Next(obs)
     prev = obs.status
-    if prev.phase in c.TERMINAL_PHASES and not _spec_failure_retry(obs):
-        return _finished_plan(obs, nxt)
+    if prev.phase in c.TERMINAL_PHASES:
+        if not _spec_failure_retry(obs):
+            return _finished_plan(obs, nxt)
+        # The edited spec is evaluated afresh: the old verdict and its completion time go (a
+        # kept completionTime would let ttlSecondsAfterFinished delete the job as soon as it ends).
+        nxt.clear(c.COND_FAILED, c.REASON_SPEC_EDITED, f"spec edited (generation {obs.meta.generation}); evaluated again")
+        nxt.set(completion_time=None)
 
     if obs.leftovers:
         return _remove_leftovers(obs, nxt)

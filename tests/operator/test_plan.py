@@ -268,6 +268,9 @@ def test_spec_failure_is_reevaluated_after_an_edit() -> None:
     assert same.status.phase == "Failed" and not same.apply
     edited = decide(observed(minimal_spec(runtimeRef={"name": "rt"}, method={"type": "full"}), status, runtime=runtime, runtime_found=True, generation=2))
     assert edited.status.phase == "Validating" and kinds(edited) == ["ConfigMap", "Pod"]
+    # the old verdict goes: no Failed=True and no completionTime (which would start the TTL clock)
+    assert cond(edited, "Failed").status == "False" and cond(edited, "Failed").reason == c.REASON_SPEC_EDITED
+    assert failed.status.completion_time is not None and edited.status.completion_time is None
 
 
 def test_progress_is_folded_into_status() -> None:
