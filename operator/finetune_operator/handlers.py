@@ -175,8 +175,9 @@ def _on_plain_child(memo: Any, kw: dict[str, Any], type: str, namespace: str | N
     if type != "DELETED":
         return
     r = _reconciler(memo, kw)
-    r.child_gone(namespace or "", kind, name)
-    r.enqueue((namespace or "", labels.get(ct.LABEL_JOB_NAME, "")), force=True)
+    job = labels.get(ct.LABEL_JOB_NAME, "")
+    r.child_gone(namespace or "", job, kind, name)
+    r.enqueue((namespace or "", job), force=True)
 
 
 @kopf.on.event(ct.GROUP, ct.VERSION, ct.PLURAL_RUNTIME)

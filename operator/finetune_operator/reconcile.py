@@ -119,9 +119,8 @@ def ftj_record(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _child_key(manifest: dict[str, Any]) -> tuple[str, str, str]:
-    meta = manifest["metadata"]
-    return (meta["namespace"], manifest["kind"], meta["name"])
+def _child_key(manifest: dict[str, Any]) -> tuple[str, str]:
+    return (manifest["kind"], manifest["metadata"]["name"])
 
 
 def _digest(manifest: dict[str, Any]) -> str:
@@ -158,6 +157,9 @@ class Reconciler:
         #: The work queue: keys waiting for a reconcile, each at most once.
         self._pending: dict[Key, _Request] = {}
         self._work: asyncio.Queue[Key] = asyncio.Queue()
+        #: Keys a worker holds now: an event for one waits in _pending (client-go's dirty set)
+        #: instead of parking a second worker on the key's lock.
+        self._processing: set[Key] = set()
         #: What the last completed reconcile of each job read; the same inputs give the same plan.
         self._inputs: dict[Key, tuple[Any, ...]] = {}
         #: Last status this process wrote, per job (uid, status): newer than the watch cache.
@@ -165,7 +167,9 @@ class Reconciler:
         self._retry: dict[Key, asyncio.TimerHandle] = {}
         self._failures: dict[Key, int] = {}
         #: (namespace, kind, name) -> digest of the manifest this process last applied.
-        self._applied: dict[tuple[str, str, str], str] = {}
+        #: Per job: (kind, name) -> digest of the manifest this process last applied. Only saves
+        #: requests: dropped when the child is deleted or the job forgotten.
+        self._applied: dict[Key, dict[tuple[str, str], str]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     # --- entry points -------------------------------------------------------------------------
@@ -180,6 +184,8 @@ class Reconciler:
             metrics.COALESCED.inc()
             return
         self._pending[key] = _Request(force, progress)
+        if key in self._processing:
+            return  # dirty: queued again when the worker holding it is done (never a second worker)
         self._work.put_nowait(key)
 
     def start(self) -> list[asyncio.Task[None]]:
@@ -190,6 +196,7 @@ class Reconciler:
         while True:
             key = await self._work.get()
             req = self._pending.pop(key, None) or _Request()
+            self._processing.add(key)
             try:
                 # Watch events reach the handlers only while kopf lets this replica act; forced
                 # keys come from timers (resync, retries), which kopf's peering pause does not stop.
@@ -198,6 +205,10 @@ class Reconciler:
                 await self.reconcile(key, progress=req.progress, force=req.force)
             except Exception:  # reconcile handles its own errors; a worker must never die
                 log.exception("work queue: %s/%s failed", key[0], key[1])
+            finally:
+                self._processing.discard(key)
+                if key in self._pending:  # events that came in meanwhile: one more run
+                    self._work.put_nowait(key)
 
     async def active(self) -> bool:
         """Whether this replica may act: no live peer outranks it in kopf's peering object.
@@ -290,9 +301,7 @@ class Reconciler:
     def forget(self, key: Key) -> None:
         self._written.pop(key, None)
         self._inputs.pop(key, None)
-        ns, name = key
-        for k in [k for k in self._applied if k[0] == ns and (k[2] == name or k[2].startswith(name + "-"))]:
-            self._applied.pop(k, None)
+        self._applied.pop(key, None)
         self._locks.pop(key, None)
         self._failures.pop(key, None)
         handle = self._retry.pop(key, None)
@@ -300,10 +309,10 @@ class Reconciler:
             handle.cancel()
         self.phases.forget(key)
 
-    def child_gone(self, namespace: str, kind: str, name: str) -> None:
+    def child_gone(self, namespace: str, job: str, kind: str, name: str) -> None:
         """A child was deleted: what this process applied to it is no longer there (the next
         plan that wants it sends it again)."""
-        self._applied.pop((namespace, kind, name), None)
+        self._applied.get((namespace, job), {}).pop((kind, name), None)
 
     def observed_phase(self, key: Key) -> str | None:
         written = self._written.get(key)
@@ -403,15 +412,16 @@ class Reconciler:
                 return True  # the FineTuneJob is gone: nothing left to do
             for item in plan.delete:
                 await self.kube.delete(meta.namespace, item)
-                self._applied.pop((meta.namespace, item.kind, item.name), None)
+                self._applied.get(key, {}).pop((item.kind, item.name), None)
         # Independent children go out together (a pod waits for its ConfigMap by itself); an
         # object already applied with the same content by this process is not sent again.
         todo = [(m, _digest(m)) for m in plan.apply]
-        todo = [(m, d) for m, d in todo if self._applied.get(_child_key(m)) != d]
+        applied = self._applied.setdefault(key, {})
+        todo = [(m, d) for m, d in todo if applied.get(_child_key(m)) != d]
         done = await asyncio.gather(*(self.kube.apply(m) for m, _ in todo))
         for (m, d), ok in zip(todo, done, strict=True):
             if ok:
-                self._applied[_child_key(m)] = d
+                applied[_child_key(m)] = d
                 metrics.APPLIES.labels(m["kind"]).inc()
         complete = all(done)
         if plan.suspend_job is not None:

@@ -214,6 +214,62 @@ def test_events_for_a_queued_job_are_coalesced() -> None:
     asyncio.run(go())
 
 
+def test_a_busy_key_never_holds_a_second_worker() -> None:
+    """Events for a job whose reconcile is running wait as one dirty entry; they do not park
+    more workers on its lock, and give exactly one more reconcile once it is done."""
+
+    async def go() -> None:
+        kube = RecordingKube()
+        kube.gate = asyncio.Event()
+        other = ("ns", "other")
+        jobs: dict[Any, Any] = {KEY: [record()], other: [record(uid="22222222-2222-3333-4444-555555555555")]}
+        r = reconciler(kube, jobs, {}, concurrency=2)
+        runs: dict[Any, int] = {}
+        busy: dict[Any, int] = {}
+        most_busy = 0
+        inner = r.reconcile
+
+        async def counted(key: Any, **kw: Any) -> Any:
+            nonlocal most_busy
+            runs[key] = runs.get(key, 0) + 1
+            busy[key] = busy.get(key, 0) + 1
+            most_busy = max(most_busy, busy[key])
+            try:
+                return await inner(key, **kw)
+            finally:
+                busy[key] -= 1
+
+        r.reconcile = counted  # type: ignore[method-assign]
+        workers = r.start()
+        try:
+            r.enqueue(KEY)
+            for _ in range(100):
+                if kube.in_flight:
+                    break
+                await asyncio.sleep(0.01)
+            for _ in range(5):  # events while KEY's reconcile is blocked in an apply
+                r.enqueue(KEY, force=True)
+            r.enqueue(other)
+            for _ in range(100):  # the second worker is free for another job
+                if kube.in_flight >= 2:
+                    break
+                await asyncio.sleep(0.01)
+            assert kube.in_flight == 2, "the other job waited behind a busy key"
+            kube.gate.set()
+            for _ in range(200):
+                if r._work.empty() and not r._pending and not r._processing:
+                    break
+                await asyncio.sleep(0.01)
+            await settle()
+        finally:
+            for w in workers:
+                w.cancel()
+        assert most_busy == 1  # never two workers on one key
+        assert runs == {KEY: 2, other: 1}  # KEY, then once more for the five events; the other job
+
+    asyncio.run(go())
+
+
 def peers(*entries: tuple[int, int]) -> dict[str, Any]:
     """Peering status entries (priority, seconds since last seen), lifetime 30 s."""
     now = datetime.now(timezone.utc)
