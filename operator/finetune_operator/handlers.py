@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from typing import Any
 
 import aiohttp
@@ -193,7 +194,7 @@ async def resync_loop(r: Reconciler, seconds: float = RESYNC_SECONDS) -> None:
     watch event or a failed API call is corrected without waiting for the next event. Skipped
     while a peer outranks this replica (its indexes are not kept current then)."""
     while True:
-        await asyncio.sleep(seconds)
+        await asyncio.sleep(seconds * random.uniform(0.9, 1.1))  # jittered: replicas and restarts drift apart
         if not await r.active():
             continue
         for key in r.active_keys():

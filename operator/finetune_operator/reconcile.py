@@ -22,6 +22,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -166,6 +167,8 @@ class Reconciler:
         self._written: dict[Key, tuple[str, FineTuneJobStatus]] = {}
         self._retry: dict[Key, asyncio.TimerHandle] = {}
         self._failures: dict[Key, int] = {}
+        #: Keys whose last run could not finish its plan (they keep their backoff count).
+        self._incomplete: set[Key] = set()
         #: (namespace, kind, name) -> digest of the manifest this process last applied.
         #: Per job: (kind, name) -> digest of the manifest this process last applied. Only saves
         #: requests: dropped when the child is deleted or the job forgotten.
@@ -251,7 +254,8 @@ class Reconciler:
                 return None
             finally:
                 metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
-            self._failures.pop(key, None)
+            if key not in self._incomplete:
+                self._failures.pop(key, None)
             if plan is not None and plan.requeue_after is not None:
                 self._schedule_retry(key, delay=plan.requeue_after)
             return plan
@@ -304,6 +308,7 @@ class Reconciler:
         self._applied.pop(key, None)
         self._locks.pop(key, None)
         self._failures.pop(key, None)
+        self._incomplete.discard(key)
         handle = self._retry.pop(key, None)
         if handle is not None:
             handle.cancel()
@@ -377,8 +382,13 @@ class Reconciler:
         t1 = time.perf_counter()
         complete = await self._execute(meta, previous, plan, rec.get("resourceVersion"))
         if not complete:
-            self._schedule_retry(key, delay=RETRY_MIN_SECONDS)
-        elif plan.requeue_after is None:
+            # An apply conflict or a status changed since it was read: decide again, backing off
+            # per key (a hot conflict is not retried every second).
+            self._incomplete.add(key)
+            self._schedule_retry(key, failed=True)
+        else:
+            self._incomplete.discard(key)
+        if complete and plan.requeue_after is None:
             # The status this run wrote is what the next event's `inputs` will hold.
             self._inputs[key] = (*inputs[:2], self._last_status(key, rec), *inputs[3:])
         log.debug(
@@ -458,7 +468,8 @@ class Reconciler:
     def _schedule_retry(self, key: Key, failed: bool = False, delay: float | None = None) -> None:
         if failed:
             n = self._failures[key] = self._failures.get(key, 0) + 1
-            delay = min(RETRY_MIN_SECONDS * 2 ** (n - 1), RETRY_MAX_SECONDS)
+            # exponential per key, with jitter so keys that failed together do not retry together
+            delay = min(RETRY_MIN_SECONDS * 2 ** (n - 1), RETRY_MAX_SECONDS) * random.uniform(0.8, 1.2)
         if delay is None:
             return
         old = self._retry.pop(key, None)

@@ -413,3 +413,33 @@ def test_a_restart_recorded_before_a_crash_is_finished_not_repeated() -> None:
         r2.forget(KEY)
 
     asyncio.run(go())
+
+
+def test_repeated_conflicts_back_off_per_key_with_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A status that keeps changing under the operator (409 on the resourceVersion precondition)
+    is retried after 1, 2, 4... s (x0.8-1.2), not every second; success resets the count."""
+
+    async def go() -> None:
+        kube = RecordingKube()
+        kube.status_result = None  # stale resourceVersion, every time
+        r, _ = _failed_attempt(kube)
+        delays: list[float] = []
+        loop = asyncio.get_running_loop()
+        real_call_later = loop.call_later
+
+        def record_delay(delay: float, *args: Any) -> Any:
+            delays.append(delay)
+            return real_call_later(3600, *args)  # never fires during the test
+
+        monkeypatch.setattr(loop, "call_later", record_delay)
+        for _ in range(4):
+            await r.reconcile(KEY, force=True)
+        for d, base in zip(delays, (1, 2, 4, 8), strict=True):
+            assert 0.8 * base <= d <= 1.2 * base, delays
+        assert ("delete", "Job") not in kube.calls  # nothing deleted while the record is refused
+        kube.status_result = True
+        await r.reconcile(KEY, force=True)
+        assert KEY not in r._failures and ("delete", "Job") in kube.calls
+        r.forget(KEY)
+
+    asyncio.run(go())
