@@ -93,6 +93,14 @@ def counter(c: Any) -> float:
     return float(c._value.get())
 
 
+async def until(done: Any, tries: int = 100) -> None:
+    """Let the workers run until `done()` holds (at most `tries` x 10 ms)."""
+    for _ in range(tries):
+        if done():
+            return
+        await asyncio.sleep(0.01)
+
+
 async def settle() -> None:
     for _ in range(3):
         await asyncio.sleep(0)
@@ -176,10 +184,7 @@ def test_concurrent_reconciles_are_bounded() -> None:
             # in the queue before rendering anything.
             assert kube.in_flight == 6
             kube.gate.set()
-            for _ in range(200):
-                if sum(c[0] == "status" for c in kube.calls) == len(keys):
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: sum(c[0] == "status" for c in kube.calls) == len(keys), tries=200)
             assert [c[1] for c in kube.calls if c[0] == "status"] == ["Validating"] * len(keys)
             assert kube.most_in_flight == 6
         finally:
@@ -200,10 +205,7 @@ def test_events_for_a_queued_job_are_coalesced() -> None:
         assert counter(metrics.COALESCED) == before + 4
         workers = r.start()
         try:
-            for _ in range(100):
-                if any(c[0] == "status" for c in kube.calls):
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: any(c[0] == "status" for c in kube.calls))
             await settle()
         finally:
             for w in workers:
@@ -243,23 +245,14 @@ def test_a_busy_key_never_holds_a_second_worker() -> None:
         workers = r.start()
         try:
             r.enqueue(KEY)
-            for _ in range(100):
-                if kube.in_flight:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: kube.in_flight)
             for _ in range(5):  # events while KEY's reconcile is blocked in an apply
                 r.enqueue(KEY, force=True)
             r.enqueue(other)
-            for _ in range(100):  # the second worker is free for another job
-                if kube.in_flight >= 2:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: kube.in_flight >= 2)  # the second worker is free for another job
             assert kube.in_flight == 2, "the other job waited behind a busy key"
             kube.gate.set()
-            for _ in range(200):
-                if r._work.empty() and not r._pending and not r._processing:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: r._work.empty() and not r._pending and not r._processing, tries=200)
             await settle()
         finally:
             for w in workers:
@@ -313,10 +306,7 @@ def test_timer_driven_work_waits_while_a_peer_outranks_this_replica(monkeypatch:
             assert kube.calls == [] and not await r.active()
             kube.peering = peers((100, 1))  # the other replica is gone
             r.enqueue(KEY, force=True)
-            for _ in range(100):
-                if any(c[0] == "status" for c in kube.calls):
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: any(c[0] == "status" for c in kube.calls))
             assert ("status", "Validating") in kube.calls
         finally:
             for w in workers:
@@ -341,10 +331,7 @@ def test_progress_reports_go_through_the_queue() -> None:
         r.enqueue(KEY, progress=Progress(step=40, total_steps=160, percent=25.0, loss=0.71))
         workers = r.start()
         try:
-            for _ in range(100):
-                if kube.calls:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: kube.calls)
         finally:
             for w in workers:
                 w.cancel()

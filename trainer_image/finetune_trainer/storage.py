@@ -291,24 +291,6 @@ class Output:
                 raise self._fail(err, rel, "read") from None
             raise
 
-    def exists(self, rel: str) -> bool:
-        """Whether the object (or file) exists."""
-        if self.location.scheme == "file":
-            return pathlib.Path(self.location.child(rel).path).is_file()
-        from botocore.exceptions import ClientError
-
-        try:
-            self._s3().head_object(Bucket=self.location.bucket, Key=self._key(rel))
-            return True
-        except ClientError as err:
-            if err.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
-                return False
-            raise self._fail(err, rel, "read") from None
-        except Exception as err:
-            if _is_boto_error(err):
-                raise self._fail(err, rel, "read") from None
-            raise
-
     def list_subdirs(self, rel_prefix: str) -> list[str]:
         """Names of the immediate "directories" below `rel_prefix`."""
         if self.location.scheme == "file":

@@ -395,9 +395,8 @@ def evaluate(engine: Engine, val_set: list[Example], batch_size: int, env: DistE
         labels = batch["labels"].to(logits.device)
         sums += torch.tensor([float(loss_sum(logits, labels)), float(count_targets(batch["labels"]))], dtype=torch.float64)
         if num_labels:
-            pred = logits.argmax(-1).cpu()
-            for t, q in zip(batch["labels"].tolist(), pred.tolist(), strict=True):
-                confusion[t, q] += 1
+            pairs = batch["labels"] * num_labels + logits.argmax(-1).cpu()
+            confusion += torch.bincount(pairs, minlength=num_labels * num_labels).reshape(num_labels, num_labels)
     module.train()
     reduced = distributed.all_reduce_sum([*sums.tolist(), *confusion.flatten().tolist()])
     loss = reduced[0] / max(reduced[1], 1.0)
