@@ -178,7 +178,7 @@ def main() -> int:
     try:
         install(cluster)
         proc = OperatorProcess(cluster, cluster.state_dir)
-        proc.start(priority=100)
+        proc.start()
         assert proc.proc is not None
         pid = proc.proc.pid
         api = cluster.api_client()

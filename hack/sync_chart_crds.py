@@ -7,10 +7,7 @@ created, naming the field (unknown fields too, as the operator's models forbid t
 Run: .venv/bin/python hack/sync_chart_crds.py [--check]
 
 Every CustomResourceDefinition document of crds/<file>.yaml goes, unchanged, into
-charts/finetune-operator/crds/<file>.yaml, which Helm installs before the templates. Other
-documents in crds/ (kopf's ClusterKopfPeering object) cannot live in the chart's crds/ folder,
-because Helm creates that folder's objects before their own CRD is established; the chart renders
-them from templates/peering.yaml instead, and tests/chart checks that they match.
+charts/finetune-operator/crds/<file>.yaml, which Helm installs before the templates.
 """
 
 from __future__ import annotations

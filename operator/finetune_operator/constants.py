@@ -10,7 +10,8 @@ from finetune_trainer import contract
 __all__ = ["contract"]
 
 FIELD_MANAGER = "finetune-operator"
-PEERING_NAME = "finetune-operator"
+#: Default name of the leader Lease (in the operator's namespace; the chart names it per release).
+LEASE_NAME = "finetune-operator"
 EVENT_SOURCE = "finetune-operator"
 
 # --- Child names (deterministic: re-running a reconcile never makes a second child) -----------

@@ -1,13 +1,13 @@
 """kopf handlers: thin. Each one finds the FineTuneJob an event is about and queues it for the
 reconciler's workers.
 
-All kopf settings live in `configure` (the one startup hook): peering (only one replica acts),
-server-side label selectors (only the operator's own Jobs and pods are sent to it), progress
+All kopf settings live in `configure` (the one startup hook): no kopf peering (leadership is a
+Lease held before kopf starts, see `leader.py` and `main.run`), server-side label selectors (only the operator's own Jobs and pods are sent to it), progress
 storage in annotations, no diff-base (the operator has no change-detecting handlers), watch
 timeouts, no kopf-posted events, and the metrics server. Indexes keep small views of
 FineTuneJobs, runtimes, Jobs and pods in memory so a reconcile reads no API objects. Periodic
 work (resync, progress polling) is one loop each for all jobs, not a kopf timer per object,
-which keeps thousands of jobs cheap; both stand down while a peer outranks this replica.
+which keeps thousands of jobs cheap.
 """
 
 from __future__ import annotations
@@ -19,12 +19,11 @@ from typing import Any
 
 import aiohttp
 import kopf
-from prometheus_client import start_http_server
 
 from finetune_operator import constants as c
 from finetune_operator.kube import Kube, login
 from finetune_operator.progress import fetch_progress
-from finetune_operator.reconcile import Indexes, Peering, Reconciler, ftj_record
+from finetune_operator.reconcile import Indexes, Reconciler, ftj_record
 from finetune_operator.resolve import OperatorConfig
 from finetune_operator.views import job_view, pod_view
 
@@ -60,12 +59,9 @@ class NoDiffBase(kopf.DiffBaseStorage):
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     options = memo.get("options") or {}
-    settings.peering.name = c.PEERING_NAME
-    settings.peering.standalone = bool(options.get("standalone", False))
-    settings.peering.mandatory = not settings.peering.standalone
-    settings.peering.priority = int(options.get("priority", 0))
-    settings.peering.lifetime = int(options.get("peering_lifetime", 30))
-    settings.peering.clusterwide = not options.get("namespace")
+    # Only the Lease holder ever gets here (main.run); kopf's own peering would pause it again.
+    settings.peering.standalone = True
+    settings.peering.mandatory = False
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ct.GROUP)
     settings.persistence.diffbase_storage = NoDiffBase()
     for resource in CHILD_RESOURCES:
@@ -79,23 +75,23 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     settings.networking.request_timeout = 60
     settings.execution.max_workers = 4
     settings.queueing.idle_timeout = 1.0  # per-object workers (and the bodies they hold) go away fast
-    port = int(options.get("metrics_port", 8080))
-    if port:
-        start_http_server(port, addr=str(options.get("metrics_addr", "0.0.0.0")))
     workers = int(options.get("api_workers", 32))
-    kube = Kube(concurrency=workers)
+    # Every write asks the fence first (refused once this replica is past its Lease's renew
+    # deadline); the identity names this replica in the API server's audit log.
+    kube = Kube(concurrency=workers, fence=memo.get("fence"), identity=str(memo.get("identity") or ""))
     config = OperatorConfig(default_image=str(options.get("default_image", c.DEFAULT_IMAGE)))
-    # Timer-driven work follows the cluster-wide peering; namespaced peering (several objects, one
-    # per namespace) is not consulted: run namespaced operators as one replica or --standalone.
-    clusterwide_peering = not settings.peering.standalone and settings.peering.clusterwide
-    peering = Peering(settings.peering.name, settings.peering.priority) if clusterwide_peering else None
-    memo["reconciler"] = Reconciler(kube, config, concurrency=workers, peering=peering)
+    memo["reconciler"] = Reconciler(kube, config, concurrency=workers)
 
 
 @kopf.on.cleanup()
 async def shutdown(memo: Any, **_: Any) -> None:
     for task in memo.get("loops") or []:
         task.cancel()
+    release = memo.get("release")
+    if release is not None:
+        # Hand the Lease over now (kopf takes a few more seconds to close its watches); from here
+        # on the fence refuses every write of this replica.
+        await release()
     reconciler: Reconciler | None = memo.get("reconciler")
     if reconciler is not None:
         await reconciler.kube.close()
@@ -105,11 +101,6 @@ async def shutdown(memo: Any, **_: Any) -> None:
 def authenticate(**_: Any) -> kopf.ConnectionInfo:
     """kopf's own kubeconfig / ServiceAccount readers (the kubernetes client is not loaded)."""
     return login()
-
-
-@kopf.on.probe(id="reconciler")
-def probe(memo: Any, **_: Any) -> bool:
-    return memo.get("reconciler") is not None
 
 
 # --- indexes ---------------------------------------------------------------------------------------
@@ -191,12 +182,9 @@ async def on_runtime(name: str, memo: Any, **kw: Any) -> None:
 # --- periodic work: one loop for all jobs (no per-object timer tasks) ------------------------------------
 async def resync_loop(r: Reconciler, seconds: float = RESYNC_SECONDS) -> None:
     """Level-triggered safety net: every unfinished job is reconciled once a minute, so a missed
-    watch event or a failed API call is corrected without waiting for the next event. Skipped
-    while a peer outranks this replica (its indexes are not kept current then)."""
+    watch event or a failed API call is corrected without waiting for the next event."""
     while True:
         await asyncio.sleep(seconds * random.uniform(0.9, 1.1))  # jittered: replicas and restarts drift apart
-        if not await r.active():
-            continue
         for key in r.active_keys():
             r.enqueue(key, force=True)
 
@@ -215,8 +203,7 @@ async def progress_loop(r: Reconciler, seconds: float = PROGRESS_SECONDS) -> Non
     async with aiohttp.ClientSession() as session:
         while True:
             await asyncio.sleep(seconds)
-            if await r.active():
-                await asyncio.gather(*(poll(session, key, url) for key, url in r.progress_targets()))
+            await asyncio.gather(*(poll(session, key, url) for key, url in r.progress_targets()))
 
 
 def _start_loops(memo: Any, r: Reconciler) -> None:

@@ -40,7 +40,7 @@ _PATHS = {
     "FineTuneJob": "/apis/" + ct.API_VERSION + "/namespaces/{ns}/" + ct.PLURAL_JOB + "/{name}",
 }
 _EVENTS_PATH = "/api/v1/namespaces/{ns}/events"
-_PEERING_PATH = "/apis/kopf.dev/v1/clusterkopfpeerings/{name}"
+_LEASES_PATH = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
 REQUEST_TIMEOUT_SECONDS = 30.0
 
 
@@ -50,6 +50,13 @@ class KubeError(RuntimeError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
+
+
+class NotLeader(KubeError):
+    """A write refused before it was sent: this replica no longer holds the leader Lease."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(0, f"{what}: refused, this replica is not the leader")
 
 
 def login() -> kopf.ConnectionInfo:
@@ -90,9 +97,21 @@ def _ssl_context(info: kopf.ConnectionInfo) -> ssl.SSLContext | bool:
 
 
 class Kube:
-    def __init__(self, credentials: Callable[[], kopf.ConnectionInfo] = login, concurrency: int = 16) -> None:
+    """`fence`, when given, is asked before every write (anything but GET): a False answer
+    refuses the write (NotLeader) without sending it. `identity` goes into the User-Agent, so the
+    API server's audit log names the replica behind every request."""
+
+    def __init__(
+        self,
+        credentials: Callable[[], kopf.ConnectionInfo] = login,
+        concurrency: int = 16,
+        fence: Callable[[], bool] | None = None,
+        identity: str = "",
+    ) -> None:
         self._credentials = credentials
         self._concurrency = concurrency
+        self._fence = fence
+        self._user_agent = f"{c.FIELD_MANAGER}/{identity}" if identity else c.FIELD_MANAGER
         self._session: aiohttp.ClientSession | None = None
         self._info: kopf.ConnectionInfo | None = None
         self._server = ""
@@ -107,7 +126,7 @@ class Kube:
         if self._session is not None:
             await self._session.close()
         info = self._info = self._credentials()
-        headers = {"Accept": "application/json", "User-Agent": c.FIELD_MANAGER}
+        headers = {"Accept": "application/json", "User-Agent": self._user_agent}
         auth = None
         if info.token:
             headers["Authorization"] = f"Bearer {info.token}"
@@ -134,6 +153,8 @@ class Kube:
         read: bool = False,
     ) -> tuple[int, Any]:
         url = path + ("?" + urlencode(query) if query else "")
+        if method != "GET" and self._fence is not None and not self._fence():
+            raise NotLeader(f"{method} {path}")
         try:
             data = json.dumps(body, allow_nan=False) if body is not None else None
         except ValueError as err:  # NaN/Infinity is not JSON: refuse here instead of sending what the API server rejects
@@ -145,6 +166,8 @@ class Kube:
 
     async def _request(self, method: str, url: str, data: str | None, content_type: str, slots: asyncio.Semaphore, read: bool) -> tuple[int, Any]:
         async with slots:
+            if method != "GET" and self._fence is not None and not self._fence():
+                raise NotLeader(f"{method} {url}")  # lost the lease while waiting for a slot
             for attempt in (1, 2):
                 session = await self._open(relogin=attempt == 2)
                 t0 = time.perf_counter()
@@ -259,15 +282,36 @@ class Kube:
         if not 200 <= status < 300:  # an event that cannot be posted is not worth failing a reconcile
             log.warning("event %s on %s/%s not posted: %s", event.reason, meta.namespace, meta.name, _msg(data))
 
-    async def peers(self, name: str) -> dict[str, Any] | None:
-        """The peers recorded in the ClusterKopfPeering `name` (kopf keeps them in its status);
-        None when it does not exist."""
-        status, data = await self._run("GET", _PEERING_PATH.format(name=name), read=True)
+    # --- the leader Lease (used by `leader.LeaderElector` through its own, unfenced client) -----
+    async def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        status, data = await self._run("GET", _LEASES_PATH.format(ns=namespace) + f"/{name}", read=True)
         if status == 404:
             return None
-        self._check(status, data, f"get ClusterKopfPeering {name}")
-        peers = data.get("status") if isinstance(data, dict) else None
-        return dict(peers) if isinstance(peers, dict) else {}
+        self._check(status, data, f"get Lease {namespace}/{name}")
+        return dict(data) if isinstance(data, dict) else None
+
+    async def create_lease(self, namespace: str, name: str, spec: dict[str, Any]) -> bool:
+        """False when another replica created it first (409)."""
+        body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+        status, data = await self._run("POST", _LEASES_PATH.format(ns=namespace), body)
+        if status == 409:
+            return False
+        self._check(status, data, f"create Lease {namespace}/{name}")
+        return True
+
+    async def replace_lease(self, namespace: str, name: str, spec: dict[str, Any], resource_version: str) -> bool:
+        """PUT conditional on `resource_version`; False when someone else wrote it since (409)."""
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name, "namespace": namespace, "resourceVersion": resource_version},
+            "spec": spec,
+        }
+        status, data = await self._run("PUT", _LEASES_PATH.format(ns=namespace) + f"/{name}", body)
+        if status in (404, 409):
+            return False
+        self._check(status, data, f"update Lease {namespace}/{name}")
+        return True
 
     async def close(self) -> None:
         if self._session is not None:

@@ -2,21 +2,28 @@
 
 Run:
     finetune-operator                       # in a pod (ServiceAccount) or with $KUBECONFIG
-    finetune-operator --standalone          # no peering (development, single replica)
+    finetune-operator --standalone          # no leader election (development, single replica)
     python -m finetune_operator.main --metrics-port 8080 --liveness-port 8081
 
-Needs the CRDs from crds/ (including kopf's ClusterKopfPeering and the `finetune-operator`
-peering object unless --standalone) and the RBAC in operator/finetune_operator/rbac.yaml.
-Metrics: http://<addr>:<metrics-port>/metrics; liveness: http://<addr>:<liveness-port>/healthz.
+Needs the CRDs from crds/ and the RBAC in operator/finetune_operator/rbac.yaml. Replicas elect
+one leader through a Lease (`leader.py`); the others wait without watching anything, and a leader
+that loses its Lease exits (exit code 1), as controller-runtime managers do.
+Metrics: http://<addr>:<metrics-port>/metrics; liveness: http://<addr>:<liveness-port>/healthz
+(served by standbys too).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
-import random
+import socket
 import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from urllib.parse import urlsplit
 
 # kopf imports the kubernetes client library, when it is installed, only to recognise its
 # objects; this operator talks to the API server with aiohttp and kopf's own credential readers.
@@ -24,9 +31,37 @@ import sys
 sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
 
 import kopf  # noqa: E402
+from aiohttp import web  # noqa: E402
+from prometheus_client import start_http_server  # noqa: E402
 
 from finetune_operator import constants as c  # noqa: E402
-from finetune_operator import handlers  # noqa: E402, F401  (registers the kopf handlers)
+from finetune_operator import (  # noqa: E402
+    handlers,  # noqa: F401  (registers the kopf handlers)
+    leader,
+    metrics,
+)
+from finetune_operator.kube import Kube  # noqa: E402
+
+log = logging.getLogger("finetune_operator.main")
+SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+#: Exit code of a replica that lost the leader Lease (its pod restarts and stands by).
+EXIT_LOST_LEADERSHIP = 1
+
+
+def _default_namespace() -> str:
+    env = os.environ.get("FINETUNE_OPERATOR_NAMESPACE") or os.environ.get("POD_NAMESPACE")
+    if env:
+        return env
+    try:
+        return SA_NAMESPACE_FILE.read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def _default_identity() -> str:
+    """Pod name (or host name) plus a random suffix: a restarted process is a new candidate."""
+    base = os.environ.get("POD_NAME") or socket.gethostname() or "finetune-operator"
+    return f"{base}_{uuid.uuid4().hex[:8]}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -35,16 +70,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metrics-port", type=int, default=int(env("FINETUNE_OPERATOR_METRICS_PORT", "8080")), help="0 disables")
     p.add_argument("--metrics-addr", default=env("FINETUNE_OPERATOR_METRICS_ADDR", "0.0.0.0"))
     p.add_argument("--liveness-port", type=int, default=int(env("FINETUNE_OPERATOR_LIVENESS_PORT", "8081")), help="0 disables")
-    p.add_argument("--standalone", action="store_true", default=env("FINETUNE_OPERATOR_STANDALONE") == "1", help="no peering")
     p.add_argument(
-        "--priority",
-        type=int,
-        default=int(env("FINETUNE_OPERATOR_PRIORITY", "0")) or random.randint(1, 1_000_000),
-        help="peering priority; the highest live replica acts, the others wait (random by default)",
+        "--standalone",
+        action="store_true",
+        default=env("FINETUNE_OPERATOR_STANDALONE") == "1",
+        help="no leader election: act at once (one replica only, development)",
     )
-    p.add_argument("--peering-lifetime", type=int, default=int(env("FINETUNE_OPERATOR_PEERING_LIFETIME", "30")))
+    p.add_argument("--leader-election-namespace", default=None, help="namespace of the leader Lease (default: the pod's namespace)")
+    p.add_argument("--leader-election-id", default=env("FINETUNE_OPERATOR_LEADER_ELECTION_ID", c.LEASE_NAME), help="name of the leader Lease")
+    p.add_argument("--identity", default=env("FINETUNE_OPERATOR_IDENTITY") or None, help="this replica's holder identity (default: pod name + random suffix)")
+    p.add_argument("--lease-seconds", type=float, default=float(env("FINETUNE_OPERATOR_LEASE_SECONDS", str(leader.LEASE_SECONDS))))
+    p.add_argument("--renew-deadline", type=float, default=float(env("FINETUNE_OPERATOR_RENEW_DEADLINE", str(leader.RENEW_DEADLINE_SECONDS))))
+    p.add_argument("--retry-period", type=float, default=float(env("FINETUNE_OPERATOR_RETRY_PERIOD", str(leader.RETRY_PERIOD_SECONDS))))
     p.add_argument("--default-image", default=env("FINETUNE_OPERATOR_TRAINER_IMAGE", c.DEFAULT_IMAGE), help="trainer image when neither job nor runtime names one")
-    p.add_argument("--liveness", default=None, help="liveness endpoint URL (overrides --liveness-port), e.g. http://0.0.0.0:8081/healthz")
+    p.add_argument("--liveness", default=None, help="liveness endpoint URL (overrides --liveness-port), e.g. http://0.0.0.0:8081/healthz; served by standbys too")
     p.add_argument("--all-namespaces", "-A", action="store_true", help="watch all namespaces (the default)")
     p.add_argument("--namespace", "-n", action="append", default=[], help="watch only these namespaces (repeatable)")
     p.add_argument(
@@ -64,18 +103,82 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _liveness_address(args: argparse.Namespace) -> tuple[str, int] | None:
+    if args.liveness:
+        url = urlsplit(args.liveness)
+        return url.hostname or "0.0.0.0", url.port or 80
+    return ("0.0.0.0", args.liveness_port) if args.liveness_port else None
+
+
+async def _health_server(address: tuple[str, int] | None, is_leader: Callable[[], bool]) -> web.AppRunner | None:
+    """/healthz on every replica, leader or standby (the event loop answering is what counts)."""
+    if address is None:
+        return None
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"leader": is_leader()})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, *address).start()
+    return runner
+
+
+async def run(args: argparse.Namespace) -> None:
+    identity = args.identity or _default_identity()
+    elector: leader.LeaderElector | None = None
+    if not args.standalone:
+        elector = leader.LeaderElector(
+            Kube(concurrency=2, identity=identity),  # its own connections: renewals never queue behind work
+            args.leader_election_namespace or _default_namespace(),
+            args.leader_election_id,
+            identity,
+            lease_seconds=args.lease_seconds,
+            renew_deadline=args.renew_deadline,
+            retry_period=args.retry_period,
+        )
+    health = await _health_server(_liveness_address(args), elector.is_leader if elector else lambda: True)
+    if elector is not None:
+        await elector.acquire()
+    metrics.LEADER.set(1)
+    memo = kopf.Memo(
+        options=vars(args),
+        identity=identity,
+        fence=elector.is_leader if elector else None,
+        release=elector.release if elector else None,
+    )
+    operator = asyncio.create_task(
+        kopf.operator(clusterwide=not args.namespace, namespaces=args.namespace, standalone=True, memo=memo),
+    )
+    if elector is None:
+        await operator
+        return
+    lost = asyncio.create_task(elector.hold())
+    done, _ = await asyncio.wait({operator, lost}, return_when=asyncio.FIRST_COMPLETED)
+    if lost in done:
+        # Fenced already (every write is refused past the renew deadline); exit before anything
+        # else runs, as controller-runtime does: the pod restarts as a standby with no caches.
+        log.error("leadership lost: exiting so that only the new leader acts")
+        logging.shutdown()
+        os._exit(EXIT_LOST_LEADERSHIP)
+    lost.cancel()
+    await elector.release()
+    await elector.kube.close()
+    if health is not None:
+        await health.cleanup()
+    operator.result()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("kopf.objects", "kubernetes.client.rest", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    liveness = args.liveness or (f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None)
-    kopf.run(
-        clusterwide=not args.namespace,
-        namespaces=args.namespace,
-        liveness_endpoint=liveness,
-        memo=kopf.Memo(options=vars(args)),
-    )
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr=args.metrics_addr)
+    asyncio.run(run(args))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from finetune_operator import constants as c
 
+LEADER = Gauge("finetune_operator_leader", "1 on the replica that holds the leader Lease and acts, 0 on a standby")
 JOBS = Gauge("finetune_operator_jobs", "FineTuneJobs known to the operator, by phase", ["phase"])
 RECONCILE_SECONDS = Histogram(
     "finetune_operator_reconcile_duration_seconds",

@@ -42,7 +42,7 @@ from finetune_operator.kube import Kube, KubeError
 from finetune_operator.plan import Observed, Plan, decide
 from finetune_operator.progress import progress_url
 from finetune_operator.resolve import JobMeta, OperatorConfig
-from finetune_operator.views import JobView, PodView, outranked
+from finetune_operator.views import JobView, PodView
 
 ct = c.contract
 log = logging.getLogger(__name__)
@@ -51,18 +51,6 @@ Index = Mapping[Any, Collection[Any]]
 
 RETRY_MIN_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
-#: How long a peering check holds: timer-driven work asks at most this often.
-PEERING_CHECK_SECONDS = 5.0
-
-
-@dataclass(frozen=True)
-class Peering:
-    """This replica's place in kopf's peering (None: standalone, always active)."""
-
-    name: str
-    priority: int
-
-
 @dataclass
 class _Request:
     """A queued reconcile: forced (timers), with fresh progress (the progress loop), or neither."""
@@ -143,12 +131,9 @@ class Reconciler:
         config: OperatorConfig,
         clock: Callable[[], datetime] | None = None,
         concurrency: int = 32,
-        peering: Peering | None = None,
     ) -> None:
         self.kube = kube
         self.config = config
-        self.peering = peering
-        self._active: tuple[float, bool] | None = None  # (monotonic time checked, active)
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.indexes: Indexes | None = None
         self.phases = metrics.PhaseBook()
@@ -201,10 +186,6 @@ class Reconciler:
             req = self._pending.pop(key, None) or _Request()
             self._processing.add(key)
             try:
-                # Watch events reach the handlers only while kopf lets this replica act; forced
-                # keys come from timers (resync, retries), which kopf's peering pause does not stop.
-                if req.force and not await self.active():
-                    continue
                 await self.reconcile(key, progress=req.progress, force=req.force)
             except Exception:  # reconcile handles its own errors; a worker must never die
                 log.exception("work queue: %s/%s failed", key[0], key[1])
@@ -212,26 +193,6 @@ class Reconciler:
                 self._processing.discard(key)
                 if key in self._pending:  # events that came in meanwhile: one more run
                     self._work.put_nowait(key)
-
-    async def active(self) -> bool:
-        """Whether this replica may act: no live peer outranks it in kopf's peering object.
-        Timer-driven work asks before acting, so a replica paused in favour of another one does
-        not act on the state it saw before the pause."""
-        if self.peering is None:
-            return True
-        now = time.monotonic()
-        if self._active is not None and now - self._active[0] < PEERING_CHECK_SECONDS:
-            return self._active[1]
-        try:
-            peers = await self.kube.peers(self.peering.name)
-        except (KubeError, OSError) as err:
-            log.warning("peering %s unreadable, acting on timers paused: %s", self.peering.name, err)
-            peers = None
-        active = peers is not None and not outranked(peers, self.peering.priority, self.clock())
-        if self._active is not None and self._active[1] != active:
-            log.info("timer-driven work %s (peering %s)", "resumed" if active else "paused", self.peering.name)
-        self._active = (now, active)
-        return active
 
     async def reconcile(self, key: Key, progress: Progress | None = None, force: bool = False) -> Plan | None:
         """Reconcile one job now (the queue's workers call this)."""

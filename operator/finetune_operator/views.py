@@ -7,9 +7,8 @@ with thousands of jobs, and the status computation reads only these fields.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from finetune_operator import constants as c
@@ -145,23 +144,3 @@ def parse_time(value: str | None) -> datetime | None:
 
 def format_time(value: datetime) -> str:
     return value.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-def outranked(peers: Mapping[str, Any], priority: int, now: datetime) -> bool:
-    """kopf's peering rule, read from a ClusterKopfPeering's status (identity -> priority,
-    lifetime, lastseen): a replica stands by while another live replica has a higher priority,
-    or while two have the same one (kopf then pauses them all). This replica's own entry counts
-    once among those with its priority."""
-    same = 0
-    for info in peers.values():
-        if not isinstance(info, Mapping):
-            continue
-        seen = parse_time(str(info.get("lastseen") or ""))
-        lifetime = _int(info.get("lifetime"))
-        if seen is None or seen + timedelta(seconds=60 if lifetime is None else lifetime) <= now:
-            continue  # dead: kopf ignores (and removes) it
-        other = _int(info.get("priority")) or 0
-        if other > priority:
-            return True
-        same += other == priority
-    return same > 1

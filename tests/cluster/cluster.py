@@ -143,6 +143,25 @@ def _install_handlers() -> None:
     _HANDLERS_INSTALLED = True
 
 
+#: Namespace whose ServiceAccounts' writes the API server records in its audit log
+#: (``ControlPlane.audit_log``): the operator's, in the tests.
+AUDITED_NAMESPACE = "ftop-system"
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "omitManagedFields": True,
+    "rules": [
+        {
+            "level": "Metadata",
+            "userGroups": [f"system:serviceaccounts:{AUDITED_NAMESPACE}"],
+            "verbs": ["create", "update", "patch", "delete", "deletecollection"],
+        },
+        {"level": "None"},
+    ],
+}
+
+
 class ControlPlane:
     """A control plane rooted in ``state_dir`` (PKI, etcd data, logs, kubeconfig, state.json)."""
 
@@ -233,9 +252,24 @@ class ControlPlane:
         except (urllib.error.URLError, OSError, ssl.SSLError):
             return False
 
+    @property
+    def audit_log(self) -> Path:
+        """One JSON line per write by a ServiceAccount of AUDITED_NAMESPACE (user agent, verb,
+        object, response code, timestamps), written by the API server itself."""
+        return self.log_dir / "audit.log"
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        try:
+            lines = self.audit_log.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line) for line in lines if line.strip()]
+
     # ---- start ----------------------------------------------------------------------------
     def _argv(self) -> dict[str, list[str]]:
         b, p, k = self.bin_dir, self.ports, self.pki
+        policy = self.state_dir / "audit-policy.json"
+        policy.write_text(json.dumps(AUDIT_POLICY))
         etcd_url = f"http://127.0.0.1:{p['etcd']}"
         peer_url = f"http://127.0.0.1:{p['etcd_peer']}"
         kubeconfig = str(self.kubeconfig)
@@ -287,6 +321,10 @@ class ControlPlane:
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-maxsize=200",
+                "--audit-log-maxbackup=1",
                 "--v=1",
                 # klog buffers for 5 s by default; a component SIGKILLed after a slow shutdown on a
                 # loaded machine would lose its last lines (the ones that explain a failure).
@@ -642,13 +680,17 @@ class ControlPlane:
         return config.new_client_from_config(config_file=str(kubeconfig or self.kubeconfig))
 
     @contextlib.contextmanager
-    def namespace(self, prefix: str = "test") -> Iterator[str]:
-        """A fresh namespace, deleted (without waiting) afterwards."""
+    def namespace(self, prefix: str = "test", labels: dict[str, str] | None = None) -> Iterator[str]:
+        """A fresh namespace (with ``labels``, e.g. Pod Security ones), deleted (without
+        waiting) afterwards."""
         name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+        metadata: dict[str, Any] = {"name": name}
+        if labels:
+            metadata["labels"] = dict(labels)
         self.request(
             "POST",
             "/api/v1/namespaces",
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": metadata},
         )
         try:
             yield name

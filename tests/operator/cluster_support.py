@@ -1,19 +1,21 @@
 """Running the operator against the real control plane, as a ServiceAccount with exactly the
 RBAC of operator/finetune_operator/rbac.yaml, and driving its pods through kwok.
 
-`operator` (session fixture): installs crds/, the peering object, the ServiceAccount and its
+`operator` (session fixture): installs crds/, the ServiceAccount and its
 ClusterRole(Binding), then runs `python -m finetune_operator.main` with a TokenRequest kubeconfig
 for that ServiceAccount. `Kube` bundles the admin API clients and wait/annotate helpers.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,9 @@ OPERATOR_NAMESPACE = "ftop-system"
 OPERATOR_SA = "finetune-operator"
 RBAC_FILE = REPO / "operator" / "finetune_operator" / "rbac.yaml"
 TEST_IMAGE = "registry.invalid/finetune-trainer:test"
+#: Leader election in the tests: a replacement for a SIGKILLed operator waits out the Lease, so it
+#: is shorter than the 15 s default (and long enough for a loaded 2-core machine to renew).
+LEASE_ARGS = ("--lease-seconds", "6", "--renew-deadline", "4", "--retry-period", "1")
 
 
 class Kube:
@@ -131,13 +136,16 @@ class OperatorProcess:
         self.metrics_port = 0
         self.liveness_port = 0
         self.starts = 0
+        self.identity = ""
         self.kubeconfig = cluster.service_account_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_SA)
 
     @property
     def log_path(self) -> Path:
         return self.log_dir / f"operator-{self.starts}.log"
 
-    def start(self, priority: int, resync_seconds: float | None = None) -> None:
+    def start(self, resync_seconds: float | None = None, identity: str | None = None, wait_leader: bool = True, extra: tuple[str, ...] = ()) -> None:
+        """Start a replica; by default wait until it holds the leader Lease (a standby answers
+        /healthz too, with leader false)."""
         self.starts += 1
         self.metrics_port, self.liveness_port = free_port(), free_port()
         env = {
@@ -149,32 +157,59 @@ class OperatorProcess:
             sys.executable, "-m", "finetune_operator.main",
             "--metrics-port", str(self.metrics_port), "--metrics-addr", "127.0.0.1",
             "--liveness-port", str(self.liveness_port),
-            "--priority", str(priority), "--peering-lifetime", "10",
+            "--leader-election-namespace", OPERATOR_NAMESPACE, *LEASE_ARGS, *extra,
         ]
+        # The identity is the User-Agent suffix the API server's audit log records for each write.
+        self.identity = identity or f"{self.log_dir.name}-{self.starts}-{uuid.uuid4().hex[:6]}"
+        argv += ["--identity", self.identity]
         if resync_seconds is not None:
             argv += ["--resync-seconds", str(resync_seconds)]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
         Kube.wait(self.healthy, "operator liveness endpoint", 60, self.tail)
+        if wait_leader:
+            Kube.wait(self.is_leader, "operator holding the leader Lease", 60, self.tail)
 
-    def healthy(self) -> bool:
+    def _health(self) -> dict[str, Any] | None:
         if self.proc is None or self.proc.poll() is not None:
             raise AssertionError(f"operator exited ({self.proc.returncode if self.proc else None}):\n{self.tail()}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=2) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
+                return dict(json.loads(r.read())) if r.status == 200 else None
+        except (OSError, ValueError):
+            return None
+
+    def healthy(self) -> bool:
+        return self._health() is not None
+
+    def is_leader(self) -> bool:
+        health = self._health()
+        return bool(health and health.get("leader"))
 
     def metrics(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
             return str(r.read().decode())
 
     def kill(self) -> None:
-        """SIGKILL: no cleanup, no peering goodbye (a crash)."""
+        """SIGKILL: no cleanup, the Lease not released (a crash)."""
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+
+    def pause(self) -> None:
+        """SIGSTOP: the process freezes with its caches and its queued work (a stalled node)."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def writes(self, cluster: ControlPlane, since: str = "") -> list[dict[str, Any]]:
+        """This replica's writes as the API server's audit log recorded them (since an RFC 3339
+        time in the API server's clock, microseconds)."""
+        agent = f"{c.FIELD_MANAGER}/{self.identity}"
+        return [e for e in cluster.audit_events() if e.get("userAgent") == agent and e.get("requestReceivedTimestamp", "") >= since]
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -193,12 +228,11 @@ class OperatorProcess:
 
 
 def install(cluster: ControlPlane) -> None:
-    """CRDs, peering object, operator namespace + ServiceAccount + ClusterRole(Binding)."""
+    """CRDs, operator namespace + ServiceAccount + ClusterRole(Binding)."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.finetune.dev", "crd/clusterfinetuneruntimes.finetune.dev", "crd/clusterkopfpeerings.kopf.dev")
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.finetune.dev", "crd/clusterfinetuneruntimes.finetune.dev")
     role = yaml.safe_load(RBAC_FILE.read_text())
     docs = [
-        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": c.PEERING_NAME}},
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}},
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": OPERATOR_SA, "namespace": OPERATOR_NAMESPACE}},
         role,
@@ -222,7 +256,7 @@ def kube(kube_cluster: ControlPlane) -> Kube:
 def ftop(kube_cluster: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
     install(kube_cluster)
     proc = OperatorProcess(kube_cluster, tmp_path_factory.mktemp("operator"))
-    proc.start(priority=100)
+    proc.start()
     try:
         yield proc
     finally:

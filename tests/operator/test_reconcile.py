@@ -10,16 +10,14 @@ the calls it is asked to make; what those calls do on a real API server is cover
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from finetune_operator import metrics, reconcile
+from finetune_operator import metrics
 from finetune_operator.api import Progress
 from finetune_operator.kube import KubeError
-from finetune_operator.reconcile import Indexes, Peering, Reconciler, ftj_record
+from finetune_operator.reconcile import Indexes, Reconciler, ftj_record
 from finetune_operator.resolve import OperatorConfig
-from finetune_operator.views import outranked
 
 from tests.operator.helpers import UID, VALIDATED, job, minimal_spec, pod
 
@@ -35,7 +33,6 @@ class RecordingKube:
         self.gate: asyncio.Event | None = None
         self.in_flight = 0
         self.most_in_flight = 0
-        self.peering: dict[str, Any] | None = None
         self.patches: list[dict[str, Any]] = []
         self.resource_versions: list[str | None] = []
         self.deleted: list[Any] = []
@@ -75,16 +72,13 @@ class RecordingKube:
     async def event(self, meta: Any, event: Any, now: Any) -> None:
         self.calls.append(("event", event.reason))
 
-    async def peers(self, name: str) -> dict[str, Any] | None:
-        return self.peering
-
 
 def record(status: dict[str, Any] | None = None, uid: str = UID) -> dict[str, Any]:
     return ftj_record({"metadata": {"uid": uid, "generation": 1}, "spec": minimal_spec(), "status": status or {}})
 
 
-def reconciler(kube: RecordingKube, jobs: dict[Any, Any], pods: dict[Any, Any], concurrency: int = 32, peering: Peering | None = None) -> Reconciler:
-    r = Reconciler(kube, OperatorConfig(), concurrency=concurrency, peering=peering)  # type: ignore[arg-type]
+def reconciler(kube: RecordingKube, jobs: dict[Any, Any], pods: dict[Any, Any], concurrency: int = 32) -> Reconciler:
+    r = Reconciler(kube, OperatorConfig(), concurrency=concurrency)  # type: ignore[arg-type]
     r.indexes = Indexes(jobs=jobs, runtimes={}, children={}, pods=pods)
     return r
 
@@ -259,58 +253,6 @@ def test_a_busy_key_never_holds_a_second_worker() -> None:
                 w.cancel()
         assert most_busy == 1  # never two workers on one key
         assert runs == {KEY: 2, other: 1}  # KEY, then once more for the five events; the other job
-
-    asyncio.run(go())
-
-
-def peers(*entries: tuple[int, int]) -> dict[str, Any]:
-    """Peering status entries (priority, seconds since last seen), lifetime 30 s."""
-    now = datetime.now(timezone.utc)
-    return {f"op-{i}": {"priority": prio, "lifetime": 30, "lastseen": (now - timedelta(seconds=ago)).isoformat()} for i, (prio, ago) in enumerate(entries)}
-
-
-@pytest.mark.parametrize(
-    ("entries", "outranked_"),
-    [
-        ([(100, 1)], False),  # only this replica
-        ([(100, 1), (50, 1)], False),  # a lower one
-        ([(100, 1), (200, 1)], True),  # a higher live one
-        ([(100, 1), (200, 45)], False),  # a higher one, dead (lifetime 30 s)
-        ([(100, 1), (100, 2)], True),  # the same priority twice: kopf pauses both
-        ([], False),
-    ],
-)
-def test_peering_rule(entries: list[tuple[int, int]], outranked_: bool) -> None:
-    assert outranked(peers(*entries), 100, datetime.now(timezone.utc)) is outranked_
-
-
-def test_peering_rule_ignores_malformed_entries() -> None:
-    now = datetime.now(timezone.utc)
-    assert not outranked({"a": "junk", "b": {"priority": 500}, "c": {"priority": 500, "lastseen": "not a time"}}, 100, now)
-    # no lifetime recorded: kopf's default of 60 s applies
-    assert outranked({"a": {"priority": 500, "lastseen": (now - timedelta(seconds=40)).isoformat()}}, 100, now)
-
-
-def test_timer_driven_work_waits_while_a_peer_outranks_this_replica(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(reconcile, "PEERING_CHECK_SECONDS", 0.0)  # every check reads the peering object
-
-    async def go() -> None:
-        kube = RecordingKube()
-        kube.peering = peers((100, 1), (900, 1))
-        jobs: dict[Any, Any] = {KEY: [record()]}
-        r = reconciler(kube, jobs, {}, peering=Peering("finetune-operator", 100))
-        workers = r.start()
-        try:
-            r.enqueue(KEY, force=True)  # a resync or a retry timer
-            await asyncio.sleep(0.05)
-            assert kube.calls == [] and not await r.active()
-            kube.peering = peers((100, 1))  # the other replica is gone
-            r.enqueue(KEY, force=True)
-            await until(lambda: any(c[0] == "status" for c in kube.calls))
-            assert ("status", "Validating") in kube.calls
-        finally:
-            for w in workers:
-                w.cancel()
 
     asyncio.run(go())
 

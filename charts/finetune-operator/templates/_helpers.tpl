@@ -51,16 +51,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "finetune-operator.args" -}}
 - --liveness=http://0.0.0.0:{{ .Values.health.port }}/healthz
 - --metrics-port={{ .Values.metrics.port }}
+- --leader-election-id={{ include "finetune-operator.fullname" . }}
 {{- if .Values.watchNamespaces }}
 {{- range .Values.watchNamespaces }}
 - --namespace={{ . }}
 {{- end }}
-{{- /*
-Watching a namespace list, kopf would elect a leader through namespaced KopfPeering objects,
-whose CRD the operator does not ship; with mandatory peering it would pause forever. One
-replica without peering is the safe setting (enforced in deployment.yaml).
-*/}}
-- --standalone
 {{- else }}
 - --all-namespaces
 {{- end }}

@@ -5,21 +5,25 @@ statement of the API calls it makes), split into cluster-scoped and namespaced r
 differ in any (apiGroup, resource, verb).
 */}}
 
-{{/* Cluster-scoped: presets, and what kopf needs to discover resources and elect a leader. */}}
+{{/* Cluster-scoped: presets, and what kopf needs to discover resources. */}}
 {{- define "finetune-operator.clusterRules" -}}
 - apiGroups: [finetune.dev]
   resources: [clusterfinetuneruntimes]
   verbs: [get, list, watch]
-# kopf: resource discovery and peering (only one replica acts).
+# kopf: resource discovery.
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [list, watch]
-- apiGroups: [kopf.dev]
-  resources: [clusterkopfpeerings]
-  verbs: [get, list, watch, patch]
+{{- end -}}
+
+{{/* In the release namespace: the leader Lease (one replica acts, the others stand by). */}}
+{{- define "finetune-operator.leaseRules" -}}
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, create, update]
 {{- end -}}
 
 {{/* In watched namespaces: FineTuneJobs, their children, pods and events. No Secrets. */}}
