@@ -25,8 +25,12 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed ## Create .venv with the operator, trainer, CLI and test dependencies
 
 .PHONY: test
-test: install cluster-build prometheus ## Run the test suite except the real-node tests (builds/starts what the tests need)
-	$(PY) -m pytest --ignore=tests/e2e $(PYTEST_ARGS)
+test: install cluster-build prometheus ## Run the test suite except the real-node tests and the chaos suite (builds/starts what the tests need)
+	$(PY) -m pytest --ignore=tests/e2e --ignore=tests/chaos $(PYTEST_ARGS)
+
+.PHONY: chaos
+chaos: install cluster-build ## The operator SIGKILLed at restart boundaries and 50x during a 200-job burst, leadership moved 20x; prints the figures
+	$(PY) -m pytest tests/chaos -s $(CHAOS_ARGS)
 
 .PHONY: e2e
 e2e: install cluster-build node-deps ## The whole product on a real node (root): images from our Dockerfiles, chart, 2-pod LoRA job

@@ -5,6 +5,7 @@ Run:
     .venv/bin/python bench/operator_burst.py                   # 200 jobs, all at once
     .venv/bin/python bench/operator_burst.py --jobs 1000       # 1000 jobs, all at once
     .venv/bin/python bench/operator_burst.py --jobs 300 --rate 10   # 10 jobs/s
+    .venv/bin/python bench/operator_burst.py --finished 10000  # RSS with 10,000 finished jobs kept, then the burst
 
 It starts a private control plane (tests/cluster: etcd, kube-apiserver, controller-manager,
 scheduler, kwok fake nodes), installs crds/ and the operator's RBAC, and runs the operator as its
@@ -150,6 +151,52 @@ def api_writes(cluster: ControlPlane) -> dict[str, float]:
     return counts
 
 
+def create_finished(custom: Any, ns: str, count: int, clients: int) -> None:
+    """FineTuneJobs whose status says Succeeded (written through the status subresource, as the
+    operator would have): what a cluster accumulates when jobs are kept without a TTL."""
+    done = "2026-01-01T12:00:00Z"
+    status = {
+        "phase": c.PHASE_SUCCEEDED,
+        "message": "adapter at s3://bench-out/run/",
+        "attempt": 0,
+        "restarts": 0,
+        "startTime": done,
+        "completionTime": done,
+        "conditions": [
+            {"type": "Validated", "status": "True", "reason": "ValidationPassed", "message": "ok", "lastTransitionTime": done},
+            {"type": "Succeeded", "status": "True", "reason": "TrainingSucceeded", "message": "done", "lastTransitionTime": done},
+        ],
+        "output": {"adapterUri": "s3://bench-out/run/adapter/", "manifestUri": "s3://bench-out/run/manifest.json", "sha256": "0" * 64},
+    }
+
+    def one(i: int) -> None:
+        name = f"done-{i:05d}"
+        body = {"apiVersion": ct.API_VERSION, "kind": ct.KIND_JOB, "metadata": {"name": name, "namespace": ns}, "spec": {**spec(), "suspend": True}}
+        drain(custom.create_namespaced_custom_object(ct.GROUP, ct.VERSION, ns, ct.PLURAL_JOB, body, _preload_content=False))
+        drain(custom.patch_namespaced_custom_object_status(ct.GROUP, ct.VERSION, ns, ct.PLURAL_JOB, name, {"status": status}, _preload_content=False))
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, range(count)))
+
+
+def metric(proc: OperatorProcess, series: str) -> float:
+    try:
+        text = proc.metrics()
+    except OSError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def vm_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def vm_hwm_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -168,6 +215,7 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=0.0, help="jobs per second; 0 = all at once")
     ap.add_argument("--timeout", type=float, default=300.0)
     ap.add_argument("--clients", type=int, default=8, help="concurrent creates in a burst")
+    ap.add_argument("--finished", type=int, default=0, help="FineTuneJobs already Succeeded before the operator starts (memory of retained jobs)")
     args = ap.parse_args()
 
     nodes = max(2, args.jobs // 90 + 2)  # 110 pods per fake node; one validation pod per job
@@ -177,14 +225,25 @@ def main() -> int:
     print(f"control plane up in {cluster.startup_seconds:.1f}s", flush=True)
     try:
         install(cluster)
-        proc = OperatorProcess(cluster, cluster.state_dir)
-        proc.start()
-        assert proc.proc is not None
-        pid = proc.proc.pid
         api = cluster.api_client()
         core, custom = k8s.CoreV1Api(api), k8s.CustomObjectsApi(api)
         ns = f"bench-{uuid.uuid4().hex[:6]}"
         core.create_namespace({"metadata": {"name": ns}})
+        if args.finished:
+            t = time.monotonic()
+            create_finished(custom, ns, args.finished, args.clients)
+            print(f"{args.finished} finished FineTuneJobs created in {time.monotonic() - t:.0f} s", flush=True)
+        proc = OperatorProcess(cluster, cluster.state_dir)
+        proc.start()
+        assert proc.proc is not None
+        pid = proc.proc.pid
+        if args.finished:
+            t = time.monotonic()
+            while metric(proc, 'finetune_operator_jobs{phase="Succeeded"}') < args.finished and time.monotonic() - t < args.timeout:
+                time.sleep(0.5)
+            time.sleep(2.0)
+            print(f"operator with {args.finished} finished jobs listed: RSS {vm_rss_mb(pid):.1f} MB (peak {vm_hwm_mb(pid):.1f} MB) "
+                  f"after {time.monotonic() - t:.0f} s; target <= 200 MB", flush=True)
         watcher = Watcher(api, ns)
         time.sleep(1.0)
         rss_idle = vm_hwm_mb(pid)
@@ -249,9 +308,23 @@ def main() -> int:
         print(f"apply -> Job             p50 {pct(to_job, 50):6.3f} s   p99 {pct(to_job, 99):6.3f} s   max {max(to_job, default=float('nan')):6.3f} s")
         print(f"baseline: API create     p50 {pct(create_latency, 50):6.3f} s   p99 {pct(create_latency, 99):6.3f} s   (p99 ratio Job/create: {pct(to_job, 99) / max(pct(create_latency, 99), 1e-9):.1f}x)")
         print(f"operator peak RSS (VmHWM)       {rss_peak:7.1f} MB   (idle before the burst: {rss_idle:.1f} MB)")
+        print(f"load average                    {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"operator CPU time               {cpu:7.1f} s   ({statistics.mean([cpu / max(t_all, 1e-9)]) * 100:.0f}% of one core)")
         print("CPU seconds during the run     " + ", ".join(f"{n} {v:.1f}" for n, v in sorted(cpu_used.items(), key=lambda kv: -kv[1])))
         print(f"                                (sum {sum(cpu_used.values()):.1f} s of {t_all * (os.cpu_count() or 1):.1f} core-seconds available)")
+        apiserver_cpu = cpu_used.get("kube-apiserver", 0.0)
+        print(f"operator CPU / API server CPU   {cpu / max(apiserver_cpu, 1e-9):7.2f}   (target <= 0.25; {cpu / max(args.jobs, 1) * 1000:.1f} ms per job)")
+        agent = f"{c.FIELD_MANAGER}/{proc.identity}"
+        own: dict[str, int] = {}
+        for e in cluster.audit_events():
+            if e.get("userAgent") == agent and (e.get("objectRef") or {}).get("resource") != "leases":
+                ref = e.get("objectRef") or {}
+                what = f"{e.get('verb')} {ref.get('resource', '')}" + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+                own[what] = own.get(what, 0) + 1
+        own_total = sum(own.values())
+        print(f"operator's own writes (audit)   {own_total:7d}   ({own_total / max(args.jobs, 1):.2f} per job, events included; target <= 6)")
+        for k, v in sorted(own.items(), key=lambda kv: -kv[1]):
+            print(f"    {k:<40} {v:7d}   ({v / max(args.jobs, 1):.2f} per job)")
         total_writes = sum(writes.values())
         print(f"API writes during the run       {total_writes:7.0f}   ({total_writes / max(args.jobs, 1):.1f} per job)")
         for k, v in sorted(writes.items(), key=lambda kv: -kv[1]):

@@ -324,8 +324,16 @@ class FineTuneJobStatus(_Model):
     restarts: Annotated[int, Field(ge=0)] = Field(default=0, description="Group restarts after failed attempts")
     start_time: Timestamp | None = None
     completion_time: Timestamp | None = None
-    gpu_seconds: Annotated[float, Field(ge=0)] | None = None
+    gpu_seconds: Annotated[float, Field(ge=0)] | None = Field(
+        default=None,
+        description="GPU-seconds of every trainer pod that has ended, each counted once (never goes down); "
+        "the time of pods still running is the operator's finetune_operator_running_gpu_seconds metric",
+    )
     prior_gpu_seconds: Annotated[float, Field(ge=0)] | None = Field(default=None, description="GPU-seconds of earlier attempts")
+    gpu_counted_pods: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=512)] | None = Field(
+        default=None,
+        description="UIDs of the current attempt's pods whose GPU time is already in gpuSeconds (bookkeeping: each pod counted once)",
+    )
     trained_tokens: Annotated[int, Field(ge=0)] | None = None
     output: OutputStatus | None = None
 
@@ -360,7 +368,7 @@ def parse_status(status: dict[str, Any] | None) -> FineTuneJobStatus:
     try:
         return FineTuneJobStatus.model_validate(data)
     except ValidationError:
-        keep = {k: v for k, v in data.items() if k in ("phase", "attempt", "restarts", "startTime", "priorGpuSeconds")}
+        keep = {k: v for k, v in data.items() if k in ("phase", "attempt", "restarts", "startTime", "priorGpuSeconds", "gpuSeconds", "gpuCountedPods")}
         try:
             return FineTuneJobStatus.model_validate(keep)
         except ValidationError:

@@ -92,6 +92,18 @@ SPEC_FAILURE_REASONS = (
     REASON_IMAGE_OVERRIDE_NOT_ALLOWED,
 )
 
+#: Every reason a job can fail with (the `reason` label of finetune_operator_job_failures_total,
+#: exported at 0 from the start so that the first failure is an increase Prometheus can see).
+FAILURE_REASONS = (
+    *SPEC_FAILURE_REASONS,
+    REASON_VALIDATION_FAILED,
+    REASON_CONFIG_ERROR,
+    REASON_DATA_ERROR,
+    REASON_RESTART_LIMIT_EXCEEDED,
+    REASON_JOB_FAILED,
+    "Unknown",
+)
+
 # --- Event reasons (besides the condition reasons above) ---------------------------------------
 EVENT_PHASE_CHANGED = "PhaseChanged"
 

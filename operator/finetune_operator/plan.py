@@ -79,6 +79,9 @@ class Plan:
     #: (Job name, Job UID, value): set the existing Job's spec.suspend with a patch of its own
     #: (another manager, e.g. Kueue, may own the field; a started Job's template is immutable).
     suspend_job: tuple[str, str, bool] | None = None
+    #: (start, GPUs) of the current attempt's running trainer pods: the GPU time not yet in
+    #: status.gpuSeconds (exported live as finetune_operator_running_gpu_seconds).
+    running_gpus: tuple[tuple[datetime, int], ...] = ()
 
 
 def clip(text: str, limit: int = c.MAX_MESSAGE_LENGTH) -> str:
@@ -102,6 +105,7 @@ class _Next:
         self.data["observed_generation"] = obs.meta.generation
         self.conditions: dict[str, Condition] = {x.type: x for x in obs.status.conditions}
         self.now = format_time(obs.now)
+        self.running_gpus: tuple[tuple[datetime, int], ...] = ()
 
     def set(self, **values: Any) -> None:
         self.data.update(values)
@@ -294,8 +298,13 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
             message=clip(message),
             attempt=attempt + 1,
             restarts=prev.restarts + 1,
-            prior_gpu_seconds=nxt.data.get("gpu_seconds") or 0.0,
+            # The failed attempt's pods still running are stopped now: their time so far is added,
+            # and the next attempt's pods start a fresh count on top of it.
+            prior_gpu_seconds=float(round((nxt.data.get("gpu_seconds") or 0.0) + _live_seconds(obs, r.gpus_per_node))),
+            gpu_counted_pods=None,
         )
+        nxt.set(gpu_seconds=nxt.data["prior_gpu_seconds"] if r.gpus_per_node > 0 else None)
+        nxt.running_gpus = ()
         nxt.condition(c.COND_RUNNING, False, c.REASON_RESTARTING, message)
         plan = _plan(obs, nxt, apply=apply, delete=[Delete("Job", job.name, "Foreground", job.uid or None)])
         plan.events.append(Event("Warning", c.REASON_RESTARTING, clip(message)))
@@ -452,17 +461,47 @@ def _summary(pods: list[PodView]) -> dict[str, Any]:
 
 
 def _gpu_seconds(obs: Observed, nxt: _Next, r: Resolved) -> None:
+    """Add the GPU time of the current attempt's pods that have ended (finished, or being deleted)
+    and are not counted yet, each pod once by UID. Monotonic, and it survives the pods' deletion;
+    a running pod changes nothing here (its time so far is a metric, not a status write)."""
     if r.gpus_per_node <= 0:
         return
-    total = float(obs.status.prior_gpu_seconds or 0.0)
-    for p in obs.pods:
-        if p.attempt != obs.status.attempt or p.component != ct.COMPONENT_TRAINER:
+    st = obs.status
+    total = float(st.gpu_seconds if st.gpu_seconds is not None else st.prior_gpu_seconds or 0.0)
+    counted = list(st.gpu_counted_pods or [])
+    for p in _current_trainers(obs):
+        if not p.uid or p.uid in counted:
             continue
         start = parse_time(p.start_time)
-        end = parse_time(p.finish_time) or (obs.now if p.phase == "Running" else None)
+        end = parse_time(p.finish_time) or (obs.now if p.deleting else None)
+        if p.phase not in ("Succeeded", "Failed") and not p.deleting:
+            continue
         if start and end and end > start:
             total += (end - start).total_seconds() * r.gpus_per_node
-    nxt.set(gpu_seconds=float(round(total)))
+        counted.append(p.uid)
+    nxt.set(gpu_seconds=float(round(total)), gpu_counted_pods=counted or None)
+    nxt.running_gpus = tuple(running_gpu_seconds(obs, r.gpus_per_node))
+
+
+def _current_trainers(obs: Observed) -> list[PodView]:
+    return [p for p in obs.pods if p.attempt == obs.status.attempt and p.component == ct.COMPONENT_TRAINER]
+
+
+def running_gpu_seconds(obs: Observed, gpus_per_node: int) -> list[tuple[datetime, int]]:
+    """(start, GPUs) of the current attempt's pods that run now: the live part of the GPU time."""
+    if gpus_per_node <= 0:
+        return []
+    counted = set(obs.status.gpu_counted_pods or [])
+    out = []
+    for p in _current_trainers(obs):
+        start = parse_time(p.start_time)
+        if start and p.uid not in counted and p.phase == "Running" and not p.deleting:
+            out.append((start, gpus_per_node))
+    return out
+
+
+def _live_seconds(obs: Observed, gpus_per_node: int) -> float:
+    return sum((obs.now - start).total_seconds() * gpus for start, gpus in running_gpu_seconds(obs, gpus_per_node) if obs.now > start)
 
 
 def _with_eta(p: Progress) -> Progress:
@@ -510,7 +549,7 @@ def _with_suspend(plan: Plan, suspend_job: tuple[str, str, bool] | None) -> Plan
 
 def _plan(obs: Observed, nxt: _Next, apply: list[dict[str, Any]] | None = None, delete: list[Delete] | None = None) -> Plan:
     status = nxt.build()
-    plan = Plan(status=status, apply=list(apply or []), delete=list(delete or []))
+    plan = Plan(status=status, apply=list(apply or []), delete=list(delete or []), running_gpus=nxt.running_gpus)
     if status.phase != obs.status.phase and status.phase is not None:
         failed = status.phase == c.PHASE_FAILED
         reason = _main_reason(status) or c.EVENT_PHASE_CHANGED

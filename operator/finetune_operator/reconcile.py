@@ -22,7 +22,9 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import random
+import signal
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
@@ -51,6 +53,17 @@ Index = Mapping[Any, Collection[Any]]
 
 RETRY_MIN_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
+#: Crash points for the chaos suite (tests/chaos): FINETUNE_OPERATOR_FAILPOINTS=restart-recorded
+#: makes the process SIGKILL itself at that point of a restart, once the status is written and
+#: before the failed attempt's Job is deleted (restart-deleted: after the delete, before the new
+#: Job). Read once at start; unset in any real deployment.
+FAILPOINTS = frozenset(filter(None, os.environ.get("FINETUNE_OPERATOR_FAILPOINTS", "").split(",")))
+
+
+def _failpoint(name: str) -> None:
+    if name in FAILPOINTS:
+        log.warning("failpoint %s reached: SIGKILL", name)
+        os.kill(os.getpid(), signal.SIGKILL)
 @dataclass
 class _Request:
     """A queued reconcile: forced (timers), with fresh progress (the progress loop), or neither."""
@@ -274,6 +287,7 @@ class Reconciler:
         if handle is not None:
             handle.cancel()
         self.phases.forget(key)
+        metrics.GPU_BOOK.forget(key)
 
     def child_gone(self, namespace: str, job: str, kind: str, name: str) -> None:
         """A child was deleted: what this process applied to it is no longer there (the next
@@ -342,6 +356,7 @@ class Reconciler:
         plan = decide(observed)
         t1 = time.perf_counter()
         complete = await self._execute(meta, previous, plan, rec.get("resourceVersion"))
+        metrics.GPU_BOOK.set(key, plan.running_gpus)
         if not complete:
             # An apply conflict or a status changed since it was read: decide again, backing off
             # per key (a hot conflict is not retried every second).
@@ -381,9 +396,17 @@ class Reconciler:
                 return False  # changed since read: decide again from what is there now
             if written is False:
                 return True  # the FineTuneJob is gone: nothing left to do
+            restart = plan.status.restarts > previous.restarts
+            # The events that explain the deletes go out with the record, before anything is
+            # deleted (a crash after this point loses neither the restart nor its event).
+            await asyncio.gather(*(self.kube.event(meta, event, self.clock()) for event in plan.events))
+            if restart:
+                _failpoint("restart-recorded")
             for item in plan.delete:
                 await self.kube.delete(meta.namespace, item)
                 self._applied.get(key, {}).pop((item.kind, item.name), None)
+            if restart:
+                _failpoint("restart-deleted")
         # Independent children go out together (a pod waits for its ConfigMap by itself); an
         # object already applied with the same content by this process is not sent again.
         todo = [(m, _digest(m)) for m in plan.apply]
@@ -402,11 +425,12 @@ class Reconciler:
             return True  # the FineTuneJob is gone: nothing left to do
         if plan.status.phase == c.PHASE_FAILED and previous.phase != c.PHASE_FAILED:
             failed = plan.status.condition(c.COND_FAILED)
-            metrics.JOB_FAILURES.labels(meta.namespace, meta.name, failed.reason if failed else "Unknown").inc()
+            reason = failed.reason if failed and failed.reason in c.FAILURE_REASONS else "Unknown"
+            metrics.JOB_FAILURES.labels(reason).inc()
         if plan.status.restarts > previous.restarts:
             metrics.RESTARTS.inc(plan.status.restarts - previous.restarts)
         self.phases.set(key, plan.status.phase)
-        for event in plan.events:  # best effort, off the critical path
+        for event in () if plan.delete else plan.events:  # best effort, off the critical path
             task = asyncio.create_task(self.kube.event(meta, event, self.clock()))
             self._background.add(task)
             task.add_done_callback(self._background.discard)

@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python -m pytest tests/chart/test_install.py   (builds/starts the control plane)
 
-1. `helm install` succeeds: CRDs established, Deployment, ServiceAccount, RBAC, presets, peering.
+1. `helm install` succeeds: CRDs established, Deployment, ServiceAccount, RBAC, presets.
 2. `kubectl auth can-i` (the harness-built kubectl), asked both as admin impersonating the
    chart's ServiceAccount and with the ServiceAccount's own token: Secrets are denied in every
    namespace; what the operator needs is allowed.
@@ -96,7 +96,6 @@ class Release:
 def installed(cluster: ControlPlane, values: dict[str, Any]) -> Iterator[Release]:
     suffix = uuid.uuid4().hex[:6]
     release = Release(cluster, f"ftop-{suffix}", f"ftop-system-{suffix}", values)
-    _adopt_peering_object(cluster, release, values)
     proc = cluster.helm("install", release.name, str(CHART), "-n", release.namespace, "--create-namespace",
                         "-f", str(release.values_file), check=False)
     assert proc.returncode == 0, f"helm install failed:\n{proc.stdout}\n{proc.stderr}"
@@ -106,23 +105,6 @@ def installed(cluster: ControlPlane, values: dict[str, Any]) -> Iterator[Release
         cluster.helm("uninstall", release.name, "-n", release.namespace, "--wait", check=False)
         with contextlib.suppress(Exception):
             cluster.request("DELETE", f"/api/v1/namespaces/{release.namespace}")
-
-
-def _adopt_peering_object(cluster: ControlPlane, release: Release, values: dict[str, Any]) -> None:
-    """Other tests in the same session may have applied crds/ (with the peering object) directly;
-    mark it as this release's so that Helm adopts it instead of refusing the install."""
-    if values.get("watchNamespaces"):
-        return
-    path = "/apis/kopf.dev/v1/clusterkopfpeerings/finetune-operator"
-    if _get(cluster, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/clusterkopfpeerings.kopf.dev") is None:
-        return
-    if _get(cluster, path) is None:
-        return
-    patch = {"metadata": {
-        "labels": {"app.kubernetes.io/managed-by": "Helm"},
-        "annotations": {"meta.helm.sh/release-name": release.name, "meta.helm.sh/release-namespace": release.namespace},
-    }}
-    cluster.kubectl("patch", "clusterkopfpeering", "finetune-operator", "--type=merge", "-p", json.dumps(patch))
 
 
 def _preset_values(suffix: str) -> dict[str, Any]:
@@ -143,7 +125,7 @@ def test_helm_install_creates_everything(kube_cluster: ControlPlane, release: Re
     assert f"ServiceAccount/{release.service_account}" in kinds
     assert f"ClusterRole/{release.service_account}-jobs" in kinds
     assert f"Service/{release.service_account}-metrics" in kinds
-    for crd in ("finetunejobs.finetune.dev", "clusterfinetuneruntimes.finetune.dev", "clusterkopfpeerings.kopf.dev"):
+    for crd in ("finetunejobs.finetune.dev", "clusterfinetuneruntimes.finetune.dev"):
         assert _wait(f"CRD {crd} established", functools.partial(_established, kube_cluster, crd))
     presets = [v["name"] for v in release.values["runtimePresets"]["presets"]]
     for name in presets:
@@ -188,7 +170,9 @@ def test_service_account_has_what_the_operator_needs_and_no_more(kube_cluster: C
     for verb, resource in ALLOWED:
         assert release.can_i(verb, resource, kube_namespace, as_self=own), f"{verb} {resource} denied"
     assert release.can_i("list", "clusterfinetuneruntimes.finetune.dev", None, as_self=own)
-    assert release.can_i("patch", "clusterkopfpeerings.kopf.dev", None, as_self=own)
+    # the leader Lease: in the release's own namespace only
+    assert release.can_i("update", "leases.coordination.k8s.io", release.namespace, as_self=own)
+    assert not release.can_i("update", "leases.coordination.k8s.io", kube_namespace, as_self=own)
     for verb, resource in DENIED:
         assert not release.can_i(verb, resource, kube_namespace, as_self=own), f"{verb} {resource} allowed"
     assert not release.can_i("create", "clusterfinetuneruntimes.finetune.dev", None, as_self=own)
@@ -204,6 +188,10 @@ def operator_as(cluster: ControlPlane, release: Release, log: pathlib.Path) -> I
     args += [f"--liveness=http://127.0.0.1:{_free_port()}/healthz", f"--metrics-port={_free_port()}",
              "--metrics-addr=127.0.0.1"]
     env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+    # what the Deployment's downward-API env gives the pod
+    field_refs = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container.get("env", []) if "fieldRef" in e.get("valueFrom", {})}
+    assert field_refs.get("POD_NAMESPACE") == "metadata.namespace", "the operator finds its Lease's namespace through POD_NAMESPACE"
+    env["POD_NAMESPACE"] = release.namespace
     kubeconfig = cluster.service_account_kubeconfig(release.namespace, release.service_account)
     full_env = {**os.environ, **env, "KUBECONFIG": str(kubeconfig)}
     full_env.pop("KUBERNETES_SERVICE_HOST", None)
@@ -259,6 +247,9 @@ def test_operator_reconciles_a_job_as_the_chart_service_account(kube_cluster: Co
             envs = training.spec.template.spec.containers[0].env or []
             secret_envs = [e for e in envs if e.name in (contract.ENV_AWS_ACCESS_KEY_ID, contract.ENV_AWS_SECRET_ACCESS_KEY)]
             assert secret_envs and all(e.value is None and e.value_from.secret_key_ref for e in secret_envs)
+            # it acted as the holder of the release's leader Lease, in the release namespace
+            lease = client.CoordinationV1Api(kube_cluster.api_client()).read_namespaced_lease(release.service_account, release.namespace)
+            assert lease.spec.holder_identity and lease.spec.lease_duration_seconds == 15
         finally:
             assert proc.poll() is None, "operator exited:\n" + log.read_text()[-3000:]
             with contextlib.suppress(Exception):
@@ -283,7 +274,7 @@ def test_watch_namespaces_limits_the_rights_to_those_namespaces(kube_cluster: Co
             assert not rel.can_i("get", "secrets", team, as_self=own)
             dep = next(d for d in rel.manifests() if d["kind"] == "Deployment")
             args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
-            assert f"--namespace={team}" in args and "--standalone" in args
+            assert f"--namespace={team}" in args and "--standalone" not in args  # leader election works per namespace too
 
 
 def test_kube_version_pin_matches_the_harness(kube_cluster: ControlPlane) -> None:

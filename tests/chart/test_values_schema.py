@@ -53,9 +53,15 @@ def test_service_monitor_without_service_is_rejected() -> None:
     assert "metrics.serviceMonitor.enabled needs metrics.service.enabled" in message
 
 
-def test_several_replicas_need_cluster_wide_peering() -> None:
-    message = template_error({"replicaCount": 2, "watchNamespaces": ["team-a"]})
-    assert "replicaCount > 1 needs watchNamespaces empty" in message
+def test_a_warm_standby_works_with_a_namespace_list_too() -> None:
+    """Leader election is a Lease in the release namespace, whatever the operator watches."""
+    docs = render({"replicaCount": 2, "watchNamespaces": ["team-a"]})
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["spec"]["replicas"] == 2
+    args = dep["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--standalone" not in args and f"--leader-election-id={dep['metadata']['name']}" in args
+    role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader-election"))
+    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}]
 
 
 def test_good_values_are_accepted() -> None:

@@ -143,15 +143,23 @@ class OperatorProcess:
     def log_path(self) -> Path:
         return self.log_dir / f"operator-{self.starts}.log"
 
-    def start(self, resync_seconds: float | None = None, identity: str | None = None, wait_leader: bool = True, extra: tuple[str, ...] = ()) -> None:
+    def start(
+        self,
+        resync_seconds: float | None = None,
+        identity: str | None = None,
+        wait_leader: bool = True,
+        extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         """Start a replica; by default wait until it holds the leader Lease (a standby answers
         /healthz too, with leader false)."""
         self.starts += 1
         self.metrics_port, self.liveness_port = free_port(), free_port()
-        env = {
+        full_env = {
             **self.cluster.env(self.kubeconfig),
             "FINETUNE_OPERATOR_TRAINER_IMAGE": TEST_IMAGE,
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),
         }
         argv = [
             sys.executable, "-m", "finetune_operator.main",
@@ -165,7 +173,7 @@ class OperatorProcess:
         if resync_seconds is not None:
             argv += ["--resync-seconds", str(resync_seconds)]
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+            self.proc = subprocess.Popen(argv, env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
         Kube.wait(self.healthy, "operator liveness endpoint", 60, self.tail)
         if wait_leader:
             Kube.wait(self.is_leader, "operator holding the leader Lease", 60, self.tail)

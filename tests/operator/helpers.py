@@ -65,6 +65,7 @@ def pod(
     start: datetime | None = T0,
     finish: datetime | None = None,
     pod_ip: str = "10.0.0.1",
+    uid: str | None = None,
 ) -> PodView:
     return PodView(
         name=name,
@@ -82,6 +83,7 @@ def pod(
         disrupted=disrupted,
         deleting=deleting,
         pod_ip=pod_ip,
+        uid=uid or "",
     )
 
 

@@ -103,11 +103,37 @@ def test_worker_readiness(pods: tuple[Any, ...], phase: str, ready: int, running
     assert kinds(plan) == ["ConfigMap", "Service"] and not plan.delete  # wanted all along; sent only if missing
 
 
-def test_gpu_seconds_accumulate_over_running_pods_and_prior_attempts() -> None:
-    pods = (pod("job-0", index=0, start=T0), pod("job-1", index=1, start=T0 + timedelta(minutes=5)))
-    plan = decide(observed(status={**RUNNING_STATUS, "priorGpuSeconds": 100.0}, job_view=job(), pods=pods, now=T0 + timedelta(minutes=10)))
-    # (600 s + 300 s) x 4 GPUs + 100
-    assert plan.status.gpu_seconds == 3700.0
+def test_gpu_seconds_count_each_ended_pod_once_and_running_pods_only_live() -> None:
+    """4 GPUs per pod. A running pod changes no status (its time is reported live); an ended one
+    is added once, by UID, and stays added when its pod object is gone."""
+    running = pod("job-0", index=0, start=T0, uid="uid-job-0")
+    ended = pod("job-1", index=1, phase="Succeeded", ready=False, exit_code=0, start=T0, finish=T0 + timedelta(minutes=5), uid="uid-job-1")
+    first = decide(observed(status={**RUNNING_STATUS, "gpuSeconds": 100.0}, job_view=job(), pods=(running, ended), now=T0 + timedelta(minutes=10)))
+    assert first.status.gpu_seconds == 100.0 + 300 * 4
+    assert first.status.gpu_counted_pods == ["uid-job-1"]
+    assert first.running_gpus == ((T0, 4),)
+    # later: the same pods, then the ended one deleted: nothing changes, nothing counted twice
+    again = decide(observed(status=first.status.to_wire(), job_view=job(), pods=(running, ended), now=T0 + timedelta(minutes=20)))
+    gone = decide(observed(status=first.status.to_wire(), job_view=job(), pods=(running,), now=T0 + timedelta(minutes=30)))
+    for later in (again, gone):
+        assert (later.status.gpu_seconds, later.status.gpu_counted_pods) == (first.status.gpu_seconds, ["uid-job-1"])
+    # the running pod is deleted (an eviction): counted up to when it was seen going
+    evicted = pod("job-0", index=0, start=T0, deleting=True, uid="uid-job-0")
+    last = decide(observed(status=first.status.to_wire(), job_view=job(), pods=(evicted,), now=T0 + timedelta(minutes=40)))
+    assert last.status.gpu_seconds == 100.0 + 300 * 4 + 2400 * 4
+    assert last.running_gpus == ()
+
+
+def test_a_restart_adds_the_failed_attempts_running_pods_and_starts_a_new_count() -> None:
+    pods = (
+        pod("job-0", index=0, start=T0, uid="u0"),
+        pod("job-1", index=1, phase="Failed", ready=False, exit_code=4, start=T0, finish=T0 + timedelta(minutes=5), uid="u1"),
+    )
+    plan = decide(observed(status=RUNNING_STATUS, job_view=job(failed=True), pods=pods, now=T0 + timedelta(minutes=10)))
+    assert plan.status.restarts == 1
+    # worker 1 ended after 300 s, worker 0 is stopped now after 600 s; 4 GPUs each
+    assert plan.status.gpu_seconds == plan.status.prior_gpu_seconds == (300 + 600) * 4
+    assert plan.status.gpu_counted_pods is None and plan.running_gpus == ()
 
 
 def test_failed_worker_restarts_the_group() -> None:

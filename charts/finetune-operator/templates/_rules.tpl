@@ -7,13 +7,15 @@ tests/chart (which render this block through `helm template --show-only`).
 - name: finetune-operator.jobs
   rules:
     - alert: FineTuneJobFailed
-      # A job entered phase Failed (restarts exhausted, bad config or data) in the last 10 minutes.
-      expr: increase(finetune_operator_job_failures_total[10m]) > 0
+      # Jobs entered phase Failed (restarts exhausted, bad config or data) in the last 10 minutes.
+      # The counter has one series per reason, exported at 0 from the operator's start, so the
+      # first failure is an increase; job names are not labels (see `kubectl get ftj -A`).
+      expr: sum by (reason) (increase(finetune_operator_job_failures_total[10m])) > 0
       labels:
         severity: {{ $r.severity }}
       annotations:
-        summary: "FineTuneJob {{`{{ $labels.namespace }}/{{ $labels.name }}`}} failed ({{`{{ $labels.reason }}`}})"
-        description: "See `kubectl describe ftj -n {{`{{ $labels.namespace }} {{ $labels.name }}`}}` and `ftctl logs {{`{{ $labels.name }}`}}`."
+        summary: "FineTuneJobs failed in the last 10 minutes ({{`{{ $labels.reason }}`}})"
+        description: "About {{`{{ $value | printf \"%.0f\" }}`}} FineTuneJob(s) failed with reason {{`{{ $labels.reason }}`}}. Find them with `kubectl get ftj -A` (phase Failed) and read `kubectl describe ftj`."
     - alert: FineTuneJobStalled
       # The rank-0 trainer reports the same step for stalledMinutes while the job runs.
       expr: |
