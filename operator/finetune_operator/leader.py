@@ -18,13 +18,20 @@ The rules are client-go's `leaderelection` (what controller-runtime managers use
 
 A standby never starts the watches or the reconciler, so it holds no cache that could be stale
 when it takes over: it starts from a fresh list of every object.
+
+`LeaseThread` runs the elector on its own thread and event loop: renewals never wait behind the
+operator's own work (a burst, or the first listing of thousands of jobs, keeps the main event
+loop busy for seconds at a time), as client-go runs them on their own goroutine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import os
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,6 +104,8 @@ class LeaderElector:
         #: When the last successful acquire/renew started (monotonic); None: never the leader.
         self._renewed_at: float | None = None
         self.transitions = 0
+        #: Set by `release`: renewals stop and `hold` returns without reporting a loss.
+        self.stopping = False
 
     def is_leader(self) -> bool:
         """True while this replica may write: its last renewal started within the renew deadline."""
@@ -158,12 +167,13 @@ class LeaderElector:
                 log.warning("lease %s/%s: %s", self.namespace, self.name, err)
             await asyncio.sleep(self.retry_period * random.uniform(1.0, 1.2))
 
-    async def hold(self) -> None:
-        """Renew until a renewal has not succeeded within the renew deadline; returns when the
-        lease is lost (the caller must then stop acting at once)."""
-        while self.is_leader():
+    async def hold(self) -> bool:
+        """Renew until a renewal has not succeeded within the renew deadline. Returns True when
+        the lease is lost (the caller must then stop acting at once), False after `release`."""
+        while self.is_leader() and not self.stopping:
             await asyncio.sleep(self.retry_period)
-            assert self._renewed_at is not None
+            if self.stopping or self._renewed_at is None:
+                break  # released meanwhile
             left = self.renew_deadline - (self._clock() - self._renewed_at)
             if left <= 0:
                 break
@@ -175,10 +185,14 @@ class LeaderElector:
             if not renewed and self._observed is not None and self._observed[0] not in ("", self.identity):
                 self._renewed_at = None  # another replica holds it now
                 break
+        if self.stopping:
+            return False
         log.error("lost the lease %s/%s (%s)", self.namespace, self.name, self.identity)
+        return True
 
     async def release(self) -> None:
         """Give the lease up on a clean shutdown, so that a standby takes over at once."""
+        self.stopping = True
         if not self.is_leader():
             return
         self._renewed_at = None
@@ -201,3 +215,48 @@ class LeaderElector:
                 log.info("released the lease %s/%s", self.namespace, self.name)
         except (KubeError, OSError) as err:
             log.warning("lease %s/%s not released (a standby takes over when it expires): %s", self.namespace, self.name, err)
+
+
+class LeaseThread(threading.Thread):
+    """The elector on a thread of its own. `acquired` is set once this replica leads; when the
+    lease is lost the process exits at once with `exit_code` (writes are fenced already)."""
+
+    def __init__(self, make_elector: Callable[[], LeaderElector], exit_code: int = 1) -> None:
+        super().__init__(name="leader-election", daemon=True)
+        self._make = make_elector
+        self.exit_code = exit_code
+        self.acquired = threading.Event()
+        self.ready = threading.Event()
+        self.elector: LeaderElector | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.elector = self._make()
+        self.ready.set()
+        self.loop.run_until_complete(self._lead())
+
+    async def _lead(self) -> None:
+        assert self.elector is not None
+        await self.elector.acquire()
+        self.acquired.set()
+        if await self.elector.hold():
+            log.error("leadership lost: exiting so that only the new leader acts")
+            logging.shutdown()
+            os._exit(self.exit_code)
+        await self.elector.kube.close()
+
+    def is_leader(self) -> bool:
+        return self.elector is not None and self.elector.is_leader()
+
+    def release(self, timeout: float = 10.0) -> None:
+        """Give the Lease up (blocking; call it off the main event loop)."""
+        self.ready.wait(timeout)
+        if self.loop is None or self.elector is None or self.elector.stopping or not self.loop.is_running():
+            return  # never started, or released already (the thread's loop may be gone)
+        future = asyncio.run_coroutine_threadsafe(self.elector.release(), self.loop)
+        try:
+            future.result(timeout)
+        except (concurrent.futures.TimeoutError, RuntimeError) as err:
+            log.warning("lease not released (a standby takes over when it expires): %r", err)

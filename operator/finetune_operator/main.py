@@ -128,47 +128,38 @@ async def _health_server(address: tuple[str, int] | None, is_leader: Callable[[]
 
 async def run(args: argparse.Namespace) -> None:
     identity = args.identity or _default_identity()
-    elector: leader.LeaderElector | None = None
+    lease: leader.LeaseThread | None = None
     if not args.standalone:
-        elector = leader.LeaderElector(
-            Kube(concurrency=2, identity=identity),  # its own connections: renewals never queue behind work
-            args.leader_election_namespace or _default_namespace(),
-            args.leader_election_id,
-            identity,
-            lease_seconds=args.lease_seconds,
-            renew_deadline=args.renew_deadline,
-            retry_period=args.retry_period,
+        namespace = args.leader_election_namespace or _default_namespace()
+        lease = leader.LeaseThread(
+            lambda: leader.LeaderElector(
+                Kube(concurrency=2, identity=identity),  # its own connections and event loop
+                namespace,
+                args.leader_election_id,
+                identity,
+                lease_seconds=args.lease_seconds,
+                renew_deadline=args.renew_deadline,
+                retry_period=args.retry_period,
+            ),
+            exit_code=EXIT_LOST_LEADERSHIP,
         )
-    health = await _health_server(_liveness_address(args), elector.is_leader if elector else lambda: True)
-    if elector is not None:
-        await elector.acquire()
+        lease.start()
+    health = await _health_server(_liveness_address(args), lease.is_leader if lease else lambda: True)
+    if lease is not None:
+        await asyncio.to_thread(lease.acquired.wait)
     metrics.LEADER.set(1)
-    memo = kopf.Memo(
-        options=vars(args),
-        identity=identity,
-        fence=elector.is_leader if elector else None,
-        release=elector.release if elector else None,
-    )
-    operator = asyncio.create_task(
-        kopf.operator(clusterwide=not args.namespace, namespaces=args.namespace, standalone=True, memo=memo),
-    )
-    if elector is None:
-        await operator
-        return
-    lost = asyncio.create_task(elector.hold())
-    done, _ = await asyncio.wait({operator, lost}, return_when=asyncio.FIRST_COMPLETED)
-    if lost in done:
-        # Fenced already (every write is refused past the renew deadline); exit before anything
-        # else runs, as controller-runtime does: the pod restarts as a standby with no caches.
-        log.error("leadership lost: exiting so that only the new leader acts")
-        logging.shutdown()
-        os._exit(EXIT_LOST_LEADERSHIP)
-    lost.cancel()
-    await elector.release()
-    await elector.kube.close()
-    if health is not None:
-        await health.cleanup()
-    operator.result()
+
+    async def release() -> None:
+        if lease is not None:
+            await asyncio.to_thread(lease.release)
+
+    memo = kopf.Memo(options=vars(args), identity=identity, fence=lease.is_leader if lease else None, release=release)
+    try:
+        await kopf.operator(clusterwide=not args.namespace, namespaces=args.namespace, standalone=True, memo=memo)
+    finally:
+        await release()  # also when kopf stopped without its cleanup hook
+        if health is not None:
+            await health.cleanup()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -108,17 +108,47 @@ def pick_training_job(views: list[JobView]) -> JobView | None:
     return max(views, key=lambda v: (v.attempt or 0, not v.deleting), default=None)
 
 
+#: What a finished job's record keeps (see `ftj_record`).
+FINISHED_SPEC_KEYS = ("ttlSecondsAfterFinished", "runtimeRef")
+FINISHED_STATUS_KEYS = ("phase", "completionTime", "observedGeneration", "attempt", "restarts")
+
+
 def ftj_record(body: Mapping[str, Any]) -> dict[str, Any]:
-    """What the FineTuneJob index keeps per job."""
+    """What the FineTuneJob index keeps per job.
+
+    A finished job (Succeeded, or Failed for a reason an edit of the spec cannot retry) keeps only
+    what is still decided about it: its TTL, its runtime's name (for the index), its phase and
+    completion time, and its Failed condition. Thousands of finished jobs kept without a TTL so
+    cost a few hundred bytes each instead of their whole spec and status. `settled`: a finished
+    job without a TTL, which no reconcile needs to look at again.
+    """
     meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    finished = _finished(status)
+    if finished:
+        conditions = [_plain(x) for x in status.get("conditions") or () if isinstance(x, Mapping) and x.get("type") == c.COND_FAILED]
+        spec = {k: spec[k] for k in FINISHED_SPEC_KEYS if k in spec}
+        status = {**{k: status[k] for k in FINISHED_STATUS_KEYS if k in status}, **({"conditions": conditions} if conditions else {})}
     return {
         "uid": meta.get("uid", ""),
         "resourceVersion": meta.get("resourceVersion"),
         "generation": int(meta.get("generation") or 1),
         "deleting": meta.get("deletionTimestamp") is not None,
-        "spec": _plain(body.get("spec") or {}),
-        "status": _plain(body.get("status") or {}),
+        "spec": _plain(spec),
+        "status": _plain(status),
+        "settled": finished and spec.get("ttlSecondsAfterFinished") is None,
     }
+
+
+def _finished(status: Mapping[str, Any]) -> bool:
+    phase = status.get("phase")
+    if phase == c.PHASE_SUCCEEDED:
+        return True
+    if phase != c.PHASE_FAILED:
+        return False
+    failed = next((x for x in status.get("conditions") or () if isinstance(x, Mapping) and x.get("type") == c.COND_FAILED), None)
+    return failed is not None and failed.get("reason") not in c.SPEC_FAILURE_REASONS
 
 
 def _child_key(manifest: dict[str, Any]) -> tuple[str, str]:
@@ -209,8 +239,14 @@ class Reconciler:
 
     async def reconcile(self, key: Key, progress: Progress | None = None, force: bool = False) -> Plan | None:
         """Reconcile one job now (the queue's workers call this)."""
-        if self.indexes is None or self.indexes.ftj(key) is None:
+        if self.indexes is None or (rec := self.indexes.ftj(key)) is None:
             return None  # not (or no longer) a FineTuneJob: events of its children's deletion
+        if rec.get("settled"):
+            # Finished, no TTL: nothing is left to decide. What this process kept about the job
+            # goes (the record in the index says all there is), so memory follows live work.
+            self._drop_state(key)
+            self.phases.set(key, rec["status"].get("phase"))
+            return None
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             started = time.perf_counter()
@@ -277,16 +313,21 @@ class Reconciler:
         return (rec.get("status") or {}).get("phase")
 
     def forget(self, key: Key) -> None:
+        self._drop_state(key)
+        self.phases.forget(key)
+
+    def _drop_state(self, key: Key) -> None:
         self._written.pop(key, None)
         self._inputs.pop(key, None)
         self._applied.pop(key, None)
-        self._locks.pop(key, None)
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            del self._locks[key]
         self._failures.pop(key, None)
         self._incomplete.discard(key)
         handle = self._retry.pop(key, None)
         if handle is not None:
             handle.cancel()
-        self.phases.forget(key)
         metrics.GPU_BOOK.forget(key)
 
     def child_gone(self, namespace: str, job: str, kind: str, name: str) -> None:

@@ -317,12 +317,14 @@ def test_leadership_moves_keep_one_writer_and_lose_nothing(chaos_cluster: Contro
             leader = next(r for r in replicas if r.is_leader())
             standby = next(r for r in replicas if r is not leader)
             t = time.monotonic()
+            assert leader.proc is not None
             if move % 2 == 0:
-                leader.stop()  # SIGTERM: releases the Lease
+                leader.proc.terminate()  # SIGTERM: releases the Lease
             else:
                 leader.kill()  # SIGKILL: the standby waits out the Lease
             Kube.wait(standby.is_leader, f"move {move + 1}: the standby to take over", 60, standby.tail, interval=0.1)
             takeovers.append(time.monotonic() - t)
+            leader.stop()
             leader.start(wait_leader=False)  # back as the standby (as its pod would restart)
             identities.append(leader.identity)
         statuses = wait_terminal(kube, ns, names, 600)

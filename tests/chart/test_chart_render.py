@@ -44,8 +44,9 @@ def test_default_render_has_the_operator_and_nothing_optional() -> None:
     assert kinds.count("ServiceAccount") == 1
     assert kinds.count("Service") == 1
     assert kinds.count("ClusterRole") == 2 and kinds.count("ClusterRoleBinding") == 2
+    assert kinds.count("Role") == 1 and kinds.count("RoleBinding") == 1  # the leader Lease only
     assert kinds.count("ClusterFineTuneRuntime") == 2
-    for optional in ("ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap", "RoleBinding"):
+    for optional in ("ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap"):
         assert optional not in kinds
     for d in docs:
         assert d["metadata"]["labels"]["app.kubernetes.io/instance"] == "ftop", d["kind"]
@@ -125,7 +126,7 @@ def test_rbac_never_grants_secrets_or_wildcards(values: dict[str, Any] | None) -
 
 def test_watch_namespaces_bind_per_namespace_and_pass_them_to_the_operator() -> None:
     docs = render({"watchNamespaces": ["team-a", "team-b"]})
-    bindings = by_kind(docs, "RoleBinding")
+    bindings = [b for b in by_kind(docs, "RoleBinding") if b["roleRef"]["kind"] == "ClusterRole"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     assert all(b["roleRef"]["name"].endswith("-jobs") for b in bindings)
     crbs = [b["roleRef"]["name"] for b in by_kind(docs, "ClusterRoleBinding")]
@@ -276,17 +277,28 @@ def test_operator_image_runs_as_the_chart_user() -> None:
 
 
 def test_pod_monitor_selects_the_trainer_pods_the_operator_builds() -> None:
-    """The PodMonitor's selector and port match the pod template of every golden training Job
-    (tests/operator/golden: the operator's builders' output for each example)."""
+    """The PodMonitor's selector and port match the pod template of the training Job the
+    operator's builders render for every example (and for a plain CPU job), called here rather
+    than read from snapshots; the validation pod (no metrics) is not selected."""
+    from finetune_operator import builders
+    from finetune_operator.resolve import Resolved
+    from finetune_trainer import contract as ct
+
+    from tests.operator.helpers import minimal_spec
+    from tests.operator.test_builders import EXAMPLES, resolved, resolved_example
+
     pm = one(render({"metrics": {"podMonitor": {"enabled": True}}}), "PodMonitor")
     selector = pm["spec"]["selector"]["matchLabels"]
-    port = pm["spec"]["podMetricsEndpoints"][0]["port"]
-    goldens = sorted((REPO / "tests" / "operator" / "golden").glob("*.yaml"))
-    assert goldens, "no golden operator output to check against"
-    for path in goldens:
-        jobs = [d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") == "Job"]
-        assert jobs, path
-        template = jobs[0]["spec"]["template"]
-        assert selector.items() <= template["metadata"]["labels"].items(), path.name
-        ports = [p.get("name") for c in template["spec"]["containers"] for p in c.get("ports", [])]
-        assert port in ports, path.name
+    endpoint = pm["spec"]["podMetricsEndpoints"][0]
+    assert EXAMPLES, "no example FineTuneJobs"
+    plain = resolved(minimal_spec(resources={"nodes": 2, "gpusPerNode": 0}))
+    for r in [*(resolved_example(p) for p in EXAMPLES), plain]:
+        assert isinstance(r, Resolved), r
+        job = builders.build_job(r, 0, False)
+        template = job["spec"]["template"]
+        assert selector.items() <= template["metadata"]["labels"].items(), r.meta.name
+        ports = {p["name"]: p["containerPort"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+        assert ports.get(endpoint["port"]) == ct.METRICS_PORT, (r.meta.name, ports)
+        assert endpoint.get("path", "/metrics") == ct.HTTP_METRICS_PATH
+        validator = builders.build_validator(r)
+        assert not selector.items() <= validator["metadata"]["labels"].items(), "the validation pod serves no metrics"

@@ -37,7 +37,7 @@ RBAC_FILE = REPO / "operator" / "finetune_operator" / "rbac.yaml"
 TEST_IMAGE = "registry.invalid/finetune-trainer:test"
 #: Leader election in the tests: a replacement for a SIGKILLed operator waits out the Lease, so it
 #: is shorter than the 15 s default (and long enough for a loaded 2-core machine to renew).
-LEASE_ARGS = ("--lease-seconds", "6", "--renew-deadline", "4", "--retry-period", "1")
+LEASE_ARGS = ("--lease-seconds", "8", "--renew-deadline", "6", "--retry-period", "1")
 
 
 class Kube:

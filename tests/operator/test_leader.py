@@ -140,8 +140,25 @@ def test_hold_returns_when_renewals_stop_succeeding() -> None:
         await asyncio.sleep(0.3)
         assert not holder.done() and a.is_leader() and len(store.writes) > 2, "renewals did not happen"
         store.fail = True
-        await asyncio.wait_for(holder, 2)
+        assert await asyncio.wait_for(holder, 2) is True, "a lost lease must be reported as lost"
         assert not a.is_leader()
+
+    asyncio.run(go())
+
+
+def test_a_release_ends_hold_without_reporting_a_loss() -> None:
+    """A clean shutdown releases the lease: `hold` must not take that for a loss (the process
+    would exit with the lost-leadership code)."""
+
+    async def go() -> None:
+        store = LeaseStore()
+        a = LeaderElector(store, "ns", "lease", "a", lease_seconds=0.6, renew_deadline=0.4, retry_period=0.05)  # type: ignore[arg-type]
+        await a.acquire()
+        holder = asyncio.create_task(a.hold())
+        await asyncio.sleep(0.1)
+        await a.release()
+        assert await asyncio.wait_for(holder, 2) is False
+        assert store.obj is not None and store.obj["spec"]["holderIdentity"] == ""
 
     asyncio.run(go())
 

@@ -17,7 +17,7 @@ from finetune_trainer.metrics import TrainerMetrics
 def server() -> Iterator[str]:
     """The real trainer metrics server, on a free loopback port, showing step 40 of 160."""
     metrics = TrainerMetrics("job", "ns", 0)
-    metrics.update(TrainerProgress(phase="Training", step=40, total_steps=160, epoch=0.5, percent=25.0, loss=0.7123, tokens_per_second=2750.5, eta_seconds=130, trained_tokens=81920))
+    metrics.update(TrainerProgress(phase="Running", step=40, total_steps=160, epoch=0.5, percent=25.0, loss=0.7123, tokens_per_second=2750.5, eta_seconds=130, trained_tokens=81920))
     port = metrics.serve(0, with_progress=True, host="127.0.0.1")
     assert port is not None
     yield f"http://127.0.0.1:{port}"
@@ -34,6 +34,7 @@ def test_fetch_progress_from_a_live_endpoint(server: str) -> None:
 
     ok, missing, down = asyncio.run(go())
     assert ok is not None and ok.percent == 25.0 and ok.loss == 0.7123 and ok.trained_tokens == 81920  # type: ignore[attr-defined]
+    assert ok.stage == "Running" and ok.eta_seconds == 130  # type: ignore[attr-defined]
     assert missing is None and down is None
 
 
@@ -76,7 +77,7 @@ def test_diverged_loss_from_the_real_trainer_endpoint_is_dropped() -> None:
     from finetune_trainer.metrics import TrainerMetrics
 
     metrics = TrainerMetrics("job", "ns", 0)
-    metrics.update(TrainerProgress(phase="Training", step=5, total_steps=10, loss=math.nan, eval_loss=math.inf, tokens_per_second=-math.inf, eta_seconds=math.inf))
+    metrics.update(TrainerProgress(phase="Running", step=5, total_steps=10, loss=math.nan, eval_loss=math.inf, tokens_per_second=-math.inf, eta_seconds=math.inf))
     port = metrics.serve(0, with_progress=True, host="127.0.0.1")
     assert port is not None
     try:

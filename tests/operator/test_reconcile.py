@@ -372,3 +372,43 @@ def test_repeated_conflicts_back_off_per_key_with_jitter(monkeypatch: pytest.Mon
         r.forget(KEY)
 
     asyncio.run(go())
+
+
+SUCCEEDED = {
+    "phase": "Succeeded",
+    "message": "training finished; adapter uploaded",
+    "completionTime": "2026-01-01T13:00:00Z",
+    "observedGeneration": 1,
+    "conditions": [VALIDATED, {"type": "Succeeded", "status": "True", "reason": "TrainingSucceeded", "message": "adapter at s3://b/o/", "lastTransitionTime": "2026-01-01T13:00:00Z"}],
+    "output": {"adapterUri": "s3://b/o/adapter/", "sha256": "0" * 64},
+    "progress": {"step": 10, "totalSteps": 10, "percent": 100.0},
+}
+
+
+def test_a_finished_jobs_record_keeps_only_what_is_still_decided() -> None:
+    body = {"metadata": {"uid": UID, "generation": 1}, "spec": minimal_spec(), "status": SUCCEEDED}
+    rec = ftj_record(body)
+    assert rec["settled"] is True
+    assert rec["spec"] == {} and rec["status"] == {"phase": "Succeeded", "completionTime": "2026-01-01T13:00:00Z", "observedGeneration": 1}
+    with_ttl = ftj_record({**body, "spec": {**minimal_spec(), "ttlSecondsAfterFinished": 60}})
+    assert with_ttl["settled"] is False and with_ttl["spec"] == {"ttlSecondsAfterFinished": 60}
+    # a spec failure is retried when the spec is edited: its record stays whole
+    failed = {"phase": "Failed", "conditions": [{"type": "Failed", "status": "True", "reason": "InvalidSpec", "message": "x", "lastTransitionTime": "2026-01-01T13:00:00Z"}]}
+    spec_failure = ftj_record({**body, "status": failed})
+    assert spec_failure["settled"] is False and spec_failure["spec"] == minimal_spec()
+    restarts = {**failed, "conditions": [{**failed["conditions"][0], "reason": "RestartLimitExceeded"}]}
+    assert ftj_record({**body, "status": restarts})["status"]["conditions"][0]["reason"] == "RestartLimitExceeded"
+
+
+def test_settled_jobs_cost_no_request_and_no_per_job_state() -> None:
+    async def go() -> None:
+        kube = RecordingKube()
+        done = ftj_record({"metadata": {"uid": UID, "generation": 1}, "spec": minimal_spec(), "status": SUCCEEDED})
+        jobs: dict[Any, Any] = {KEY: [done]}
+        r = reconciler(kube, jobs, {})
+        assert await r.reconcile(KEY) is None
+        assert kube.calls == []
+        assert KEY not in r._locks and KEY not in r._inputs and KEY not in r._applied and KEY not in r._written
+        assert r.phases._phases[KEY] == "Succeeded"  # still counted in finetune_operator_jobs
+
+    asyncio.run(go())

@@ -25,6 +25,9 @@ from .config import ConfigError, load_config
 from .errors import exit_code_for, reason_for
 
 TERMINATION_MESSAGE_LIMIT = 4096  # Kubernetes truncates longer messages
+#: What a cut summary always keeps: launch.py relays `exitCode`; the operator's status reads the
+#: outcome and the output's location and checksum (FineTuneJob.status.output, trainedTokens).
+ESSENTIAL_KEYS = ("status", "reason", "exitCode", "outputUri", "adapterUri", "manifestUri", "manifestSha256", "trainedTokens")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,17 +50,18 @@ def termination_text(summary: dict[str, Any], limit: int = TERMINATION_MESSAGE_L
     """The summary as JSON of at most `limit` bytes (UTF-8), always valid JSON keeping `exitCode`.
 
     Kubernetes keeps only the first `limit` bytes of the file, so a cut JSON document would lose
-    the exit code that launch.py relays. Too long: keep the essential keys and shorten `message`.
+    the exit code that launch.py relays. Too long: keep the essential keys (`ESSENTIAL_KEYS`: the
+    exit code and the output's URIs and sha256) and shorten `message`.
     """
     text = json.dumps(summary, separators=(",", ":"))
     if len(text.encode()) <= limit:
         return text
-    keep: dict[str, Any] = {k: summary[k] for k in ("status", "reason", "message", "exitCode", "manifestUri", "steps", "loss") if k in summary}
+    keep: dict[str, Any] = {k: summary[k] for k in (*ESSENTIAL_KEYS, "message", "steps", "loss") if k in summary}
     message = str(keep.get("message", ""))
     keep["message"] = ""
     budget = limit - _encoded_len(keep)
     if budget < 0:  # even without a message too long: keep only what launch.py and the operator need
-        keep = {k: summary[k] for k in ("status", "reason", "exitCode") if k in summary}
+        keep = {k: summary[k] for k in ESSENTIAL_KEYS if k in summary}
         keep["reason"] = str(keep.get("reason", ""))[:200]
         keep["message"] = ""
         budget = limit - _encoded_len(keep)

@@ -54,19 +54,68 @@ class ModelSource(_Model):
     )
 
 
-DatasetFormat = Literal["text", "prompt-completion", "chat", "classification"]
+DatasetFormat = Literal["text", "prompt-completion", "chat", "classification", "seq2seq", "image-classification"]
+
+#: The fields each format reads from a row; `dataset.columns` may map any of them to another column.
+FORMAT_FIELDS: Final[dict[str, tuple[str, ...]]] = {
+    "text": ("text",),
+    "prompt-completion": ("prompt", "completion"),
+    "chat": ("messages",),
+    "classification": ("text", "label"),
+    "seq2seq": ("input", "target"),
+    "image-classification": ("image", "label"),
+}
+#: Formats with a label per row (a classification head).
+LABELLED_FORMATS: Final = frozenset({"classification", "image-classification"})
+#: Formats that never pack examples into blocks; `packing: true` with them is refused at start.
+UNPACKED_FORMATS: Final = frozenset({"seq2seq", "image-classification"})
+
+ColumnName = Annotated[str, Field(min_length=1, max_length=256)]
 
 
 class DatasetSource(_Model):
-    """Training data: JSON Lines in one of four formats."""
+    """Training data: JSON Lines, Parquet or CSV files in one of six formats."""
 
     uri: Annotated[str, Field(pattern=DATASET_URI_PATTERN, description="s3://, https://, hf://datasets/..., pvc:// or a local path")]
     format: DatasetFormat = "text"
+    columns: dict[str, ColumnName] | None = Field(
+        default=None,
+        max_length=8,
+        description="The data's own column names for the format's fields, e.g. {text: review, label: sentiment}; "
+        "unmapped fields keep their names",
+    )
+    labels: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        default=None,
+        max_length=10_000,
+        description="classification / image-classification: the label set in class-id order; a row with another label is an error. "
+        "When absent, the labels found in the data (integers keep their value, names are sorted)",
+    )
     validation_split: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05
     secret_ref: SecretRef | None = None
     endpoint: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] | None = Field(
         default=None, description="S3-compatible endpoint for an s3:// dataset; else output.endpoint, else AWS_ENDPOINT_URL"
     )
+
+    @model_validator(mode="after")
+    def _columns_and_labels_fit_format(self) -> DatasetSource:
+        fields = FORMAT_FIELDS[self.format]
+        unknown = sorted(set(self.columns or {}) - set(fields))
+        if unknown:
+            raise ValueError(f"columns: {', '.join(unknown)} is not a field of format {self.format} (its fields: {', '.join(fields)})")
+        if self.labels is not None:
+            if self.format not in LABELLED_FORMATS:
+                raise ValueError(f"labels is only allowed with format classification or image-classification, not {self.format}")
+            if len(set(self.labels)) != len(self.labels):
+                raise ValueError("labels must not repeat a name")
+        return self
+
+    def column(self, field: str) -> str:
+        """The data's column that holds `field`."""
+        return (self.columns or {}).get(field, field)
+
+    def resolved_columns(self) -> dict[str, str]:
+        """Every field of the format and the column it is read from."""
+        return {f: self.column(f) for f in FORMAT_FIELDS[self.format]}
 
 
 class LoraSettings(_Model):

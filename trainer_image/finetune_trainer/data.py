@@ -1,11 +1,16 @@
-"""JSONL datasets: parse rows per format, tokenize, split, pack and batch.
+"""Datasets: parse rows per format, tokenize, split, pack and batch.
 
-Formats (one JSON object per line):
-  text               {"text": "..."}                                  loss on every token
-  prompt-completion  {"prompt": "...", "completion": "..."}           loss on the completion
-  chat               {"messages": [{"role": "user", "content": "..."}, ...]}
-                     rendered with the tokenizer's chat template; loss on assistant tokens only
-  classification     {"text": "...", "label": 0 | "positive"}         sequence-classification head
+Rows come from JSON Lines, Parquet or CSV files (`datafiles.py`); `dataset.columns` maps the
+format's fields to the data's own column names. Formats (fields of a row):
+  text                  {"text": "..."}                                  loss on every token
+  prompt-completion     {"prompt": "...", "completion": "..."}           loss on the completion
+  chat                  {"messages": [{"role": "user", "content": "..."}, ...]}
+                        rendered with the tokenizer's chat template; loss on assistant tokens only
+  classification        {"text": "...", "label": 0 | "positive"}         sequence-classification head
+  seq2seq               {"input": "...", "target": "..."}                encoder-decoder; loss on every
+                        target token, teacher-forced from the model's decoder start token
+  image-classification  {"image": "rel/path.png" | "s3://...", "label": ...} (or a `<label>/<file>`
+                        layout of images); image-classification head, pixels from `images.py`
 
 Chat masks. A template with `{% generation %}` blocks marks the assistant tokens itself
 (transformers' `return_assistant_tokens_mask`): exactly those tokens are trained, nothing is
@@ -30,16 +35,17 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import pathlib
 import random
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from .config import FORMAT_FIELDS
+from .datafiles import IMAGE_SUFFIXES, reader_for
 from .errors import DataError
 
 IGNORE_INDEX = -100
@@ -52,17 +58,32 @@ class Row:
 
     source: str  # "file.jsonl:LINE"
     data: dict[str, Any]
+    where: str = ""  # for messages: "line N of FILE" / "row N of FILE"
+
+    @property
+    def named(self) -> str:
+        """How messages name the row."""
+        return self.where or self.source
 
 
 @dataclasses.dataclass
 class Example:
-    """A tokenized row. `labels` is per-token (causal LM) or one class id (classification)."""
+    """A tokenized row. `labels` is per-token (causal LM, seq2seq) or one class id (classifiers).
+
+    Causal LM: `labels[i]` is the target of position i-1 (the loss shifts them). Seq2seq:
+    `input_ids` feed the encoder, `labels[i]` is the target of decoder position i (no shift) and
+    `decoder_input_ids` are the labels moved right behind the decoder start token. Images:
+    `input_ids` is empty and `pixels()` gives the preprocessed image tensor (loaded lazily, so a
+    dataset never sits in memory as pixels).
+    """
 
     input_ids: list[int]
     labels: list[int] | int
     source: str = ""
     #: Packed blocks only: positions restart at 0 for every document in the block.
     position_ids: list[int] | None = None
+    decoder_input_ids: list[int] | None = None
+    pixels: Callable[[], torch.Tensor] | None = None
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -72,6 +93,18 @@ def _check_row(obj: Any, fmt: str) -> str | None:
     """What is wrong with a row for its format, or None."""
     if not isinstance(obj, dict):
         return "expected a JSON object"
+
+    def label_field() -> str | None:
+        label = obj.get("label")
+        if label is None:
+            return "missing field 'label'"
+        if isinstance(label, bool) or not isinstance(label, int | str):
+            return f"field 'label' must be an integer or a string, not {type(label).__name__}"
+        if isinstance(label, int) and label < 0:
+            return "field 'label' must not be negative"
+        if isinstance(label, str) and not label.strip():
+            return "field 'label' is empty"
+        return None
 
     def text_field(name: str) -> str | None:
         v = obj.get(name)
@@ -88,17 +121,11 @@ def _check_row(obj: Any, fmt: str) -> str | None:
     if fmt == "prompt-completion":
         return text_field("prompt") or text_field("completion")
     if fmt == "classification":
-        problem = text_field("text")
-        if problem:
-            return problem
-        label = obj.get("label")
-        if label is None:
-            return "missing field 'label'"
-        if isinstance(label, bool) or not isinstance(label, int | str):
-            return f"field 'label' must be an integer or a string, not {type(label).__name__}"
-        if isinstance(label, int) and label < 0:
-            return "field 'label' must not be negative"
-        return None
+        return text_field("text") or label_field()
+    if fmt == "seq2seq":
+        return text_field("input") or text_field("target")
+    if fmt == "image-classification":
+        return text_field("image") or label_field()
     if fmt == "chat":
         msgs = obj.get("messages")
         if not isinstance(msgs, list) or not msgs:
@@ -112,35 +139,65 @@ def _check_row(obj: Any, fmt: str) -> str | None:
     return f"unknown format {fmt!r}"
 
 
-def read_rows(files: Sequence[pathlib.Path], fmt: str) -> list[Row]:
-    """Parse every line of every file; raise one DataError listing the first bad rows."""
+class Problems:
+    """Bad rows, collected so that one DataError names the first `MAX_REPORTED_ERRORS` of them."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.count = 0
+
+    def add(self, where: str, problem: str) -> None:
+        self.count += 1
+        if len(self.lines) < MAX_REPORTED_ERRORS:
+            self.lines.append(f"{where}: {problem}")
+
+    def raise_if_any(self, what: str) -> None:
+        if self.count:
+            more = f" (and {self.count - len(self.lines)} more)" if self.count > len(self.lines) else ""
+            raise DataError(f"dataset: {self.count} row(s) {what}{more}:\n" + "\n".join(self.lines))
+
+
+def _apply_columns(obj: dict[str, Any], columns: Mapping[str, str]) -> str | None:
+    """Rename the data's columns to the format's fields (in place); what is missing, or None."""
+    for field, column in columns.items():
+        if column == field:
+            continue
+        if column not in obj:
+            return f"missing column {column!r} (dataset.columns.{field})"
+        obj[field] = obj.pop(column)
+    return None
+
+
+def _source(where: str) -> str:
+    """'line 3 of a.jsonl' / 'row 3 of a.parquet' -> 'a.jsonl:3' (a row's short name)."""
+    _, n, _, name = where.split(" ", 3)
+    return f"{name}:{n}"
+
+
+def read_rows(files: Sequence[pathlib.Path], fmt: str, columns: Mapping[str, str] | None = None) -> list[Row]:
+    """Parse every row of every file (JSON Lines, Parquet, CSV); one DataError lists the first bad rows.
+
+    `columns` maps the format's fields to the data's column names. For image-classification a
+    list of image files (no data file) is a `<label>/<file>` layout: each image's directory
+    name is its label. An image's path in a row stays as written (see `images.localize`).
+    """
+    if fmt not in FORMAT_FIELDS:
+        raise DataError(f"dataset.format: unknown format {fmt!r}")
+    if fmt == "image-classification" and files and all(p.suffix.lower() in IMAGE_SUFFIXES for p in files):
+        return [Row(f"{p.parent.name}/{p.name}", {"image": str(p), "label": p.parent.name}) for p in files]
     rows: list[Row] = []
-    problems: list[str] = []
-    bad = 0
+    problems = Problems()
     for path in files:
-        with path.open("r", encoding="utf-8", errors="strict") as f:
-            try:
-                for lineno, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    where = f"{path.name}:{lineno}"
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        problem: str | None = f"not valid JSON ({err.msg} at column {err.colno})"
-                    else:
-                        problem = _check_row(obj, fmt)
-                    if problem:
-                        bad += 1
-                        if len(problems) < MAX_REPORTED_ERRORS:
-                            problems.append(f"line {lineno} of {path.name}: {problem}")
-                        continue
-                    rows.append(Row(where, obj))
-            except UnicodeDecodeError:
-                raise DataError(f"dataset: {path.name} is not UTF-8 text") from None
-    if problems:
-        more = f" (and {bad - len(problems)} more)" if bad > len(problems) else ""
-        raise DataError(f"dataset: {bad} row(s) do not match format {fmt!r}{more}:\n" + "\n".join(problems))
+        for where, obj in reader_for(path)(path):
+            problem = obj if isinstance(obj, str) else (_apply_columns(obj, columns or {}) or _check_row(obj, fmt))
+            if problem:
+                problems.add(where, problem)
+                continue
+            assert isinstance(obj, dict)
+            if fmt == "image-classification":
+                obj["_dir"] = str(path.parent)  # relative image paths are relative to their data file
+            rows.append(Row(_source(where), obj, where))
+    problems.raise_if_any(f"do not match format {fmt!r}")
     if not rows:
         raise DataError("dataset: no rows")
     return rows
@@ -149,8 +206,19 @@ def read_rows(files: Sequence[pathlib.Path], fmt: str) -> list[Row]:
 # --- tokenization ----------------------------------------------------------------------------
 
 
-def label_names(rows: Sequence[Row]) -> list[str]:
-    """Class names in id order: integers keep their value, strings are sorted."""
+def label_names(rows: Sequence[Row], declared: Sequence[str] | None = None) -> list[str]:
+    """Class names in id order: `declared` (dataset.labels), else integers keep their value and
+    strings are sorted. With `declared`, a row whose label is not one of them is an error."""
+    if declared is not None:
+        problems = Problems()
+        for r in rows:
+            v = r.data["label"]
+            if isinstance(v, int) and v >= len(declared):
+                problems.add(r.named, f"label {v} is not a class id of dataset.labels ({len(declared)} labels)")
+            elif isinstance(v, str) and v not in declared:
+                problems.add(r.named, f"unknown label {v!r} (dataset.labels: {', '.join(declared)})")
+        problems.raise_if_any("have an unknown label")
+        return list(declared)
     labels = [r.data["label"] for r in rows]
     if all(isinstance(v, int) for v in labels):
         return [str(i) for i in range(max(labels) + 1)]
@@ -196,13 +264,28 @@ class TokenStats:
 LEFT_TRUNCATED_FORMATS = frozenset({"prompt-completion", "chat"})
 
 
-def tokenize(rows: Sequence[Row], fmt: str, tokenizer: Any, max_len: int, labels: list[str] | None = None) -> tuple[list[Example], TokenStats]:
+def label_id(value: int | str, labels: Sequence[str]) -> int:
+    """A row's class id: an integer label is one, a name is looked up."""
+    return value if isinstance(value, int) else list(labels).index(value)
+
+
+def tokenize(
+    rows: Sequence[Row], fmt: str, tokenizer: Any, max_len: int, labels: list[str] | None = None, *, decoder_start_id: int | None = None
+) -> tuple[list[Example], TokenStats]:
     """Tokenize rows, truncate them to max_len and measure their untruncated lengths.
 
-    Text and classification rows lose their end; prompt-completion and chat rows lose their
-    beginning (a leading BOS stays). A causal-LM row left without a trained token (a target
-    after the first position) is dropped and counted in `rows_dropped`.
+    Text, classification and seq2seq rows lose their end (a seq2seq input and target each keep
+    max_len tokens); prompt-completion and chat rows lose their beginning (a leading BOS stays).
+    A causal-LM row left without a trained token (a target after the first position) is dropped
+    and counted in `rows_dropped`. Image rows (`tokenizer` is then an `images.ImageInputs`) have
+    no tokens: their examples load pixels on demand.
     """
+    if fmt == "image-classification":
+        assert labels is not None
+        image_examples = [Example([], label_id(r.data["label"], labels), r.source, pixels=tokenizer.loader(r.data["image"])) for r in rows]
+        return image_examples, TokenStats(rows=len(rows))
+    if fmt == "seq2seq" and decoder_start_id is None:
+        raise DataError("model.uri: the model's config has no decoder_start_token_id (is it an encoder-decoder model?)")
     examples: list[Example] = []
     lengths: list[int] = []
     left = fmt in LEFT_TRUNCATED_FORMATS
@@ -211,11 +294,13 @@ def tokenize(rows: Sequence[Row], fmt: str, tokenizer: Any, max_len: int, labels
         if fmt == "classification":
             assert labels is not None
             ids = tokenizer(row.data["text"], add_special_tokens=True)["input_ids"]
-            label = labels.index(str(row.data["label"]))
-            ex = Example(ids, label, row.source)
+            ex = Example(ids, label_id(row.data["label"], labels), row.source)
+        elif fmt == "seq2seq":
+            assert decoder_start_id is not None
+            ex = _seq2seq_example(row, tokenizer, max_len, decoder_start_id, stats)
         else:
             ex = _causal_example(row, fmt, tokenizer)
-        lengths.append(len(ex.input_ids))
+        lengths.append(len(ex.input_ids) + (len(ex.labels) if ex.decoder_input_ids is not None and isinstance(ex.labels, list) else 0))
         if len(ex.input_ids) > max_len:
             stats.longer_than_max += 1
             if len(stats.longer_examples) < MAX_REPORTED_ERRORS:
@@ -226,7 +311,7 @@ def tokenize(rows: Sequence[Row], fmt: str, tokenizer: Any, max_len: int, labels
                 ex.input_ids = ex.input_ids[:max_len]
                 if isinstance(ex.labels, list):
                     ex.labels = ex.labels[:max_len]
-        if isinstance(ex.labels, list) and all(v == IGNORE_INDEX for v in ex.labels[1:]):
+        if not trains_something(ex):
             stats.rows_dropped += 1  # nothing to learn: the first position is never a target
             continue
         examples.append(ex)
@@ -238,6 +323,20 @@ def tokenize(rows: Sequence[Row], fmt: str, tokenizer: Any, max_len: int, labels
     if not examples:
         raise DataError(f"dataset: no row keeps a trained token within maxSeqLength {max_len}")
     return examples, stats
+
+
+def _seq2seq_example(row: Row, tokenizer: Any, max_len: int, decoder_start_id: int, stats: TokenStats) -> Example:
+    """Encoder ids of the input; every target token trained, fed back shifted behind the decoder
+    start token (teacher forcing). Both sides get the tokenizer's special tokens (T5: `</s>`).
+    A target longer than max_len is cut from the right (its input is cut by `tokenize`)."""
+    ids = list(tokenizer(row.data["input"], add_special_tokens=True)["input_ids"])
+    target = list(tokenizer(text_target=row.data["target"], add_special_tokens=True)["input_ids"])
+    if len(target) > max_len and len(ids) <= max_len:  # an over-long input is counted by `tokenize`
+        stats.longer_than_max += 1
+        if len(stats.longer_examples) < MAX_REPORTED_ERRORS:
+            stats.longer_examples.append(f"{row.source} (target {len(target)} tokens)")
+    target = target[:max_len]
+    return Example(ids, target, row.source, decoder_input_ids=[decoder_start_id, *target[:-1]])
 
 
 def _truncate_left(ex: Example, max_len: int, bos_id: int | None) -> None:
@@ -440,8 +539,10 @@ def split(examples: list[Example], fraction: float, seed: int) -> tuple[list[Exa
 
 
 def trains_something(ex: Example) -> bool:
-    """Whether the example has a next-token target (the first position never has one)."""
-    return isinstance(ex.labels, int) or any(v != IGNORE_INDEX for v in ex.labels[1:])
+    """Whether the example has a target (a causal LM's first position never has one)."""
+    if isinstance(ex.labels, int):
+        return True
+    return any(v != IGNORE_INDEX for v in (ex.labels if ex.decoder_input_ids is not None else ex.labels[1:]))
 
 
 def pack(examples: list[Example], max_len: int) -> list[Example]:
@@ -525,6 +626,8 @@ def collate(batch: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
     padded tail is one more document, positions from 0, never a target) and a `token_mask` that
     only counts real tokens; the model never sees `token_mask`.
     """
+    if batch[0].pixels is not None:  # images: one class id each, no tokens
+        return {"pixel_values": torch.stack([ex.pixels() for ex in batch if ex.pixels is not None]), "labels": torch.tensor([ex.labels for ex in batch])}
     width = max(len(ex.input_ids) for ex in batch)
     ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -545,18 +648,30 @@ def collate(batch: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]:
         out["attention_mask"] = mask
     if isinstance(batch[0].labels, int):
         out["labels"] = torch.tensor([ex.labels for ex in batch], dtype=torch.long)
-    else:
-        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        return out
+    if batch[0].decoder_input_ids is not None:  # seq2seq: labels aligned with the decoder inputs
+        width = max(len(ex.labels) for ex in batch if isinstance(ex.labels, list))
+        out["decoder_input_ids"] = torch.full((len(batch), width), pad_id, dtype=torch.long)
         for i, ex in enumerate(batch):
-            assert isinstance(ex.labels, list)
-            labels[i, : len(ex.labels)] = torch.tensor(ex.labels)
-        out["labels"] = labels
+            assert ex.decoder_input_ids is not None
+            out["decoder_input_ids"][i, : len(ex.decoder_input_ids)] = torch.tensor(ex.decoder_input_ids)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    for i, ex in enumerate(batch):
+        assert isinstance(ex.labels, list)
+        labels[i, : len(ex.labels)] = torch.tensor(ex.labels)
+    out["labels"] = labels
     return out
 
 
 def real_tokens(batch: dict[str, torch.Tensor]) -> int:
-    """Non-padding input tokens of a collated batch."""
-    return int(batch["token_mask" if "token_mask" in batch else "attention_mask"].sum())
+    """Non-padding input tokens of a collated batch (seq2seq: encoder plus target tokens; images:
+    one per image)."""
+    if "pixel_values" in batch:
+        return int(batch["pixel_values"].shape[0])
+    tokens = int(batch["token_mask" if "token_mask" in batch else "attention_mask"].sum())
+    if "decoder_input_ids" in batch:
+        tokens += int((batch["labels"] != IGNORE_INDEX).sum())
+    return tokens
 
 
 @dataclasses.dataclass(frozen=True)

@@ -72,11 +72,26 @@ class Engine(Protocol):
         ...
 
 
-def count_targets(labels: torch.Tensor) -> int:
-    """How many losses a batch contributes: trained next-token targets, or examples (classification)."""
+def count_targets(labels: torch.Tensor, *, shifted: bool = True) -> int:
+    """How many losses a batch contributes: trained next-token targets, or examples (classifiers).
+
+    `shifted`: causal-LM labels, whose first position is never a target; seq2seq labels are
+    aligned with the decoder's logits (`shifted=False`), every non-ignored one is a target.
+    """
     if labels.dim() == 1:
         return int(labels.numel())
-    return int((labels[:, 1:] != IGNORE_INDEX).sum())
+    return int(((labels[:, 1:] if shifted else labels) != IGNORE_INDEX).sum())
+
+
+def shifted_labels(batch: dict[str, torch.Tensor]) -> bool:
+    """Whether a collated batch's labels are causal-LM labels (the loss shifts them) rather than
+    seq2seq labels aligned with `decoder_input_ids`."""
+    return "decoder_input_ids" not in batch
+
+
+def batch_targets(batch: dict[str, torch.Tensor]) -> int:
+    """The targets of a collated batch (see `count_targets`)."""
+    return count_targets(batch["labels"], shifted=shifted_labels(batch))
 
 
 #: Rows of logits handled at once by the cross-entropy (fp32 work space: chunk x vocabulary).
@@ -124,21 +139,27 @@ class _CrossEntropySum(torch.autograd.Function):
         return grad, None
 
 
-def loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The SUM of per-token (causal LM) or per-example (classification) cross-entropy, in fp32.
+def loss_sum(logits: torch.Tensor, labels: torch.Tensor, *, shifted: bool = True) -> torch.Tensor:
+    """The SUM of per-token (causal LM, seq2seq) or per-example (classifiers) cross-entropy, in fp32.
 
     Causal LM: the labels are shifted (padded with IGNORE_INDEX at the end), never the logits,
-    and `_CrossEntropySum` works on the logits in place.
+    and `_CrossEntropySum` works on the logits in place. Seq2seq (`shifted=False`): the labels
+    are already aligned with the decoder's logits.
     """
     if labels.dim() == 1:  # classification
         return torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-    targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX).reshape(-1)
+    targets = (torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX) if shifted else labels).reshape(-1)
     total: torch.Tensor = _CrossEntropySum.apply(logits.reshape(-1, logits.size(-1)), targets)  # type: ignore[no-untyped-call]
     return total
 
 
-def _model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in ("labels", "token_mask")}
+def _model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, Any]:
+    """The model's keyword arguments: the batch without labels and token counts; token models
+    also get `use_cache=False` (vision models take no cache)."""
+    out: dict[str, Any] = {k: v.to(device, non_blocking=True) for k, v in batch.items() if k not in ("labels", "token_mask")}
+    if "input_ids" in batch:
+        out["use_cache"] = False
+    return out
 
 
 class TorchEngine:
@@ -176,8 +197,8 @@ class TorchEngine:
         sync = contextlib.nullcontext() if (last_micro or not self.env.distributed) else self.wrapped.no_sync()  # type: ignore[operator]
         with sync:
             with self._autocast():
-                logits = self.wrapped(**_model_inputs(batch, self.env.device), use_cache=False).logits
-            total = loss_sum(logits, labels)
+                logits = self.wrapped(**_model_inputs(batch, self.env.device)).logits
+            total = loss_sum(logits, labels, shifted=shifted_labels(batch))
             scaled: torch.Tensor = total * scale
             if self.scaler is not None:
                 self.scaler.scale(scaled).backward()  # type: ignore[no-untyped-call]
@@ -204,18 +225,20 @@ class TorchEngine:
     @torch.no_grad()
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with self._autocast():
-            return self._module(**_model_inputs(batch, self.env.device), use_cache=False).logits  # type: ignore[no-any-return]
+            return self._module(**_model_inputs(batch, self.env.device)).logits  # type: ignore[no-any-return]
 
     def save(self, directory: pathlib.Path) -> None:
         if self.env.is_main:
             trainable = {n: p.detach().cpu() for n, p in self._module.named_parameters() if p.requires_grad}
+            trainable.update(_persistent_buffers(self._module))  # e.g. batch-norm running statistics
             torch.save(trainable, directory / TRAINABLE_FILE)
             torch.save(self.optimizer.state_dict(), directory / OPTIMIZER_FILE)
             torch.save(self.scheduler.state_dict(), directory / SCHEDULER_FILE)
 
     def load(self, directory: pathlib.Path) -> None:
         trainable = torch.load(directory / TRAINABLE_FILE, map_location=self.env.device, weights_only=True)
-        params = dict(self._module.named_parameters())
+        params: dict[str, torch.Tensor] = dict(self._module.named_parameters())
+        params.update(_persistent_buffers(self._module))
         missing = [n for n, p in params.items() if p.requires_grad and n not in trainable]
         if missing:
             raise RuntimeError(f"checkpoint lacks {len(missing)} trainable tensors (e.g. {missing[0]}); was it written by another method?")
@@ -230,6 +253,12 @@ class TorchEngine:
 
     def consolidated_state_dict(self, *, trainable_only: bool) -> dict[str, torch.Tensor] | None:
         return None  # every rank holds the full weights; save_pretrained reads them directly
+
+
+def _persistent_buffers(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The buffers a state dict holds (batch-norm running statistics; not rotary caches)."""
+    persistent = set(module.state_dict(keep_vars=True))
+    return {n: b for n, b in module.named_buffers() if n in persistent}
 
 
 def deepspeed_config(cfg: TrainerConfig, env: DistEnv, dtype: torch.dtype) -> dict[str, Any]:
@@ -315,8 +344,8 @@ class DeepSpeedEngine:
 
     def forward_backward(self, batch: dict[str, torch.Tensor], *, scale: float, last_micro: bool) -> torch.Tensor:
         labels = batch["labels"].to(self.engine.device, non_blocking=True)
-        logits = self.engine(**_model_inputs(batch, self.engine.device), use_cache=False).logits
-        total = loss_sum(logits, labels)
+        logits = self.engine(**_model_inputs(batch, self.engine.device)).logits
+        total = loss_sum(logits, labels, shifted=shifted_labels(batch))
         # `scale` already holds 1/(trained tokens of the whole step); DeepSpeed must not divide
         # by the accumulation steps again.
         self.engine.backward(total * scale, scale_wrt_gas=False)
@@ -331,7 +360,7 @@ class DeepSpeedEngine:
 
     @torch.no_grad()
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.engine(**_model_inputs(batch, self.engine.device), use_cache=False).logits  # type: ignore[no-any-return]
+        return self.engine(**_model_inputs(batch, self.engine.device)).logits  # type: ignore[no-any-return]
 
     def save(self, directory: pathlib.Path) -> None:
         self.engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, save_latest=False, exclude_frozen_parameters=True)

@@ -60,13 +60,21 @@ def output_check(model: torch.nn.Module, examples: list[Example], pad_id: int) -
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits.float().cpu()
+    inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "decoder_input_ids", "pixel_values")}
+    logits = model(**inputs).logits.float().cpu()
     model.train(was_training)
     rows = []
     for i, ex in enumerate(examples):
-        row = logits[i] if logits.dim() == 2 else logits[i, len(ex.input_ids) - 1]
+        # the last real position: of the decoder for seq2seq, of the input for a causal LM
+        last = len(ex.decoder_input_ids if ex.decoder_input_ids is not None else ex.input_ids) - 1
+        row = logits[i] if logits.dim() == 2 else logits[i, last]
         rows.append([round(float(v), 6) for v in row[:CHECK_LOGITS]])
-    return {"inputIds": [ex.input_ids for ex in examples], "logits": rows}
+    if examples[0].pixels is not None:  # images: the rows, reprocessed on reload with the saved processor
+        return {"images": [ex.source for ex in examples], "logits": rows}
+    check: dict[str, Any] = {"inputIds": [ex.input_ids for ex in examples], "logits": rows}
+    if examples[0].decoder_input_ids is not None:
+        check["decoderInputIds"] = [ex.decoder_input_ids for ex in examples]
+    return check
 
 
 def write_final_output(

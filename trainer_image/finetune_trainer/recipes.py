@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from . import distributed
-from .config import TrainerConfig
+from .config import UNPACKED_FORMATS, TrainerConfig
 from .distributed import DistEnv
 from .errors import DataError, SetupError
 
@@ -25,18 +25,58 @@ CLASSIFICATION = "classification"
 LABELS_FILE = "labels.json"
 
 
+#: The transformers Auto class of each task.
+AUTO_CLASSES = {
+    "causal-lm": "AutoModelForCausalLM",
+    "classification": "AutoModelForSequenceClassification",
+    "seq2seq": "AutoModelForSeq2SeqLM",
+    "image-classification": "AutoModelForImageClassification",
+}
+#: Tasks with a classification head over `Task.labels`.
+CLASSIFIER_TASKS = frozenset({"classification", "image-classification"})
+
+
 @dataclasses.dataclass(frozen=True)
 class Task:
-    """What the model must learn: a causal LM or a classifier over `labels`."""
+    """What the model must learn: a causal LM, a seq2seq LM, or a classifier (text or image) over `labels`."""
 
-    kind: str  # "causal-lm" | "classification"
+    kind: str  # a key of AUTO_CLASSES
     labels: tuple[str, ...] = ()
+
+    @property
+    def classifier(self) -> bool:
+        return self.kind in CLASSIFIER_TASKS
 
 
 def task_for(cfg: TrainerConfig, labels: list[str] | None) -> Task:
-    if cfg.dataset.format == CLASSIFICATION:
+    fmt = cfg.dataset.format
+    if fmt == CLASSIFICATION:
         return Task("classification", tuple(labels or ()))
+    if fmt == "image-classification":
+        return Task("image-classification", tuple(labels or ()))
+    if fmt == "seq2seq":
+        return Task("seq2seq")
     return Task("causal-lm")
+
+
+def load_inputs(model_dir: pathlib.Path, cfg: TrainerConfig) -> Any:
+    """What turns rows into model inputs: the tokenizer, or for images an `images.ImageInputs`."""
+    if cfg.dataset.format == "image-classification":
+        from .images import load_image_inputs
+
+        return load_image_inputs(model_dir, cfg.model.trust_remote_code)
+    return load_tokenizer(model_dir, cfg)
+
+
+def decoder_start_token_id(model_dir: pathlib.Path, cfg: TrainerConfig) -> int | None:
+    """An encoder-decoder model's decoder start token (T5: its pad id), from its config."""
+    from transformers import AutoConfig
+
+    mc = AutoConfig.from_pretrained(str(model_dir), trust_remote_code=cfg.model.trust_remote_code)
+    value = getattr(mc, "decoder_start_token_id", None)
+    if value is None and hasattr(mc, "get_text_config"):
+        value = getattr(mc.get_text_config(decoder=True), "decoder_start_token_id", None)
+    return int(value) if value is not None else None
 
 
 def train_dtype(cfg: TrainerConfig, env: DistEnv) -> torch.dtype:
@@ -95,10 +135,25 @@ def load_tokenizer(model_dir: pathlib.Path, cfg: TrainerConfig) -> Any:
 
 
 def _load_base(model_dir: pathlib.Path, cfg: TrainerConfig, task: Task, pad_token_id: int | None = None, **kwargs: Any) -> Any:
-    """The base model; a classifier is told the tokenizer's pad id (`pad_token_id`, else read here)."""
+    """The base model; a classifier is told the tokenizer's pad id (`pad_token_id`, else read here).
+
+    An image classifier gets a new head when its labels differ from the checkpoint's
+    (`ignore_mismatched_sizes`), and its `id2label` names them.
+    """
+    import transformers
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     try:
+        if task.kind in ("seq2seq", "image-classification"):
+            auto = getattr(transformers, AUTO_CLASSES[task.kind])
+            if task.kind == "image-classification":
+                kwargs.update(
+                    num_labels=len(task.labels),
+                    id2label=dict(enumerate(task.labels)),
+                    label2id={name: i for i, name in enumerate(task.labels)},
+                    ignore_mismatched_sizes=True,
+                )
+            return auto.from_pretrained(str(model_dir), trust_remote_code=cfg.model.trust_remote_code, **kwargs)
         if task.kind == "classification":
             model = AutoModelForSequenceClassification.from_pretrained(
                 str(model_dir),
@@ -151,15 +206,24 @@ def base_model_reference(uri: str) -> tuple[str, str | None]:
     return uri, None
 
 
-def lora_target_modules(configured: list[str] | None) -> list[str] | str:
+#: LoRA targets for model types whose layers are mostly convolutions (no useful "all-linear").
+CONV_LORA_TARGETS = {"resnet": ["convolution"]}
+#: The head of an image classifier, trained fully and saved with the adapter.
+IMAGE_HEAD_MODULES = ["classifier"]
+
+
+def lora_target_modules(configured: list[str] | None, model_type: str | None = None) -> list[str] | str:
     """The configured modules, else every linear projection (peft's "all-linear").
 
     peft's per-architecture defaults are narrow (only q_proj and v_proj for Llama); "all-linear"
     adapts every Linear layer except the output layer: `lm_head` of a causal LM, and the
     `score`/`classifier` head of a classifier, which trains fully through `modules_to_save`.
+    Convolutional models (ResNet) get LoRA on their convolutions instead (`CONV_LORA_TARGETS`).
     """
     if configured:
         return list(configured)
+    if model_type in CONV_LORA_TARGETS:
+        return list(CONV_LORA_TARGETS[model_type])
     return "all-linear"
 
 
@@ -236,12 +300,17 @@ class LoraRecipe:
         else:
             _gradient_checkpointing(model, self.cfg)
         settings = self.cfg.method.lora_settings()
+        task_types = {"classification": TaskType.SEQ_CLS, "seq2seq": TaskType.SEQ_2_SEQ_LM, "causal-lm": TaskType.CAUSAL_LM}
+        image = task.kind == "image-classification"
+        targets = lora_target_modules(settings.target_modules, getattr(model.config, "model_type", None))
         lora = LoraConfig(
             r=settings.r,
             lora_alpha=settings.alpha,
             lora_dropout=settings.dropout,
-            target_modules=lora_target_modules(settings.target_modules),
-            task_type=TaskType.SEQ_CLS if task.kind == "classification" else TaskType.CAUSAL_LM,
+            # an image classifier has no peft task type: its new head trains fully, saved with the adapter
+            target_modules=_without_head(model, targets) if image else targets,
+            task_type=task_types.get(task.kind),
+            modules_to_save=[*IMAGE_HEAD_MODULES, *_batch_norm_names(model)] if image else None,
         )
         try:
             peft_model = get_peft_model(model, lora)
@@ -264,8 +333,30 @@ class LoraRecipe:
         with _naming_base_model(model, *base_model_reference(self.cfg.model.uri)):
             model.save_pretrained(str(dest), **kwargs)  # type: ignore[operator]
         tokenizer.save_pretrained(str(dest))
-        if self.task is not None and self.task.kind == "classification":
+        if self.task is not None and self.task.classifier:
             (dest / LABELS_FILE).write_text(json.dumps(list(self.task.labels)) + "\n")
+
+
+def _batch_norm_names(model: Any) -> list[str]:
+    """The names of a model's batch-norm layers (ResNet's `normalization`): saved whole with the
+    adapter, so their running statistics, which move while training, travel with it."""
+    kinds = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, kinds)})
+
+
+def _without_head(model: Any, targets: list[str] | str) -> list[str] | str:
+    """Image classifiers: "all-linear" as explicit names minus the head (peft finds no output
+    layer to leave out on them, and a module cannot be both adapted and saved whole)."""
+    if targets != "all-linear":
+        return targets
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and not any(name == h or name.startswith(h + ".") for h in IMAGE_HEAD_MODULES)
+    }
+    if not names:
+        raise SetupError("method.lora.targetModules: the model has no linear layer outside its head; name the modules to adapt")
+    return sorted(names)
 
 
 @contextlib.contextmanager
@@ -336,8 +427,11 @@ class FullRecipe:
 
 
 def preflight(cfg: TrainerConfig, env: DistEnv) -> None:
-    """Refuse, before any download, what this machine cannot run (qlora without CUDA, fp16 on CPU)."""
+    """Refuse, before any download, what this machine cannot run (qlora without CUDA, fp16 on CPU)
+    or what the format cannot do (packing seq2seq or images)."""
     train_dtype(cfg, env)
+    if cfg.hyperparameters.packing and cfg.dataset.format in UNPACKED_FORMATS:
+        raise SetupError(f"hyperparameters.packing: format {cfg.dataset.format} always trains unpacked; leave packing unset or false")
     if cfg.method.type == "qlora":
         _qlora_load_kwargs(env)
 

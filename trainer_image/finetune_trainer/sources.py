@@ -6,6 +6,7 @@ barrier. Failures become DataError messages naming the URI and what is wrong.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -14,6 +15,8 @@ import tempfile
 
 from . import contract, distributed
 from .config import DatasetSource, ModelSource, TrainerConfig
+from .data import Problems, Row
+from .datafiles import READERS, data_files, image_files
 from .errors import DataError
 from .storage import download_prefix, parse_location
 
@@ -88,7 +91,8 @@ def _fetch_hf_model(uri: str, dest: pathlib.Path, config_only: bool, download: b
 
 
 def fetch_dataset(cfg: TrainerConfig, dest: pathlib.Path) -> list[pathlib.Path]:
-    """Local JSONL files holding the dataset, in a stable order."""
+    """Local data files (JSON Lines, Parquet, CSV) holding the dataset, in a stable order; for
+    image-classification without a data file, the images of a `<label>/<file>` layout."""
     if distributed.env().is_local_main:
         files = _fetch_dataset_here(cfg, cfg.dataset, dest)
     distributed.barrier()
@@ -103,9 +107,10 @@ def _fetch_dataset_here(cfg: TrainerConfig, src: DatasetSource, dest: pathlib.Pa
     if uri.startswith("s3://"):
         if download:
             download_prefix(uri, target, endpoint=_s3_endpoint(cfg, src.endpoint))
-        return _jsonl_files(target, uri)
+        return _data_files(target, uri, src.format)
     if uri.startswith(("http://", "https://")):
-        out = target / "data.jsonl"
+        suffix = pathlib.PurePosixPath(_redact(uri)).suffix.lower()
+        out = target / f"data{suffix if suffix in READERS else '.jsonl'}"
         if download:
             _http_download(uri, out)
         return [out]
@@ -118,16 +123,20 @@ def _fetch_dataset_here(cfg: TrainerConfig, src: DatasetSource, dest: pathlib.Pa
     if path.is_file():
         return [path]
     if path.is_dir():
-        return _jsonl_files(path, uri)
+        return _data_files(path, uri, src.format)
     raise DataError(f"dataset.uri: {uri} -> {path} does not exist")
 
 
-def _jsonl_files(root: pathlib.Path, uri: str) -> list[pathlib.Path]:
+def _data_files(root: pathlib.Path, uri: str, fmt: str) -> list[pathlib.Path]:
+    """The data files under a downloaded prefix or local directory (or the one file it is)."""
     if root.is_file():
         return [root]
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".jsonl", ".json"))
+    files = data_files(root)
+    if not files and fmt == "image-classification":
+        files = image_files(root)  # a <label>/<file> layout
     if not files:
-        raise DataError(f"dataset.uri: {uri} holds no .jsonl files")
+        kinds = ", ".join(sorted(READERS)) + (" or images in <label>/ directories" if fmt == "image-classification" else "")
+        raise DataError(f"dataset.uri: {uri} holds no data files ({kinds})")
     return files
 
 
@@ -168,3 +177,36 @@ def _redact(uri: str) -> str:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else ""
+
+
+def localize_images(cfg: TrainerConfig, rows: list[Row], dest: pathlib.Path) -> None:
+    """Point every image row at a local file (in place; `_uri` keeps the path as written).
+
+    A relative path is relative to the data file's directory and must stay inside it; an
+    s3://bucket/key image is downloaded (local rank 0 of each node) into `dest/images/`.
+    A `<label>/<file>` layout's rows already hold local paths.
+    """
+    problems = Problems()
+    remote: dict[str, pathlib.Path] = {}
+    for row in rows:
+        value = str(row.data["image"])
+        base = row.data.pop("_dir", None)
+        row.data["_uri"] = value
+        if value.startswith("s3://"):
+            loc = parse_location(value)
+            remote[value] = dest / "images" / loc.bucket / loc.path
+            row.data["image"] = str(remote[value])
+        elif base is not None:
+            root = pathlib.Path(base).resolve()
+            path = (root / value).resolve()
+            if "://" in value or pathlib.PurePosixPath(value).is_absolute() or not path.is_relative_to(root):
+                problems.add(row.named, f"image {value} must be a path relative to the data file or an s3:// URI")
+            row.data["image"] = str(path)
+    problems.raise_if_any("name an image outside the dataset")
+    if distributed.env().is_local_main:
+        endpoint = _s3_endpoint(cfg, cfg.dataset.endpoint)
+        for uri, target in remote.items():
+            if not target.is_file():
+                with contextlib.suppress(DataError):  # reported per row by images.check_images ("does not exist")
+                    download_prefix(uri, target.parent, endpoint=endpoint)
+    distributed.barrier()

@@ -27,20 +27,18 @@ from .data import (
     Example,
     Position,
     eval_batches,
-    label_names,
     pack,
     packing_isolated,
-    read_rows,
     real_tokens,
     split,
-    tokenize,
 )
 from .distributed import DistEnv
-from .engine import DeepSpeedSetup, Engine, count_targets, loss_sum, make_engine
+from .engine import DeepSpeedSetup, Engine, batch_targets, loss_sum, make_engine, shifted_labels
 from .errors import Preempted, SetupError
+from .inputs import prepare
 from .metrics import NullMetrics, Progress, TrainerMetrics
 from .output import write_final_output
-from .recipes import load_tokenizer, preflight, recipe_for, task_for, train_dtype
+from .recipes import load_inputs, preflight, recipe_for, task_for, train_dtype
 from .sources import fetch_dataset, fetch_model, work_dir
 from .storage import Output
 
@@ -126,11 +124,10 @@ def _train(cfg: TrainerConfig, env: DistEnv, metrics: TrainerMetrics | NullMetri
     metrics.update(Progress(phase="Initializing", message="downloading model and dataset", world_size=env.world_size))
     model_dir = fetch_model(cfg, work)
     files = fetch_dataset(cfg, work)
-    tokenizer = load_tokenizer(model_dir, cfg)
-    rows = read_rows(files, cfg.dataset.format)
-    labels = label_names(rows) if cfg.dataset.format == "classification" else None
-    examples, token_stats = tokenize(rows, cfg.dataset.format, tokenizer, hp.max_seq_length, labels)
-    train_set, val_set = split(examples, cfg.dataset.validation_split, hp.seed)
+    tokenizer = load_inputs(model_dir, cfg)  # a tokenizer, or the image processor for images
+    prepared = prepare(cfg, files, model_dir, tokenizer, work)
+    rows, labels, token_stats = prepared.rows, prepared.labels, prepared.stats
+    train_set, val_set = split(prepared.examples, cfg.dataset.validation_split, hp.seed)
     task = task_for(cfg, labels)
 
     recipe = recipe_for(cfg, env)
@@ -169,7 +166,7 @@ def _train(cfg: TrainerConfig, env: DistEnv, metrics: TrainerMetrics | NullMetri
     batch_iter = batches.iterate(state.position)
     position = state.position
     eval_every = hp.eval_every_steps
-    num_labels = len(task.labels) if task.kind == "classification" else 0
+    num_labels = len(task.labels) if task.classifier else 0
     model.train()
     while state.step < total_steps:
         step_started = time.monotonic()
@@ -234,12 +231,7 @@ def _train(cfg: TrainerConfig, env: DistEnv, metrics: TrainerMetrics | NullMetri
         staging=work / "final",
         history=state.history,
         final_metrics=final_metrics,
-        dataset_stats={
-            **token_stats.as_dict(),
-            "trainExamples": len(train_set),
-            "validationExamples": len(val_set),
-            **({"labels": labels} if labels is not None else {}),
-        },
+        dataset_stats={**prepared.stats_dict(), "trainExamples": len(train_set), "validationExamples": len(val_set)},
         probe=val_set[:2] or train_set[:2],
         pad_id=tokenizer.pad_token_id,
     )
@@ -298,7 +290,7 @@ def train_step(engine: Engine, micro_batches: list[dict[str, torch.Tensor]], env
     accumulation 1, batchSize 1 x accumulation 8 and 2 ranks x accumulation 4 optimise the same
     function. Host syncs: two small all-reduces per step, none per micro-batch.
     """
-    local_targets = sum(count_targets(b["labels"]) for b in micro_batches)
+    local_targets = sum(batch_targets(b) for b in micro_batches)
     local_tokens = sum(real_tokens(b) for b in micro_batches)
     (targets,) = distributed.all_reduce_sum([float(local_targets)])
     scale = env.world_size / targets if targets > 0 else 0.0
@@ -393,7 +385,7 @@ def evaluate(engine: Engine, val_set: list[Example], batch_size: int, env: DistE
         if not mine or i >= len(mine):
             continue  # took part in the collective forward only
         labels = batch["labels"].to(logits.device)
-        sums += torch.tensor([float(loss_sum(logits, labels)), float(count_targets(batch["labels"]))], dtype=torch.float64)
+        sums += torch.tensor([float(loss_sum(logits, labels, shifted=shifted_labels(batch))), float(batch_targets(batch))], dtype=torch.float64)
         if num_labels:
             pairs = batch["labels"] * num_labels + logits.argmax(-1).cpu()
             confusion += torch.bincount(pairs, minlength=num_labels * num_labels).reshape(num_labels, num_labels)

@@ -13,9 +13,10 @@ import tempfile
 from typing import Any
 
 from .config import TrainerConfig
-from .data import label_names, read_rows, split, tokenize
+from .data import split
 from .errors import DataError
-from .recipes import load_tokenizer
+from .inputs import prepare
+from .recipes import load_inputs
 from .sources import fetch_dataset, fetch_model, work_dir
 
 
@@ -28,27 +29,23 @@ def run(cfg: TrainerConfig) -> dict[str, Any]:
         scratch = Path(tmp)
         model_dir = fetch_model(cfg, scratch, config_only=True)
         model_info = _model_info(model_dir, cfg)
-        tokenizer = load_tokenizer(model_dir, cfg)
+        inputs = load_inputs(model_dir, cfg)
         files = fetch_dataset(cfg, scratch)
-        rows = read_rows(files, cfg.dataset.format)
-        labels = label_names(rows) if cfg.dataset.format == "classification" else None
+        prepared = prepare(cfg, files, model_dir, inputs, scratch)
         hp = cfg.hyperparameters
-        examples, stats = tokenize(rows, cfg.dataset.format, tokenizer, hp.max_seq_length, labels)
-        train, val = split(examples, cfg.dataset.validation_split, hp.seed)
+        train, val = split(prepared.examples, cfg.dataset.validation_split, hp.seed)
     summary: dict[str, Any] = {
         "status": "Valid",
         "model": model_info,
         "dataset": {
             "format": cfg.dataset.format,
             "files": len(files),
-            **stats.as_dict(),
+            **prepared.stats_dict(),
             "trainRows": len(train),
             "validationRows": len(val),
         },
         "maxSeqLength": hp.max_seq_length,
     }
-    if labels is not None:
-        summary["dataset"]["labels"] = labels
     return summary
 
 
