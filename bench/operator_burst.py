@@ -234,7 +234,7 @@ def main() -> int:
             create_finished(custom, ns, args.finished, args.clients)
             print(f"{args.finished} finished FineTuneJobs created in {time.monotonic() - t:.0f} s", flush=True)
         proc = OperatorProcess(cluster, cluster.state_dir)
-        proc.start()
+        proc.start(extra=("--lease-seconds", "15", "--renew-deadline", "10", "--retry-period", "2"))  # the defaults, not the tests' short Lease
         assert proc.proc is not None
         pid = proc.proc.pid
         if args.finished:

@@ -61,6 +61,8 @@ CONDITION_TYPES = (COND_VALIDATED, COND_RUNNING, COND_SUSPENDED, COND_SUCCEEDED,
 
 # --- Condition reasons (constant CamelCase; messages carry the details) -----------------------
 REASON_RUNTIME_NOT_FOUND = "RuntimeNotFound"
+#: A child's name is held by an object that is not this operator's: never overwritten, reported.
+REASON_CHILD_NAME_TAKEN = "ChildNameTaken"
 REASON_INVALID_SPEC = "InvalidSpec"
 REASON_METHOD_NOT_ALLOWED = "MethodNotAllowed"
 REASON_RUNTIME_LIMIT_EXCEEDED = "RuntimeLimitExceeded"

@@ -213,6 +213,29 @@ class Kube:
         self._check(status, data, f"apply {manifest['kind']} {meta['namespace']}/{meta['name']}")
         return True
 
+    async def create(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """Create the object (POST, under the operator's field manager). None when it was created;
+        when the name is already taken, the metadata of the object that holds it."""
+        meta = manifest["metadata"]
+        item = _PATHS[manifest["kind"]].format(ns=meta["namespace"], name=meta["name"])
+        status, data = await self._run("POST", item.rsplit("/", 1)[0], manifest, [("fieldManager", c.FIELD_MANAGER)])
+        if status != 409:
+            self._check(status, data, f"create {manifest['kind']} {meta['namespace']}/{meta['name']}")
+            return None
+        status, data = await self._run("GET", item, read=True)
+        if status == 404:
+            return {}  # gone again meanwhile: the next apply creates it
+        self._check(status, data, f"get {manifest['kind']} {meta['namespace']}/{meta['name']}")
+        return dict(data.get("metadata") or {}) if isinstance(data, dict) else {}
+
+    async def metadata(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The metadata of an object (None when there is none by that name)."""
+        status, data = await self._run("GET", _PATHS[kind].format(ns=namespace, name=name), read=True)
+        if status == 404:
+            return None
+        self._check(status, data, f"get {kind} {namespace}/{name}")
+        return dict(data.get("metadata") or {}) if isinstance(data, dict) else {}
+
     async def suspend_job(self, namespace: str, name: str, uid: str, suspend: bool) -> None:
         """Set spec.suspend of an existing Job (a merge patch of that field only, under the
         operator's field manager; refused if the name now holds a Job with another UID)."""
@@ -290,34 +313,40 @@ class Kube:
         self._check(status, data, f"get Lease {namespace}/{name}")
         return dict(data) if isinstance(data, dict) else None
 
-    async def create_lease(self, namespace: str, name: str, spec: dict[str, Any]) -> bool:
-        """False when another replica created it first (409)."""
+    async def create_lease(self, namespace: str, name: str, spec: dict[str, Any]) -> str:
+        """The new object's resourceVersion; "" when another replica created it first (409)."""
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
-        status, data = await self._run("POST", _LEASES_PATH.format(ns=namespace), body)
+        status, data = await self._run("POST", _LEASES_PATH.format(ns=namespace), body, read=True)
         if status == 409:
-            return False
+            return ""
         self._check(status, data, f"create Lease {namespace}/{name}")
-        return True
+        return _resource_version(data)
 
-    async def replace_lease(self, namespace: str, name: str, spec: dict[str, Any], resource_version: str) -> bool:
-        """PUT conditional on `resource_version`; False when someone else wrote it since (409)."""
+    async def replace_lease(self, namespace: str, name: str, spec: dict[str, Any], resource_version: str) -> str:
+        """PUT conditional on `resource_version`: the new resourceVersion, or "" when someone else
+        wrote it since (409) or it is gone."""
         body = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
             "metadata": {"name": name, "namespace": namespace, "resourceVersion": resource_version},
             "spec": spec,
         }
-        status, data = await self._run("PUT", _LEASES_PATH.format(ns=namespace) + f"/{name}", body)
+        status, data = await self._run("PUT", _LEASES_PATH.format(ns=namespace) + f"/{name}", body, read=True)
         if status in (404, 409):
-            return False
+            return ""
         self._check(status, data, f"update Lease {namespace}/{name}")
-        return True
+        return _resource_version(data)
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
 
+
+
+def _resource_version(data: Any) -> str:
+    meta = data.get("metadata") if isinstance(data, dict) else None
+    return str((meta or {}).get("resourceVersion") or "-")  # never "" for a write that landed
 
 
 def _msg(data: Any) -> str:

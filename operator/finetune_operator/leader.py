@@ -106,6 +106,8 @@ class LeaderElector:
         self.transitions = 0
         #: Set by `release`: renewals stop and `hold` returns without reporting a loss.
         self.stopping = False
+        #: (acquireTime, transitions, resourceVersion) of the record this replica wrote last.
+        self._mine: tuple[str, int, str] | None = None
 
     def is_leader(self) -> bool:
         """True while this replica may write: its last renewal started within the renew deadline."""
@@ -124,12 +126,21 @@ class LeaderElector:
         """One round: True when this replica holds the lease afterwards."""
         started = self._clock()
         now = self._wall()
+        if self._mine is not None and self.is_leader():
+            # Renewal: one conditional PUT on the version this replica wrote last (a busy API
+            # server answers one request sooner than two). Someone else wrote since: read below.
+            acquired, transitions, version = self._mine
+            written = await self.kube.replace_lease(self.namespace, self.name, self._spec(acquired, transitions, now), version)
+            if written:
+                self._won(started, transitions, written)
+                return True
         obj = await self.kube.get_lease(self.namespace, self.name)
         if obj is None:
-            created = await self.kube.create_lease(self.namespace, self.name, self._spec(micro_time(now), 0, now))
+            acquired = micro_time(now)
+            created = await self.kube.create_lease(self.namespace, self.name, self._spec(acquired, 0, now))
             if created:
-                self._won(started, 0)
-            return created
+                self._won(started, 0, created, acquired)
+            return bool(created)
         rec = LeaseRecord.from_object(obj)
         seen = (rec.holder, rec.renew_time)
         if seen != self._observed:
@@ -147,12 +158,13 @@ class LeaderElector:
         if replaced:
             if not mine:
                 log.info("lease %s/%s taken over from %r (transition %d)", self.namespace, self.name, rec.holder or "(released)", transitions)
-            self._won(started, transitions)
-        return replaced
+            self._won(started, transitions, replaced, acquired)
+        return bool(replaced)
 
-    def _won(self, started: float, transitions: int) -> None:
+    def _won(self, started: float, transitions: int, version: str, acquired: str | None = None) -> None:
         self._renewed_at = started
         self.transitions = transitions
+        self._mine = (acquired or (self._mine[0] if self._mine else micro_time(self._wall())), transitions, version)
         self._observed = None  # our own write: the next read of it starts a fresh observation
 
     async def acquire(self) -> None:
@@ -212,6 +224,7 @@ class LeaderElector:
                 "leaseTransitions": rec.transitions,
             }
             if await self.kube.replace_lease(self.namespace, self.name, spec, rec.resource_version):
+                self._mine = None
                 log.info("released the lease %s/%s", self.namespace, self.name)
         except (KubeError, OSError) as err:
             log.warning("lease %s/%s not released (a standby takes over when it expires): %s", self.namespace, self.name, err)

@@ -37,6 +37,7 @@ from prometheus_client import start_http_server  # noqa: E402
 from finetune_operator import constants as c  # noqa: E402
 from finetune_operator import (  # noqa: E402
     handlers,  # noqa: F401  (registers the kopf handlers)
+    kopf_fixes,
     leader,
     metrics,
 )
@@ -153,6 +154,8 @@ async def run(args: argparse.Namespace) -> None:
         if lease is not None:
             await asyncio.to_thread(lease.release)
 
+    if not kopf_fixes.apply():
+        log.warning("kopf %s is not the version kopf_fixes was written for: the first listing of many objects will be slow", getattr(kopf, "__version__", "?"))
     memo = kopf.Memo(options=vars(args), identity=identity, fence=lease.is_leader if lease else None, release=release)
     try:
         await kopf.operator(clusterwide=not args.namespace, namespaces=args.namespace, standalone=True, memo=memo)

@@ -50,6 +50,8 @@ class Observed:
     #: Children with this job's name made for another FineTuneJob UID (a deleted namesake):
     #: never adopted; removed before this job makes its own.
     leftovers: tuple[PodView | JobView, ...] = ()
+    #: Children whose names are held by objects that are not this operator's ("Kind name").
+    taken: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,8 @@ def decide(obs: Observed) -> Plan:
 
     if obs.leftovers:
         return _remove_leftovers(obs, nxt)
+    if obs.taken:
+        return _name_taken(obs, nxt)
     try:
         spec = parse_job(obs.spec)
     except InvalidResource as err:
@@ -174,6 +178,23 @@ def decide(obs: Observed) -> Plan:
         if plan is not None:
             return plan
     return _training_step(obs, nxt, spec, resolved)
+
+
+def _name_taken(obs: Observed, nxt: _Next) -> Plan:
+    """A child's name is held by an object this operator did not make: it is never overwritten
+    (creating FineTuneJobs must not become a way to replace ConfigMaps or Services). The job
+    waits, saying what is in the way; it goes on once that object is gone."""
+    one = len(obs.taken) == 1
+    message = clip(
+        f"{', '.join(obs.taken)} already exist{'s' if one else ''} and {'does' if one else 'do'} not belong to "
+        "this FineTuneJob; it is never overwritten: delete or rename it, or rename the FineTuneJob"
+    )
+    nxt.set(phase=c.PHASE_PENDING, message=message)
+    nxt.condition(c.COND_RUNNING, False, c.REASON_CHILD_NAME_TAKEN, message)
+    plan = _plan(obs, nxt)
+    if obs.status.message != message:
+        plan.events.append(Event("Warning", c.REASON_CHILD_NAME_TAKEN, message))
+    return plan
 
 
 def _remove_leftovers(obs: Observed, nxt: _Next) -> Plan:

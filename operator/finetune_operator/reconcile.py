@@ -151,6 +151,13 @@ def _finished(status: Mapping[str, Any]) -> bool:
     return failed is not None and failed.get("reason") not in c.SPEC_FAILURE_REASONS
 
 
+def _ours(metadata: Mapping[str, Any], job: str) -> bool:
+    """An existing object with a child's name is this operator's to update when it carries the
+    operator's labels for this job name (a namesake's leftover included: it is replaced)."""
+    labels = metadata.get("labels") or {}
+    return bool(labels.get(ct.LABEL_MANAGED_BY) == ct.MANAGED_BY and labels.get(ct.LABEL_JOB_NAME) == job)
+
+
 def _child_key(manifest: dict[str, Any]) -> tuple[str, str]:
     return (manifest["kind"], manifest["metadata"]["name"])
 
@@ -202,6 +209,9 @@ class Reconciler:
         #: requests: dropped when the child is deleted or the job forgotten.
         self._applied: dict[Key, dict[tuple[str, str], str]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        #: Per job: children whose names objects of someone else hold (kind, name), as the last
+        #: create found them; looked at again (with backoff) until the name is free.
+        self._taken: dict[Key, tuple[tuple[str, str], ...]] = {}
 
     # --- entry points -------------------------------------------------------------------------
     def enqueue(self, key: Key, force: bool = False, progress: Progress | None = None) -> None:
@@ -317,6 +327,7 @@ class Reconciler:
         self.phases.forget(key)
 
     def _drop_state(self, key: Key) -> None:
+        self._taken.pop(key, None)
         self._written.pop(key, None)
         self._inputs.pop(key, None)
         self._applied.pop(key, None)
@@ -363,7 +374,10 @@ class Reconciler:
         )
         # Everything `decide` reads except the clock. Views are frozen dataclasses, compared by
         # identity first, so this costs little next to `decide`.
-        inputs = (meta, rec["spec"], self._last_status(key, rec), raw, found, job, pods, leftovers)
+        if key in self._taken:
+            await self._recheck_taken(key)
+        taken = tuple(f"{kind} {child}" for kind, child in self._taken.get(key, ()))
+        inputs = (meta, rec["spec"], self._last_status(key, rec), raw, found, job, pods, leftovers, taken)
         if progress is None and not force and self._inputs.get(key) == inputs:
             metrics.UNCHANGED.inc()
             return None
@@ -392,12 +406,16 @@ class Reconciler:
             config=self.config,
             progress=progress,
             leftovers=leftovers,
+            taken=taken,
         )
         t0 = time.perf_counter()
         plan = decide(observed)
         t1 = time.perf_counter()
         complete = await self._execute(meta, previous, plan, rec.get("resourceVersion"))
         metrics.GPU_BOOK.set(key, plan.running_gpus)
+        if key in self._taken:
+            # A name held by someone else is not watched (it lacks our labels): look again, later.
+            self._schedule_retry(key, failed=True)
         if not complete:
             # An apply conflict or a status changed since it was read: decide again, backing off
             # per key (a hot conflict is not retried every second).
@@ -413,6 +431,17 @@ class Reconciler:
             ns, name, plan.status.phase, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000, len(plan.apply), len(plan.delete),
         )
         return plan
+
+    async def _recheck_taken(self, key: Key) -> None:
+        still = []
+        for kind, child in self._taken.get(key, ()):
+            holder = await self.kube.metadata(kind, key[0], child)
+            if holder is not None and not _ours(holder, key[1]):
+                still.append((kind, child))
+        if still:
+            self._taken[key] = tuple(still)
+        else:
+            self._taken.pop(key, None)
 
     def _last_status(self, key: Key, rec: Mapping[str, Any]) -> FineTuneJobStatus | dict[str, Any]:
         """The status this process last wrote for this job (newer than the watch cache), else
@@ -453,11 +482,38 @@ class Reconciler:
         todo = [(m, _digest(m)) for m in plan.apply]
         applied = self._applied.setdefault(key, {})
         todo = [(m, d) for m, d in todo if applied.get(_child_key(m)) != d]
-        done = await asyncio.gather(*(self.kube.apply(m) for m, _ in todo))
+        taken: list[tuple[str, str]] = []
+
+        async def send(manifest: dict[str, Any]) -> bool:
+            if _child_key(manifest) not in applied:
+                # Not sent by this process yet: create it, or find out whose the name is.
+                holder = await self.kube.create(manifest)
+                if holder is None:
+                    return True
+                if holder and not _ours(holder, meta.name):
+                    taken.append(_child_key(manifest))
+                    return False
+            return await self.kube.apply(manifest)
+
+        # The training Job goes out only once its ConfigMap and Service are known to be ours.
+        todo.sort(key=lambda item: item[0]["kind"] == "Job")
+        first = [m for m, _ in todo if m["kind"] != "Job"]
+        done = list(await asyncio.gather(*(send(m) for m in first)))
+        jobs = [m for m, _ in todo if m["kind"] == "Job"]
+        done += list(await asyncio.gather(*(send(m) for m in jobs))) if not taken else [False] * len(jobs)
         for (m, d), ok in zip(todo, done, strict=True):
             if ok:
                 applied[_child_key(m)] = d
                 metrics.APPLIES.labels(m["kind"]).inc()
+        if tuple(sorted(taken)) != self._taken.get(key, ()):
+            # What is in the way changed: decide again, so the status says so (or stops saying it).
+            if taken:
+                self._taken[key] = tuple(sorted(taken))
+            else:
+                self._taken.pop(key, None)
+            self._incomplete.add(key)
+        elif not taken and key in self._taken:
+            self._taken.pop(key, None)
         complete = all(done)
         if plan.suspend_job is not None:
             # Never cached: whoever else set the field since, the observed Job says it differs.

@@ -547,3 +547,27 @@ def test_suspend_reaches_a_job_that_another_manager_unsuspended(kube: Kube, ftop
     Kube.wait(lambda: kube.job(ns, name).spec.suspend is True, "the Job suspended again", 30)
     kube.wait_phase(ns, name, "Suspended")
     assert kube.wait(lambda: not [p for p in kube.trainer_pods(ns, name, 0) if p.metadata.deletion_timestamp is None], "the workers removed", 60)
+
+
+def test_a_foreign_object_with_a_childs_name_is_left_untouched_and_reported(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    """A ConfigMap and a Service someone else made hold the names of the job's children: the
+    operator overwrites neither (creating a FineTuneJob must not be a way to replace them), the
+    job says what is in the way, and it goes on once they are gone."""
+    ns, name = kube_namespace, "squatted"
+    kube.core.create_namespaced_config_map(ns, {"metadata": {"name": f"{name}-config"}, "data": {"owner": "another team"}})
+    kube.core.create_namespaced_service(ns, {"metadata": {"name": f"{name}-workers"}, "spec": {"ports": [{"port": 80}], "selector": {"app": "theirs"}}})
+    kube.create_ftj(ns, name, small())
+    kube.pass_validation(ns, name)
+    st = kube.wait(lambda: (s := kube.status(ns, name)).get("phase") == "Pending" and c.REASON_CHILD_NAME_TAKEN in str(s.get("conditions")) and s, "the job to report the taken names", 60, lambda: kube.status(ns, name))
+    assert f"ConfigMap {name}-config" in st["message"] and f"Service {name}-workers" in st["message"], st["message"]
+    cm = kube.core.read_namespaced_config_map(f"{name}-config", ns)
+    svc = kube.core.read_namespaced_service(f"{name}-workers", ns)
+    assert cm.data == {"owner": "another team"} and not cm.metadata.owner_references and not (cm.metadata.labels or {})
+    assert svc.spec.selector == {"app": "theirs"} and not svc.metadata.owner_references
+    assert kube.job(ns, name) is None, "the training Job started without its ConfigMap and Service"
+    events = kube.core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items
+    assert any(e.reason == c.REASON_CHILD_NAME_TAKEN and e.type == "Warning" for e in events)
+    kube.core.delete_namespaced_config_map(f"{name}-config", ns)
+    kube.core.delete_namespaced_service(f"{name}-workers", ns)
+    kube.wait_phase(ns, name, "Running", 120)
+    assert kube.core.read_namespaced_config_map(f"{name}-config", ns).metadata.labels[ct.LABEL_JOB_NAME] == name

@@ -12,7 +12,9 @@ import pytest
 PKG = pathlib.Path(__file__).resolve().parents[2] / "operator" / "finetune_operator"
 
 ALLOWED = {
-    "main": {"handlers", "constants"},
+    "main": {"handlers", "constants", "kube", "leader", "metrics", "kopf_fixes"},
+    "leader": {"kube"},
+    "kopf_fixes": set(),
     "handlers": {"reconcile", "kube", "progress", "resolve", "views", "constants"},
     "reconcile": {"plan", "kube", "metrics", "api", "resolve", "views", "progress", "constants"},
     "kube": {"plan", "resolve", "views", "constants"},
@@ -28,7 +30,7 @@ ALLOWED = {
     "__init__": set(),
 }
 #: Network clients: only these modules may import them.
-NETWORK = {"aiohttp": {"kube", "progress", "handlers"}, "kubernetes": set(), "requests": set(), "urllib3": set()}
+NETWORK = {"aiohttp": {"kube", "progress", "handlers", "main"}, "kubernetes": set(), "requests": set(), "urllib3": set()}  # main: the /healthz server
 
 
 def imports(path: pathlib.Path) -> tuple[set[str], set[str]]:
@@ -57,9 +59,14 @@ def test_module_imports_only_its_lower_layers(path: pathlib.Path) -> None:
             assert path.stem in modules, f"{path.name} imports {lib}: only {sorted(modules)} may talk to the network"
 
 
+#: The one module allowed to touch kopf's internals: a pinned-version fix (see its docstring).
+KOPF_INTERNALS = {"kopf_fixes"}
+
+
 def test_no_private_kopf_imports() -> None:
     for path in PKG.glob("*.py"):
-        assert "kopf._" not in path.read_text(), f"{path.name} imports kopf internals"
+        if path.stem not in KOPF_INTERNALS:
+            assert "kopf._" not in path.read_text(), f"{path.name} imports kopf internals"
 
 
 #: kopf decorators the operator may use. Change-detecting ones (on.create/update/resume/delete/

@@ -20,25 +20,27 @@ class LeaseStore:
         self.obj: dict[str, Any] | None = None
         self.version = 0
         self.writes: list[str] = []  # holder of every successful write
+        self.reads = 0
 
     async def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads += 1
         return copy.deepcopy(self.obj)
 
-    async def create_lease(self, namespace: str, name: str, spec: dict[str, Any]) -> bool:
+    async def create_lease(self, namespace: str, name: str, spec: dict[str, Any]) -> str:
         if self.obj is not None:
-            return False
+            return ""
         return self._store(spec)
 
-    async def replace_lease(self, namespace: str, name: str, spec: dict[str, Any], resource_version: str) -> bool:
+    async def replace_lease(self, namespace: str, name: str, spec: dict[str, Any], resource_version: str) -> str:
         if self.obj is None or self.obj["metadata"]["resourceVersion"] != resource_version:
-            return False
+            return ""
         return self._store(spec)
 
-    def _store(self, spec: dict[str, Any]) -> bool:
+    def _store(self, spec: dict[str, Any]) -> str:
         self.version += 1
         self.obj = {"metadata": {"resourceVersion": str(self.version)}, "spec": copy.deepcopy(spec)}
         self.writes.append(spec["holderIdentity"])
-        return True
+        return str(self.version)
 
 
 class Clock:
@@ -93,6 +95,26 @@ def test_a_leader_past_its_renew_deadline_never_resumes_on_its_own_record() -> N
     asyncio.run(go())
 
 
+def test_a_renewal_is_one_conditional_write_and_never_overrides_another_writer() -> None:
+    async def go() -> None:
+        store, clock = LeaseStore(), Clock()
+        a = elector(store, clock, "a")
+        assert await a.try_acquire_or_renew()
+        reads = store.reads
+        clock.now += 2
+        assert await a.try_acquire_or_renew()
+        assert store.reads == reads and store.writes == ["a", "a"], "a renewal read the lease first"
+        # someone else wrote the lease meanwhile (an admin handing it over): the conditional
+        # write fails, the renewal reads, and a does not take it back
+        assert store.obj is not None
+        await store.replace_lease("ns", "lease", {**store.obj["spec"], "holderIdentity": "b"}, store.obj["metadata"]["resourceVersion"])
+        clock.now += 2
+        assert not await a.try_acquire_or_renew()
+        assert store.obj["spec"]["holderIdentity"] == "b"
+
+    asyncio.run(go())
+
+
 def test_a_released_lease_is_taken_at_once() -> None:
     async def go() -> None:
         store, clock = LeaseStore(), Clock()
@@ -127,7 +149,7 @@ def test_hold_returns_when_renewals_stop_succeeding() -> None:
     class Failing(LeaseStore):
         fail = False
 
-        async def replace_lease(self, namespace: str, name: str, spec: dict[str, Any], resource_version: str) -> bool:
+        async def replace_lease(self, namespace: str, name: str, spec: dict[str, Any], resource_version: str) -> str:
             if self.fail:
                 raise OSError("API server unreachable")
             return await super().replace_lease(namespace, name, spec, resource_version)

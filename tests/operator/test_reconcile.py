@@ -13,6 +13,7 @@ import asyncio
 from typing import Any
 
 import pytest
+from finetune_operator import constants as c
 from finetune_operator import metrics
 from finetune_operator.api import Progress
 from finetune_operator.kube import KubeError
@@ -30,6 +31,7 @@ class RecordingKube:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
         self.conflicts: set[str] = set()
+        self.foreign: set[str] = set()
         self.gate: asyncio.Event | None = None
         self.in_flight = 0
         self.most_in_flight = 0
@@ -53,6 +55,17 @@ class RecordingKube:
             return True
         finally:
             self.in_flight -= 1
+
+    async def create(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
+        """As if the object existed already, made by the operator: the executor goes on to apply
+        (what these tests record). `foreign` names kinds whose name someone else holds."""
+        if manifest["kind"] in self.foreign:
+            self.calls.append(("taken", manifest["kind"]))
+            return {"labels": {}}
+        return {"labels": manifest["metadata"].get("labels") or {}}
+
+    async def metadata(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return {"labels": {}} if kind in self.foreign else None
 
     async def patch_status(self, namespace: str, name: str, patch: dict[str, Any], resource_version: str | None = None) -> bool | None:
         self.calls.append(("status", str(patch.get("phase"))))
@@ -410,5 +423,35 @@ def test_settled_jobs_cost_no_request_and_no_per_job_state() -> None:
         assert kube.calls == []
         assert KEY not in r._locks and KEY not in r._inputs and KEY not in r._applied and KEY not in r._written
         assert r.phases._phases[KEY] == "Succeeded"  # still counted in finetune_operator_jobs
+
+    asyncio.run(go())
+
+
+def test_a_childs_name_held_by_someone_else_is_reported_never_overwritten() -> None:
+    """The validation pod's name is held by a pod this operator did not make: nothing is applied
+    over it, the job says what is in the way (Pending, ChildNameTaken, a Warning event), and it
+    goes on once that pod is gone."""
+
+    async def go() -> None:
+        kube = RecordingKube()
+        kube.foreign = {"Pod"}
+        jobs: dict[Any, Any] = {KEY: [record()]}
+        r = reconciler(kube, jobs, {})
+        await r.reconcile(KEY)
+        assert ("taken", "Pod") in kube.calls and ("apply", "Pod") not in kube.calls
+        kube.calls.clear()
+        plan = await r.reconcile(KEY, force=True)
+        assert plan is not None and plan.status.phase == "Pending" and plan.apply == []
+        assert "Pod job-validate already exists and does not belong to this FineTuneJob" in (plan.status.message or "")
+        await until(lambda: ("event", c.REASON_CHILD_NAME_TAKEN) in kube.calls)
+        assert ("event", c.REASON_CHILD_NAME_TAKEN) in kube.calls
+        assert not any(call[0] == "apply" for call in kube.calls)
+        kube.foreign = set()  # the other pod is deleted
+        kube.calls.clear()
+        jobs[KEY] = [record(plan.status.to_wire())]
+        await r.reconcile(KEY, force=True)
+        assert ("apply", "Pod") in kube.calls
+        for handle in r._retry.values():
+            handle.cancel()
 
     asyncio.run(go())
