@@ -5,7 +5,7 @@ zero-import module `finetune_trainer.contract`; they are re-exported here as `co
 
 from __future__ import annotations
 
-from finetune_trainer import contract
+import finetune_trainer.contract as contract
 
 __all__ = ["contract"]
 
