@@ -571,13 +571,19 @@ def _with_suspend(plan: Plan, suspend_job: tuple[str, str, bool] | None) -> Plan
 def _plan(obs: Observed, nxt: _Next, apply: list[dict[str, Any]] | None = None, delete: list[Delete] | None = None) -> Plan:
     status = nxt.build()
     plan = Plan(status=status, apply=list(apply or []), delete=list(delete or []), running_gpus=nxt.running_gpus)
-    if status.phase != obs.status.phase and status.phase is not None:
+    if status.phase != obs.status.phase and status.phase is not None and (status.phase in NOTABLE_PHASES or obs.status.phase == c.PHASE_SUSPENDED):
         failed = status.phase == c.PHASE_FAILED
         reason = _main_reason(status) or c.EVENT_PHASE_CHANGED
         plan.events.append(
             Event("Warning" if failed else "Normal", reason, clip(f"{obs.status.phase or 'New'} -> {status.phase}: {status.message or ''}"))
         )
     return plan
+
+
+#: Phases whose entry is an Event (besides every Warning): what a user acts on or waits for. The
+#: steps in between (Validating, Queued, Initializing, Uploading) are in the status only, which
+#: keeps a job to six API writes from apply to running (four children, two status patches).
+NOTABLE_PHASES = (c.PHASE_PENDING, c.PHASE_RUNNING, c.PHASE_SUCCEEDED, c.PHASE_FAILED, c.PHASE_SUSPENDED)
 
 
 def _main_reason(status: FineTuneJobStatus) -> str | None:
