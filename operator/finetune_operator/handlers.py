@@ -37,6 +37,7 @@ CHILD_RESOURCES = (("batch", "v1", "jobs"), ("v1", "pods"))
 RESYNC_SECONDS = 60.0
 PROGRESS_SECONDS = 15.0
 PROGRESS_CONCURRENCY = 16
+LIST_CHUNK_SIZE = 500
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -69,6 +70,8 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
         # only, not every pod of every workload (the handlers' `labels=` filter is client-side).
         settings.watching.label_selectors[resource] = MANAGED_SELECTOR
     settings.posting.enabled = False
+    # The first listing comes in pages: thousands of kept jobs are never one response in memory.
+    settings.watching.chunk_size = LIST_CHUNK_SIZE
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
