@@ -13,6 +13,8 @@ which keeps thousands of jobs cheap.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import random
 from typing import Any
@@ -33,11 +35,12 @@ log = logging.getLogger(__name__)
 MANAGED = {ct.LABEL_MANAGED_BY: ct.MANAGED_BY}
 MANAGED_SELECTOR = f"{ct.LABEL_MANAGED_BY}={ct.MANAGED_BY}"
 #: The child resources watched; the API server filters them by MANAGED_SELECTOR.
-CHILD_RESOURCES = (("batch", "v1", "jobs"), ("v1", "pods"))
+CHILD_RESOURCES = (("batch", "v1", "jobs"), ("v1", "pods"), ("v1", "configmaps"), ("v1", "services"))
 RESYNC_SECONDS = 60.0
 PROGRESS_SECONDS = 15.0
 PROGRESS_CONCURRENCY = 16
 LIST_CHUNK_SIZE = 500
+TRIM_SECONDS = 10.0
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -166,11 +169,13 @@ async def on_service(type: str, namespace: str | None, name: str, labels: kopf.L
 
 
 def _on_plain_child(memo: Any, kw: dict[str, Any], type: str, namespace: str | None, kind: str, name: str, labels: kopf.Labels) -> None:
-    """A ConfigMap or Service of a job: only its deletion matters (the job needs it back)."""
-    if type != "DELETED":
-        return
+    """A ConfigMap or Service of a job: its existence saves a create on the next apply (after a
+    restart); its deletion is acted on (the job needs it back)."""
     r = _reconciler(memo, kw)
     job = labels.get(ct.LABEL_JOB_NAME, "")
+    if type != "DELETED":
+        r.child_seen(namespace or "", job, kind, name)
+        return
     r.child_gone(namespace or "", job, kind, name)
     r.enqueue((namespace or "", job), force=True)
 
@@ -209,10 +214,28 @@ async def progress_loop(r: Reconciler, seconds: float = PROGRESS_SECONDS) -> Non
             await asyncio.gather(*(poll(session, key, url) for key, url in r.progress_targets()))
 
 
+async def trim_loop(seconds: float = TRIM_SECONDS) -> None:
+    """Give freed heap memory back to the OS now and then. The first listing of thousands of
+    objects keeps every raw body alive at once (kopf queues each one for its own worker); once
+    they are processed the memory is free but glibc keeps it, so RSS stayed at its peak."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return  # not glibc
+    while True:
+        await asyncio.sleep(seconds)
+        trim(0)
+
+
 def _start_loops(memo: Any, r: Reconciler) -> None:
     if memo.get("loops"):
         return
     options = memo.get("options") or {}
     resync = float(options.get("resync_seconds", RESYNC_SECONDS))
     progress = float(options.get("progress_seconds", PROGRESS_SECONDS))
-    memo["loops"] = [asyncio.create_task(resync_loop(r, resync)), asyncio.create_task(progress_loop(r, progress)), *r.start()]
+    memo["loops"] = [
+        asyncio.create_task(resync_loop(r, resync)),
+        asyncio.create_task(progress_loop(r, progress)),
+        asyncio.create_task(trim_loop()),
+        *r.start(),
+    ]

@@ -209,6 +209,8 @@ class Reconciler:
         #: requests: dropped when the child is deleted or the job forgotten.
         self._applied: dict[Key, dict[tuple[str, str], str]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        #: Per job: ConfigMaps and Services the watch has shown with our labels (kind, name).
+        self._seen: dict[Key, set[tuple[str, str]]] = {}
         #: Per job: children whose names objects of someone else hold (kind, name), as the last
         #: create found them; looked at again (with backoff) until the name is free.
         self._taken: dict[Key, tuple[tuple[str, str], ...]] = {}
@@ -328,6 +330,7 @@ class Reconciler:
 
     def _drop_state(self, key: Key) -> None:
         self._taken.pop(key, None)
+        self._seen.pop(key, None)
         self._written.pop(key, None)
         self._inputs.pop(key, None)
         self._applied.pop(key, None)
@@ -345,6 +348,15 @@ class Reconciler:
         """A child was deleted: what this process applied to it is no longer there (the next
         plan that wants it sends it again)."""
         self._applied.get((namespace, job), {}).pop((kind, name), None)
+        self._seen.get((namespace, job), set()).discard((kind, name))
+
+    def child_seen(self, namespace: str, job: str, kind: str, name: str) -> None:
+        """A ConfigMap or Service with the operator's labels for `job` exists (watch event): the
+        next apply of it needs no create-or-inspect round first. Not kept for settled jobs."""
+        key = (namespace, job)
+        rec = self.indexes.ftj(key) if self.indexes is not None else None
+        if rec is not None and not rec.get("settled"):
+            self._seen.setdefault(key, set()).add((kind, name))
 
     def observed_phase(self, key: Key) -> str | None:
         written = self._written.get(key)
@@ -432,6 +444,14 @@ class Reconciler:
         )
         return plan
 
+    def _known_children(self, key: Key) -> set[tuple[str, str]]:
+        """Children that exist with the operator's labels for this job, as the watches show them."""
+        known = set(self._seen.get(key, ()))
+        if self.indexes is not None:
+            known |= {("Job", v.name) for v in self.indexes.job_views(key)}
+            known |= {("Pod", v.name) for v in self.indexes.pod_views(key)}
+        return known
+
     async def _recheck_taken(self, key: Key) -> None:
         still = []
         for kind, child in self._taken.get(key, ()):
@@ -484,8 +504,10 @@ class Reconciler:
         todo = [(m, d) for m, d in todo if applied.get(_child_key(m)) != d]
         taken: list[tuple[str, str]] = []
 
+        known = self._known_children(key)
+
         async def send(manifest: dict[str, Any]) -> bool:
-            if _child_key(manifest) not in applied:
+            if _child_key(manifest) not in applied and _child_key(manifest) not in known:
                 # Not sent by this process yet: create it, or find out whose the name is.
                 holder = await self.kube.create(manifest)
                 if holder is None:

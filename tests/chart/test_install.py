@@ -199,6 +199,16 @@ def operator_as(cluster: ControlPlane, release: Release, log: pathlib.Path) -> I
         proc = subprocess.Popen([sys.executable, "-m", "finetune_operator.main", *args],
                                 env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
     try:
+        # It acts once it holds the release's Lease (in the release namespace, through the chart's
+        # Role): wait for that, so that what follows is its work (other tests' operators may run).
+        lease = f"/apis/coordination.k8s.io/v1/namespaces/{release.namespace}/leases/{release.service_account}"
+
+        def holds() -> bool:
+            assert proc.poll() is None, "operator exited:\n" + log.read_text()[-3000:]
+            held = _get(cluster, lease)
+            return bool(held and (held.get("spec") or {}).get("holderIdentity"))
+
+        _wait("the chart's operator to hold its Lease", holds, timeout=90)
         yield proc
     finally:
         proc.terminate()
