@@ -527,15 +527,17 @@ class Reconciler:
             if ok:
                 applied[_child_key(m)] = d
                 metrics.APPLIES.labels(m["kind"]).inc()
-        if tuple(sorted(taken)) != self._taken.get(key, ()):
+        # Names in the way: those this plan found taken, plus those it did not try again (a plan
+        # that only reports them sends nothing; `_recheck_taken` looks at those).
+        before = set(self._taken.get(key, ()))
+        after = (before - {_child_key(m) for m, _ in todo}) | set(taken)
+        if after != before:
             # What is in the way changed: decide again, so the status says so (or stops saying it).
-            if taken:
-                self._taken[key] = tuple(sorted(taken))
+            if after:
+                self._taken[key] = tuple(sorted(after))
             else:
                 self._taken.pop(key, None)
             self._incomplete.add(key)
-        elif not taken and key in self._taken:
-            self._taken.pop(key, None)
         complete = all(done)
         if plan.suspend_job is not None:
             # Never cached: whoever else set the field since, the observed Job says it differs.

@@ -446,6 +446,13 @@ def test_a_childs_name_held_by_someone_else_is_reported_never_overwritten() -> N
         await until(lambda: ("event", c.REASON_CHILD_NAME_TAKEN) in kube.calls)
         assert ("event", c.REASON_CHILD_NAME_TAKEN) in kube.calls
         assert not any(call[0] == "apply" for call in kube.calls)
+        # while the pod is still there, the job stays as it is: no flip back, no write, no event
+        jobs[KEY] = [record(plan.status.to_wire())]
+        kube.calls.clear()
+        again = await r.reconcile(KEY, force=True)
+        assert again is not None and again.status.phase == "Pending" and again.apply == []
+        await settle()
+        assert kube.calls == [], kube.calls
         kube.foreign = set()  # the other pod is deleted
         kube.calls.clear()
         jobs[KEY] = [record(plan.status.to_wire())]
