@@ -185,6 +185,8 @@ def test_failed_worker_restarts_the_group_then_fails_past_max_restarts(kube: Kub
     start_running(kube, ns, "flaky", small(maxRestarts=1))
     first_uid = kube.job(ns, "flaky").metadata.uid
     counted_before = restarts_counted(ftop)
+    failures_before = prom.value(ftop.metrics(), "finetune_operator_job_failures_total", {"reason": c.REASON_RESTART_LIMIT_EXCEEDED})
+    assert failures_before is not None, "every failure reason is exported from the start (at 0 on a fresh operator)"
     victim = sorted(kube.trainer_pods(ns, "flaky", 0), key=lambda p: p.metadata.name)[1]
     kube.set_result(ns, victim.metadata.name, kwok.FAILED, exit_code=ct.EXIT_TRAINING_ERROR)
     # group restart: a new Job (attempt 1) with all workers, FINETUNE_ATTEMPT=1
@@ -213,6 +215,8 @@ def test_failed_worker_restarts_the_group_then_fails_past_max_restarts(kube: Kub
     assert failed["reason"] == c.REASON_RESTART_LIMIT_EXCEEDED and "maxRestarts (1)" in failed["message"]
     assert st["restarts"] == 1
     assert restarts_counted(ftop) == counted_before + 1, "the final failure is not a restart"
+    failures = prom.value(ftop.metrics(), "finetune_operator_job_failures_total", {"reason": c.REASON_RESTART_LIMIT_EXCEEDED})
+    assert failures == failures_before + 1, (failures_before, failures)
 
 
 def test_eviction_is_a_disruption_not_a_failure(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
