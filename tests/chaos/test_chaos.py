@@ -312,9 +312,16 @@ def test_leadership_moves_keep_one_writer_and_lose_nothing(chaos_cluster: Contro
         replicas[1].start(wait_leader=False)
         identities += [r.identity for r in replicas]
         names = create_burst(kube, ns, JOBS // 2, "moved")
+        def current_leader() -> OperatorProcess | None:
+            for r in replicas:
+                if r.proc is None or r.proc.poll() is not None:
+                    r.start(wait_leader=False)  # a replica that exited comes back, as its pod would
+                    identities.append(r.identity)
+            return next((r for r in replicas if r.is_leader()), None)
+
         for move in range(MOVES):
             time.sleep(1.0)
-            leader = next(r for r in replicas if r.is_leader())
+            leader = Kube.wait(current_leader, f"move {move + 1}: a leader", 60)
             standby = next(r for r in replicas if r is not leader)
             t = time.monotonic()
             assert leader.proc is not None
