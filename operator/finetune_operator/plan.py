@@ -223,7 +223,9 @@ def _validation_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolv
     apply: list[dict[str, Any]] = []
     deletes: list[Delete] = []
     if pod is None:
-        apply = [builders.build_configmap(r), builders.build_validator(r)]
+        # Every name the job will hold is claimed now, so a name in the way is reported before
+        # anything runs, all of them at once (the validator pod waits for its ConfigMap).
+        apply = [builders.build_configmap(r), builders.build_service(r), builders.build_validator(r)]
         reason, message = c.REASON_VALIDATION_RUNNING, f"validation pod {builders.validator_name(r.meta.name)} created"
     elif pod.phase == "Succeeded":
         nxt.condition(c.COND_VALIDATED, True, c.REASON_VALIDATION_PASSED, "model and dataset are reachable and the dataset parses")

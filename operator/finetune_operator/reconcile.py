@@ -158,6 +158,9 @@ def _ours(metadata: Mapping[str, Any], job: str) -> bool:
     return bool(labels.get(ct.LABEL_MANAGED_BY) == ct.MANAGED_BY and labels.get(ct.LABEL_JOB_NAME) == job)
 
 
+_WORKLOADS = frozenset({"Job", "Pod"})  # children that use the ConfigMap and Service
+
+
 def _child_key(manifest: dict[str, Any]) -> tuple[str, str]:
     return (manifest["kind"], manifest["metadata"]["name"])
 
@@ -517,12 +520,13 @@ class Reconciler:
                     return False
             return await self.kube.apply(manifest)
 
-        # The training Job goes out only once its ConfigMap and Service are known to be ours.
-        todo.sort(key=lambda item: item[0]["kind"] == "Job")
-        first = [m for m, _ in todo if m["kind"] != "Job"]
+        # Workloads (the training Job, the validator pod) go out only once the ConfigMap and
+        # Service they use are known to be ours: never a pod that mounts someone else's ConfigMap.
+        todo.sort(key=lambda item: item[0]["kind"] in _WORKLOADS)
+        first = [m for m, _ in todo if m["kind"] not in _WORKLOADS]
         done = list(await asyncio.gather(*(send(m) for m in first)))
-        jobs = [m for m, _ in todo if m["kind"] == "Job"]
-        done += list(await asyncio.gather(*(send(m) for m in jobs))) if not taken else [False] * len(jobs)
+        later = [m for m, _ in todo if m["kind"] in _WORKLOADS]
+        done += list(await asyncio.gather(*(send(m) for m in later))) if not taken else [False] * len(later)
         for (m, d), ok in zip(todo, done, strict=True):
             if ok:
                 applied[_child_key(m)] = d

@@ -96,6 +96,15 @@ class Kube:
     def set_result(self, namespace: str, pod: str, result: str, exit_code: int | None = None) -> None:
         kwok.set_pod_result(self.core, namespace, pod, result, exit_code=exit_code)
 
+    def wait_others_gone(self, namespace: str, timeout: float = 120) -> None:
+        """Wait until the namespaces of earlier tests are deleted: the operator's counters are
+        shared by every job it runs, and a job torn down with its namespace may still move them."""
+
+        def gone() -> bool:
+            return not [n for n in self.core.list_namespace().items if n.metadata.name.startswith("test-") and n.metadata.name != namespace]
+
+        self.wait(gone, "earlier tests' namespaces to be deleted", timeout)
+
     def pass_validation(self, namespace: str, job: str, timeout: float = 60) -> None:
         name = f"{job}-validate"
         self.wait(lambda: any(p.metadata.name == name and p.status.phase == "Running" for p in self.pods(namespace)), f"validation pod {name} running", timeout)

@@ -30,6 +30,7 @@ def series(labels: frozenset[tuple[str, str]]) -> str:
 
 
 def test_a_real_failure_fires_the_failed_alert(kube: Kube, ftop: OperatorProcess, kube_namespace: str, tmp_path: pathlib.Path) -> None:
+    kube.wait_others_gone(kube_namespace)
     before = exported(ftop.metrics())
     assert before, f"{FAILURES} is not exported before any failure (the alert could not see the first one)"
     # A preset that allows full fine-tuning only, and a LoRA job naming it: the operator fails it.

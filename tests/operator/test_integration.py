@@ -182,6 +182,7 @@ def test_success_lifecycle_phases_conditions_events(kube: Kube, ftop: OperatorPr
 
 def test_failed_worker_restarts_the_group_then_fails_past_max_restarts(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
     ns = kube_namespace
+    kube.wait_others_gone(ns)
     start_running(kube, ns, "flaky", small(maxRestarts=1))
     first_uid = kube.job(ns, "flaky").metadata.uid
     counted_before = restarts_counted(ftop)
@@ -241,6 +242,7 @@ def test_exit_143_is_ignored_by_the_jobs_pod_failure_policy(kube: Kube, ftop: Op
     the real Job controller: the Job's podFailurePolicy Ignore rule replaces that pod (index 0
     again), the Job neither fails nor counts it (backoffLimit 0), and no group restart happens."""
     ns, name = kube_namespace, "sigtermed"
+    kube.wait_others_gone(ns)
     start_running(kube, ns, name)
     uid = kube.job(ns, name).metadata.uid
     counted_before = restarts_counted(ftop)

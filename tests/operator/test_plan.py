@@ -38,8 +38,8 @@ def cond(plan: Any, type_: str) -> Any:
 def test_new_job_starts_validation_first() -> None:
     plan = decide(observed())
     assert plan.status.phase == "Validating"
-    assert kinds(plan) == ["ConfigMap", "Pod"]
-    assert plan.apply[1]["metadata"]["labels"][ct.LABEL_COMPONENT] == ct.COMPONENT_VALIDATOR
+    assert kinds(plan) == ["ConfigMap", "Service", "Pod"]
+    assert plan.apply[2]["metadata"]["labels"][ct.LABEL_COMPONENT] == ct.COMPONENT_VALIDATOR
     assert cond(plan, "Validated").status == "False" and cond(plan, "Validated").reason == c.REASON_VALIDATION_RUNNING
     assert plan.status.start_time is not None
     assert plan.events == []  # Validating is in the status; no Event for each step
