@@ -303,9 +303,13 @@ def _job_output(cluster: Any, job: dict[str, Any]) -> tuple[str, str | None]:
         raise UserError(
             f"FineTuneJob {name} has no output yet (phase {phase}); download works once it has Succeeded"
         )
-    if endpoint is None and (job.get("spec") or {}).get("runtimeRef"):
-        runtime = cluster.get_runtime(job["spec"]["runtimeRef"]["name"])
-        endpoint = ((runtime.get("spec") or {}).get("defaultOutput") or {}).get("endpoint")
+    if endpoint is None and not spec_out:
+        # The output came from the job's runtime: the copy the job started with (status.runtime)
+        # says where, and reading it needs no access to the cluster-scoped runtime.
+        copy = (status.get("runtime") or {}).get("spec")
+        if copy is None and (job.get("spec") or {}).get("runtimeRef"):
+            copy = cluster.get_runtime(job["spec"]["runtimeRef"]["name"]).get("spec")
+        endpoint = ((copy or {}).get("defaultOutput") or {}).get("endpoint")
     base = str(manifest_uri).rsplit("/", 1)[0] + "/"
     return base, endpoint
 

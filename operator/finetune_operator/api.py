@@ -49,6 +49,7 @@ __all__ = [
     "Method",
     "ModelSource",
     "OutputTarget",
+    "RuntimeSnapshot",
     "SecretRef",
     "parse_job",
     "parse_runtime",
@@ -134,12 +135,6 @@ _METHOD_RULES: list[Any] = [
 
 _SPEC_RULES: list[Any] = [
     cel(
-        "has(self.output) || has(self.runtimeRef)",
-        "spec.output is required unless spec.runtimeRef names a ClusterFineTuneRuntime with a defaultOutput",
-        ".output",
-        "FieldValueRequired",
-    ),
-    cel(
         "!(has(self.method) && has(self.method.type) && self.method.type == 'qlora' && has(self.resources) && has(self.resources.gpusPerNode) && self.resources.gpusPerNode == 0)",
         "resources.gpusPerNode must be at least 1 with method.type qlora (4-bit quantization needs a GPU)",
         ".resources.gpusPerNode",
@@ -159,7 +154,11 @@ class FineTuneJobSpec(_Model):
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _SPEC_RULES})
 
-    runtime_ref: RuntimeRef | None = Field(default=None, description="ClusterFineTuneRuntime preset with image, resources and limits")
+    runtime_ref: RuntimeRef | None = Field(
+        default=None,
+        description="ClusterFineTuneRuntime preset with image, resources and limits; the operator's default runtime when absent "
+        "(a job without either fails: every job runs under a platform team's preset)",
+    )
     model: ModelSource
     dataset: DatasetSource
     method: Annotated[Method, Field(json_schema_extra={"x-kubernetes-validations": _METHOD_RULES})] = Method()
@@ -183,15 +182,13 @@ class FineTuneJobSpec(_Model):
     def _cross_field(self) -> FineTuneJobSpec:
         # Twins of _SPEC_RULES (the API server evaluates those; parse_job these).
         problems = []
-        if self.output is None and self.runtime_ref is None:
-            problems.append(_SPEC_RULES[0]["message"])
         if self.method.type == "qlora" and self.resources.gpus_per_node == 0:
-            problems.append(_SPEC_RULES[1]["message"])
+            problems.append(_SPEC_RULES[0]["message"])
         hp = self.hyperparameters
         # everySteps has no default here: the trainer picks one that fits the run's length.
         every = self.checkpoint.every_steps
         if hp.max_steps is not None and every is not None and every > hp.max_steps:
-            problems.append(_SPEC_RULES[2]["message"])
+            problems.append(_SPEC_RULES[1]["message"])
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -237,7 +234,7 @@ class ClusterFineTuneRuntimeSpec(_Model):
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": _RUNTIME_RULES})
 
-    image: Image = Field(description="Trainer image for jobs using this runtime")
+    image: Image | None = Field(default=None, description="Trainer image for jobs using this runtime; the operator's default trainer image when absent")
     allow_image_override: bool = Field(default=False, description="Whether jobs may set spec.image")
     resources: RuntimeResources = RuntimeResources()
     node_selector: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=32)] | None = None
@@ -313,6 +310,15 @@ class OutputStatus(_Model):
     sha256: Annotated[str, Field(max_length=64)] | None = None
 
 
+class RuntimeSnapshot(_Model):
+    """The ClusterFineTuneRuntime a job resolved against when it started. The job keeps it for its
+    whole life: editing, renaming or deleting the runtime later changes nothing for it."""
+
+    name: KubeName
+    generation: Annotated[int, Field(ge=0)] | None = Field(default=None, description="metadata.generation of the runtime when copied")
+    spec: ClusterFineTuneRuntimeSpec
+
+
 class FineTuneJobStatus(_Model):
     phase: Phase | None = None
     message: Annotated[str, Field(max_length=32768)] | None = Field(default=None, description="Why the job is in its phase")
@@ -336,6 +342,7 @@ class FineTuneJobStatus(_Model):
     )
     trained_tokens: Annotated[int, Field(ge=0)] | None = None
     output: OutputStatus | None = None
+    runtime: RuntimeSnapshot | None = Field(default=None, description="The runtime this job started under, used for its whole life")
 
     def to_wire(self) -> dict[str, Any]:
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")

@@ -59,8 +59,14 @@ COND_SUCCEEDED = "Succeeded"
 COND_FAILED = "Failed"
 CONDITION_TYPES = (COND_VALIDATED, COND_RUNNING, COND_SUSPENDED, COND_SUCCEEDED, COND_FAILED)
 
+#: On a ClusterFineTuneRuntime while unfinished jobs started under it: deleting the runtime waits
+#: for them (they run on their copy in status.runtime either way; this says it is in use).
+RUNTIME_FINALIZER = f"{contract.GROUP}/in-use"
+
 # --- Condition reasons (constant CamelCase; messages carry the details) -----------------------
 REASON_RUNTIME_NOT_FOUND = "RuntimeNotFound"
+#: No spec.runtimeRef and no default runtime configured: every job runs under a preset.
+REASON_RUNTIME_REQUIRED = "RuntimeRequired"
 #: A child's name is held by an object that is not this operator's: never overwritten, reported.
 REASON_CHILD_NAME_TAKEN = "ChildNameTaken"
 REASON_INVALID_SPEC = "InvalidSpec"
@@ -89,6 +95,7 @@ REASON_SPEC_EDITED = "SpecEdited"
 #: Reasons that fail a job because of its spec: editing the spec (new generation) re-evaluates.
 SPEC_FAILURE_REASONS = (
     REASON_INVALID_SPEC,
+    REASON_RUNTIME_REQUIRED,
     REASON_METHOD_NOT_ALLOWED,
     REASON_RUNTIME_LIMIT_EXCEEDED,
     REASON_IMAGE_OVERRIDE_NOT_ALLOWED,

@@ -25,7 +25,7 @@ import kopf
 from finetune_operator import constants as c
 from finetune_operator.kube import Kube, login
 from finetune_operator.progress import fetch_progress
-from finetune_operator.reconcile import Indexes, Reconciler, ftj_record
+from finetune_operator.reconcile import Indexes, Reconciler, ftj_record, runtime_record
 from finetune_operator.resolve import OperatorConfig
 from finetune_operator.views import job_view, pod_view
 
@@ -85,7 +85,7 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     # Every write asks the fence first (refused once this replica is past its Lease's renew
     # deadline); the identity names this replica in the API server's audit log.
     kube = Kube(concurrency=workers, fence=memo.get("fence"), identity=str(memo.get("identity") or ""))
-    config = OperatorConfig(default_image=str(options.get("default_image", c.DEFAULT_IMAGE)))
+    config = OperatorConfig(default_image=str(options.get("default_image", c.DEFAULT_IMAGE)), default_runtime=options.get("default_runtime") or None)
     memo["reconciler"] = Reconciler(kube, config, concurrency=workers)
 
 
@@ -116,8 +116,8 @@ async def ftj_index(namespace: str | None, name: str, body: kopf.Body, **_: Any)
 
 
 @kopf.index(ct.GROUP, ct.VERSION, ct.PLURAL_RUNTIME)
-async def runtime_index(name: str, spec: kopf.Spec, **_: Any) -> dict[Any, Any]:
-    return {name: dict(spec)}
+async def runtime_index(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+    return {name: runtime_record(body)}
 
 
 @kopf.index("batch", "v1", "jobs", labels=MANAGED)
@@ -183,7 +183,8 @@ def _on_plain_child(memo: Any, kw: dict[str, Any], type: str, namespace: str | N
 @kopf.on.event(ct.GROUP, ct.VERSION, ct.PLURAL_RUNTIME)
 async def on_runtime(name: str, memo: Any, **kw: Any) -> None:
     r = _reconciler(memo, kw)
-    for key in r.indexes.keys_using_runtime(name) if r.indexes else []:
+    r.runtime_changed(name)
+    for key in r.indexes.keys_using_runtime(name, r.config) if r.indexes else []:
         r.enqueue(key)
 
 

@@ -39,6 +39,7 @@ _PATHS = {
     "Job": "/apis/batch/v1/namespaces/{ns}/jobs/{name}",
     "FineTuneJob": "/apis/" + ct.API_VERSION + "/namespaces/{ns}/" + ct.PLURAL_JOB + "/{name}",
 }
+_RUNTIMES_PATH = "/apis/" + ct.API_VERSION + "/" + ct.PLURAL_RUNTIME
 _EVENTS_PATH = "/api/v1/namespaces/{ns}/events"
 _LEASES_PATH = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
 REQUEST_TIMEOUT_SECONDS = 30.0
@@ -271,6 +272,17 @@ class Kube:
             log.info("status of %s/%s changed since it was read (%s); will decide again", namespace, name, _msg(data))
             return None
         self._check(status, data, f"patch status of {ct.KIND_JOB} {namespace}/{name}")
+        return True
+
+    async def set_runtime_finalizers(self, name: str, finalizers: list[str], resource_version: str) -> bool:
+        """Replace a ClusterFineTuneRuntime's finalizers, only on the version observed; False when
+        it changed since (409) or is gone (the next watch event brings the new version)."""
+        path = _RUNTIMES_PATH + f"/{name}"
+        body = {"metadata": {"finalizers": finalizers, "resourceVersion": resource_version}}
+        status, data = await self._run("PATCH", path, body, None, "application/merge-patch+json")
+        if status in (404, 409):
+            return False
+        self._check(status, data, f"set finalizers of {ct.KIND_RUNTIME} {name}")
         return True
 
     async def event(self, meta: JobMeta, event: Event, now: Any) -> None:

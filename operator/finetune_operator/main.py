@@ -83,7 +83,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lease-seconds", type=float, default=float(env("FINETUNE_OPERATOR_LEASE_SECONDS", str(leader.LEASE_SECONDS))))
     p.add_argument("--renew-deadline", type=float, default=float(env("FINETUNE_OPERATOR_RENEW_DEADLINE", str(leader.RENEW_DEADLINE_SECONDS))))
     p.add_argument("--retry-period", type=float, default=float(env("FINETUNE_OPERATOR_RETRY_PERIOD", str(leader.RETRY_PERIOD_SECONDS))))
-    p.add_argument("--default-image", default=env("FINETUNE_OPERATOR_TRAINER_IMAGE", c.DEFAULT_IMAGE), help="trainer image when neither job nor runtime names one")
+    p.add_argument("--default-image", default=env("FINETUNE_OPERATOR_TRAINER_IMAGE", c.DEFAULT_IMAGE), help="trainer image of runtimes that name none")
+    p.add_argument(
+        "--default-runtime",
+        default=env("FINETUNE_OPERATOR_DEFAULT_RUNTIME") or None,
+        help="ClusterFineTuneRuntime of jobs without spec.runtimeRef (without it such jobs fail with RuntimeRequired)",
+    )
     p.add_argument("--liveness", default=None, help="liveness endpoint URL (overrides --liveness-port), e.g. http://0.0.0.0:8081/healthz; served by standbys too")
     p.add_argument("--all-namespaces", "-A", action="store_true", help="watch all namespaces (the default)")
     p.add_argument("--namespace", "-n", action="append", default=[], help="watch only these namespaces (repeatable)")

@@ -24,6 +24,7 @@ from finetune_operator.api import (
     InvalidResource,
     OutputStatus,
     Progress,
+    RuntimeSnapshot,
     Workers,
     parse_job,
 )
@@ -38,6 +39,7 @@ class Observed:
     meta: JobMeta
     spec: dict[str, Any]
     status: FineTuneJobStatus
+    #: The job's runtime: the copy in its status once it started, else the live one.
     runtime: ClusterFineTuneRuntimeSpec | None
     runtime_found: bool
     validator: PodView | None
@@ -52,6 +54,8 @@ class Observed:
     leftovers: tuple[PodView | JobView, ...] = ()
     #: Children whose names are held by objects that are not this operator's ("Kind name").
     taken: tuple[str, ...] = ()
+    #: metadata.generation of the runtime (recorded with the copy a starting job takes).
+    runtime_generation: int | None = None
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,9 @@ class _Next:
     def __init__(self, obs: Observed) -> None:
         self.obs = obs
         self.prev = obs.status
-        self.data: dict[str, Any] = obs.status.model_dump()
+        # The runtime copy goes over as the (frozen) model it is: never dumped and validated again.
+        self.data: dict[str, Any] = obs.status.model_dump(exclude={"runtime"})
+        self.data["runtime"] = obs.status.runtime
         self.data["observed_generation"] = obs.meta.generation
         self.conditions: dict[str, Condition] = {x.type: x for x in obs.status.conditions}
         self.now = format_time(obs.now)
@@ -170,6 +176,7 @@ def decide(obs: Observed) -> Plan:
             nxt.condition(c.COND_VALIDATED, False, resolved.reason, resolved.message)
             return _plan(obs, nxt)
         return _fail(obs, nxt, resolved.reason, resolved.message)
+    _keep_runtime(obs, nxt)
     nxt.set(workers=Workers(ready=_ready(obs), total=resolved.nodes).model_dump())
 
     validated = prev.condition(c.COND_VALIDATED)
@@ -178,6 +185,19 @@ def decide(obs: Observed) -> Plan:
         if plan is not None:
             return plan
     return _training_step(obs, nxt, spec, resolved)
+
+
+def _keep_runtime(obs: Observed, nxt: _Next) -> None:
+    """The runtime a job resolved against is copied into its status the first time it resolves,
+    and that copy serves the job for its whole life: tightening a preset's limits, editing its
+    image or output, or deleting it (a `helm upgrade` that renames presets) changes nothing for a
+    job that already started. The image is recorded as resolved (the operator's default trainer
+    image where the runtime names none), so a later operator setting does not change it either."""
+    name = obs.config.runtime_name(obs.spec)
+    if obs.runtime is None or name is None or (obs.status.runtime is not None and obs.status.runtime.name == name):
+        return
+    spec = obs.runtime if obs.runtime.image else obs.runtime.model_copy(update={"image": obs.config.default_image})
+    nxt.set(runtime=RuntimeSnapshot(name=name, generation=obs.runtime_generation, spec=spec))
 
 
 def _name_taken(obs: Observed, nxt: _Next) -> Plan:
@@ -240,13 +260,19 @@ def _validation_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolv
         message = f"validation pod {pod.name} failed ({code}): {detail}"
         nxt.condition(c.COND_VALIDATED, False, c.REASON_VALIDATION_FAILED, message)
         return _fail(obs, nxt, c.REASON_VALIDATION_FAILED, message)
+    elif pod.blocked and not pod.deleting:
+        reason, _, _ = pod.blocked.partition(":")
+        message = clip(f"validation pod {pod.name} cannot start: {pod.blocked}")
     else:
         # Pending or Running: one reason for both, so the pod starting costs no status write.
         reason, message = c.REASON_VALIDATION_RUNNING, f"validation pod {pod.name} created"
     nxt.started()
     nxt.set(phase=c.PHASE_VALIDATING, message=message)
     nxt.condition(c.COND_VALIDATED, False, reason, message)
-    return _plan(obs, nxt, apply=apply, delete=deletes)
+    plan = _plan(obs, nxt, apply=apply, delete=deletes)
+    if pod is not None and pod.blocked and not pod.deleting:
+        _warn_on_new_reason(obs, plan, c.COND_VALIDATED, reason, message)
+    return plan
 
 
 def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved) -> Plan:
@@ -379,12 +405,31 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
         )
         nxt.condition(c.COND_RUNNING, True, c.REASON_UPLOADING if uploading else c.REASON_WORKERS_RUNNING, f"{ready}/{r.nodes} workers running")
     else:
+        stuck = sorted((p for p in pods if p.blocked and not p.deleting), key=lambda p: (p.index if p.index is not None else 1 << 30, p.name))
+        if stuck:
+            # Said on the job, with the kubelet's or scheduler's reason: a wrong image, a missing
+            # Secret or no node that fits is never just "0/N workers running".
+            p = stuck[0]
+            reason, _, _ = (p.blocked or "").partition(":")
+            message = clip(f"{_workers_message(attempt, ready, r.nodes)}; {_who(p)} cannot start: {p.blocked}")
+            nxt.set(phase=c.PHASE_INITIALIZING, message=message)
+            nxt.condition(c.COND_RUNNING, False, reason, message)
+            plan = _plan(obs, nxt, apply=apply)
+            _warn_on_new_reason(obs, plan, c.COND_RUNNING, reason, message)
+            return _with_suspend(plan, suspend_job)
         nxt.set(phase=c.PHASE_INITIALIZING, message=_workers_message(attempt, ready, r.nodes))
         nxt.condition(c.COND_RUNNING, False, c.REASON_WORKERS_STARTING, f"{ready}/{r.nodes} workers running")
     tokens = (nxt.data.get("progress") or {}).get("trained_tokens")
     if isinstance(tokens, int):
         nxt.set(trained_tokens=tokens)
     return _with_suspend(_plan(obs, nxt, apply=apply), suspend_job)
+
+
+def _warn_on_new_reason(obs: Observed, plan: Plan, type_: str, reason: str, message: str) -> None:
+    """One Warning event when a condition takes a reason it did not have (not on every resync)."""
+    before = obs.status.condition(type_)
+    if before is None or before.reason != reason:
+        plan.events.append(Event("Warning", reason, message))
 
 
 # --- helpers ----------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from typing import Any
 from finetune_operator import constants as c
 from finetune_operator import metrics
 from finetune_operator.api import (
+    ClusterFineTuneRuntimeSpec,
     FineTuneJobStatus,
     InvalidResource,
     Progress,
@@ -77,7 +78,7 @@ class Indexes:
     """The kopf indexes (live, updated in place by kopf) the reconciler reads from."""
 
     jobs: Index  # (ns, name) -> [FineTuneJob record]
-    runtimes: Index  # name -> [runtime spec dict]
+    runtimes: Index  # name -> [runtime record: spec, generation, finalizers, deleting]
     children: Index  # (ns, job) -> [JobView]
     pods: Index  # (ns, job) -> [PodView]
 
@@ -85,10 +86,10 @@ class Indexes:
         store = self.jobs.get(key)
         return next(iter(store), None) if store else None
 
-    def runtime(self, name: str) -> tuple[dict[str, Any] | None, bool]:
+    def runtime(self, name: str) -> dict[str, Any] | None:
+        """The runtime's record (`runtime_record`), None when there is none by that name."""
         store = self.runtimes.get(name)
-        value = next(iter(store), None) if store else None
-        return value, value is not None
+        return next(iter(store), None) if store else None
 
     def training_job(self, key: Key) -> JobView | None:
         return pick_training_job(self.job_views(key))
@@ -99,8 +100,26 @@ class Indexes:
     def pod_views(self, key: Key) -> tuple[PodView, ...]:
         return tuple(v for v in (self.pods.get(key) or ()) if isinstance(v, PodView))
 
-    def keys_using_runtime(self, name: str) -> list[Key]:
-        return [k for k, store in self.jobs.items() for rec in store if ((rec.get("spec") or {}).get("runtimeRef") or {}).get("name") == name]
+    def keys_using_runtime(self, name: str, config: OperatorConfig) -> list[Key]:
+        """Jobs that name this runtime (or use it as the default) and have no copy of it yet."""
+        return [
+            k
+            for k, store in self.jobs.items()
+            for rec in store
+            if config.runtime_name(rec.get("spec") or {}) == name and not (rec.get("status") or {}).get("runtime")
+        ]
+
+
+def runtime_record(body: Mapping[str, Any]) -> dict[str, Any]:
+    """What the runtime index keeps per ClusterFineTuneRuntime."""
+    meta = body.get("metadata") or {}
+    return {
+        "spec": _plain(body.get("spec") or {}),
+        "generation": meta.get("generation"),
+        "resourceVersion": meta.get("resourceVersion"),
+        "finalizers": tuple(meta.get("finalizers") or ()),
+        "deleting": meta.get("deletionTimestamp") is not None,
+    }
 
 
 def pick_training_job(views: list[JobView]) -> JobView | None:
@@ -149,6 +168,18 @@ def _finished(status: Mapping[str, Any]) -> bool:
         return False
     failed = next((x for x in status.get("conditions") or () if isinstance(x, Mapping) and x.get("type") == c.COND_FAILED), None)
     return failed is not None and failed.get("reason") not in c.SPEC_FAILURE_REASONS
+
+
+def _snapshot(status: FineTuneJobStatus | Mapping[str, Any]) -> tuple[str | None, Any, Any]:
+    """(name, spec, generation) of the runtime copy in a status (the spec parsed already when the
+    status is this process's own)."""
+    if isinstance(status, FineTuneJobStatus):
+        snap = status.runtime
+        return (snap.name, snap.spec, snap.generation) if snap else (None, None, None)
+    raw = status.get("runtime")
+    if not isinstance(raw, Mapping):
+        return None, None, None
+    return raw.get("name"), raw.get("spec"), raw.get("generation")
 
 
 def _ours(metadata: Mapping[str, Any], job: str) -> bool:
@@ -217,6 +248,11 @@ class Reconciler:
         #: Per job: children whose names objects of someone else hold (kind, name), as the last
         #: create found them; looked at again (with backoff) until the name is free.
         self._taken: dict[Key, tuple[tuple[str, str], ...]] = {}
+        #: Unfinished jobs per runtime their status.runtime copy names (and the reverse): a
+        #: runtime with users carries RUNTIME_FINALIZER. Built from the index once, then kept.
+        self._users: dict[str, set[Key]] = {}
+        self._uses: dict[Key, str] = {}
+        self._users_built = False
 
     # --- entry points -------------------------------------------------------------------------
     def enqueue(self, key: Key, force: bool = False, progress: Progress | None = None) -> None:
@@ -330,6 +366,75 @@ class Reconciler:
     def forget(self, key: Key) -> None:
         self._drop_state(key)
         self.phases.forget(key)
+        self._use_runtime(key, None)
+
+    # --- runtimes in use ----------------------------------------------------------------------------
+    def runtime_changed(self, name: str) -> None:
+        """A runtime's watch event: its finalizer is brought in line with its users."""
+        self._background_task(self._sync_finalizer(name))
+
+    def _build_users(self) -> None:
+        """Once, from the FineTuneJob index (complete before any handler runs): unfinished jobs
+        with a runtime copy. From then on every status write and forget keeps it."""
+        if self._users_built or self.indexes is None:
+            return
+        self._users_built = True
+        for key, store in self.indexes.jobs.items():
+            for rec in store:
+                status = rec.get("status") or {}
+                copy = status.get("runtime")
+                name = copy.get("name") if isinstance(copy, Mapping) else None
+                if name and not rec.get("deleting") and status.get("phase") not in c.TERMINAL_PHASES and key not in self._uses:
+                    self._uses[key] = name
+                    self._users.setdefault(name, set()).add(key)
+
+    def _use_runtime(self, key: Key, name: str | None) -> None:
+        """Job `key` now uses runtime `name` (None: none, it finished or is gone)."""
+        self._build_users()
+        old = self._uses.get(key)
+        if old == name:
+            return
+        if old is not None:
+            del self._uses[key]
+            users = self._users.get(old, set())
+            users.discard(key)
+            if not users:
+                self._users.pop(old, None)
+                self.runtime_changed(old)
+        if name is not None:
+            self._uses[key] = name
+            users = self._users.setdefault(name, set())
+            users.add(key)
+            if len(users) == 1:
+                self.runtime_changed(name)
+
+    async def _sync_finalizer(self, name: str) -> None:
+        """Add RUNTIME_FINALIZER to a runtime that has users, remove it from one that has none
+        (deleting it then completes). Conditional on the observed version: a conflict is settled
+        by the watch event that follows it."""
+        self._build_users()
+        rec = self.indexes.runtime(name) if self.indexes is not None else None
+        if rec is None:
+            return
+        want = bool(self._users.get(name))
+        finalizers = list(rec.get("finalizers") or ())
+        has = c.RUNTIME_FINALIZER in finalizers
+        if want == has or (want and rec.get("deleting")):
+            return  # (no finalizer can be added to an object being deleted)
+        wanted = [f for f in finalizers if f != c.RUNTIME_FINALIZER] + ([c.RUNTIME_FINALIZER] if want else [])
+        try:
+            await self.kube.set_runtime_finalizers(name, wanted, str(rec.get("resourceVersion") or ""))
+        except KubeError as err:
+            log.warning("could not %s the finalizer of runtime %s: %s", "add" if want else "remove", name, err)
+
+    def _background_task(self, coro: Any) -> None:
+        try:
+            task = asyncio.get_running_loop().create_task(coro)
+        except RuntimeError:  # no loop (a synchronous caller in tests): nothing to send
+            coro.close()
+            return
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _drop_state(self, key: Key) -> None:
         self._taken.pop(key, None)
@@ -373,8 +478,7 @@ class Reconciler:
             return None
         ns, name = key
         meta = JobMeta(name=name, namespace=ns, uid=rec["uid"], generation=rec["generation"])
-        ref = (rec["spec"].get("runtimeRef") or {}).get("name")
-        raw, found = self.indexes.runtime(ref) if ref else (None, False)
+        ref, raw, found, generation = self._runtime(key, rec)
         # Children belong to a UID, not a name: those labelled for another FineTuneJob UID (a
         # deleted namesake) are never adopted. Unlabelled ones predate the label and count as ours.
         uid = rec["uid"]
@@ -403,7 +507,7 @@ class Reconciler:
         runtime = None
         if raw is not None:
             try:
-                runtime = parse_runtime(raw)
+                runtime = raw if isinstance(raw, ClusterFineTuneRuntimeSpec) else parse_runtime(raw)
             except InvalidResource as err:
                 log.warning("ClusterFineTuneRuntime %s is invalid: %s", ref, err)
                 found = False
@@ -414,6 +518,7 @@ class Reconciler:
             status=previous,
             runtime=runtime,
             runtime_found=found,
+            runtime_generation=generation if isinstance(generation, int) else None,
             validator=validator,
             job=job,
             pods=tuple(p for p in pods if p.component == ct.COMPONENT_TRAINER),
@@ -440,7 +545,8 @@ class Reconciler:
             self._incomplete.discard(key)
         if complete and plan.requeue_after is None:
             # The status this run wrote is what the next event's `inputs` will hold.
-            self._inputs[key] = (*inputs[:2], self._last_status(key, rec), *inputs[3:])
+            # (with the runtime copy that status now holds, when this run took it)
+            self._inputs[key] = (*inputs[:2], self._last_status(key, rec), *self._runtime(key, rec)[1:3], *inputs[5:])
         log.debug(
             "reconciled %s/%s: phase %s, decide %.1f ms, execute %.1f ms (%d applies, %d deletes)",
             ns, name, plan.status.phase, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000, len(plan.apply), len(plan.delete),
@@ -465,6 +571,17 @@ class Reconciler:
             self._taken[key] = tuple(still)
         else:
             self._taken.pop(key, None)
+
+    def _runtime(self, key: Key, rec: Mapping[str, Any]) -> tuple[str | None, Any, bool, Any]:
+        """(name, spec, found, generation) of the job's runtime: the copy taken when the job
+        started (status.runtime), else the live one from the index."""
+        assert self.indexes is not None
+        ref = self.config.runtime_name(rec["spec"])
+        copied, raw, generation = _snapshot(self._last_status(key, rec))
+        if raw is not None and copied == ref:
+            return ref, raw, True, generation
+        live = self.indexes.runtime(ref) if ref else None
+        return (ref, live["spec"], True, live["generation"]) if live else (ref, None, False, None)
 
     def _last_status(self, key: Key, rec: Mapping[str, Any]) -> FineTuneJobStatus | dict[str, Any]:
         """The status this process last wrote for this job (newer than the watch cache), else
@@ -555,6 +672,8 @@ class Reconciler:
         if plan.status.restarts > previous.restarts:
             metrics.RESTARTS.inc(plan.status.restarts - previous.restarts)
         self.phases.set(key, plan.status.phase)
+        copy = plan.status.runtime
+        self._use_runtime(key, copy.name if copy is not None and plan.status.phase not in c.TERMINAL_PHASES else None)
         for event in () if plan.delete else plan.events:  # best effort, off the critical path
             task = asyncio.create_task(self.kube.event(meta, event, self.clock()))
             self._background.add(task)

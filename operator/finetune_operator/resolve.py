@@ -7,6 +7,7 @@ or a `Problem` (a constant reason and a readable message naming the field).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from finetune_trainer.config import OutputTarget, TrainerConfig
 
@@ -30,6 +31,14 @@ class OperatorConfig:
 
     default_image: str = c.DEFAULT_IMAGE
     image_pull_policy: str = "IfNotPresent"
+    #: ClusterFineTuneRuntime of jobs without spec.runtimeRef; None: such jobs fail (RuntimeRequired).
+    default_runtime: str | None = None
+
+    def runtime_name(self, spec: dict[str, Any]) -> str | None:
+        """The runtime a FineTuneJob spec (as stored) resolves against."""
+        ref = spec.get("runtimeRef")
+        name = ref.get("name") if isinstance(ref, dict) else None
+        return name if isinstance(name, str) and name else self.default_runtime
 
 
 @dataclass(frozen=True)
@@ -71,68 +80,65 @@ def resolve(
     runtime_found: bool,
     config: OperatorConfig,
 ) -> Resolved | Problem:
+    """Every job runs under a runtime: its spec.runtimeRef, else the operator's default runtime.
+    Without either the job fails (a job without a preset would escape every platform limit)."""
     ref = spec.runtime_ref
-    if ref is not None and not runtime_found:
+    name = ref.name if ref is not None else config.default_runtime
+    if name is None:
         return Problem(
-            c.REASON_RUNTIME_NOT_FOUND,
-            f"spec.runtimeRef.name: ClusterFineTuneRuntime {ref.name!r} does not exist (waiting for it)",
-            waiting=True,
+            c.REASON_RUNTIME_REQUIRED,
+            "spec.runtimeRef: required (this operator has no default runtime); name a ClusterFineTuneRuntime "
+            "(kubectl get clusterfinetuneruntimes)",
         )
-    rt = runtime if ref is not None else None
+    if not runtime_found or runtime is None:
+        field = "spec.runtimeRef.name" if ref is not None else "spec.runtimeRef (not set: the operator's default runtime)"
+        return Problem(c.REASON_RUNTIME_NOT_FOUND, f"{field}: ClusterFineTuneRuntime {name!r} does not exist (waiting for it)", waiting=True)
+    rt = runtime
 
-    image = spec.image or (rt.image if rt else config.default_image)
-    if rt is not None and spec.image is not None and spec.image != rt.image and not rt.allow_image_override:
+    base_image = rt.image or config.default_image
+    image = spec.image or base_image
+    if spec.image is not None and spec.image != base_image and not rt.allow_image_override:
+        return Problem(c.REASON_IMAGE_OVERRIDE_NOT_ALLOWED, f"spec.image: runtime {name!r} does not allow overriding its image {base_image!r}")
+
+    nodes = spec.resources.nodes or rt.resources.nodes or c.DEFAULT_NODES
+    gpus = next(g for g in (spec.resources.gpus_per_node, rt.resources.gpus_per_node, c.DEFAULT_GPUS_PER_NODE) if g is not None)
+    cpu = spec.resources.cpu if spec.resources.cpu is not None else rt.resources.cpu
+    memory = spec.resources.memory if spec.resources.memory is not None else rt.resources.memory
+
+    if rt.allowed_methods is not None and spec.method.type not in rt.allowed_methods:
         return Problem(
-            c.REASON_IMAGE_OVERRIDE_NOT_ALLOWED,
-            f"spec.image: runtime {ref.name!r} does not allow overriding its image {rt.image!r}",  # type: ignore[union-attr]
+            c.REASON_METHOD_NOT_ALLOWED,
+            f"spec.method.type: {spec.method.type!r} is not allowed by runtime {name!r} (allowed: {', '.join(rt.allowed_methods)})",
         )
-
-    nodes = spec.resources.nodes or (rt.resources.nodes if rt else None) or c.DEFAULT_NODES
-    gpus = next(
-        g for g in (spec.resources.gpus_per_node, rt.resources.gpus_per_node if rt else None, c.DEFAULT_GPUS_PER_NODE) if g is not None
-    )
-    cpu = spec.resources.cpu if spec.resources.cpu is not None else (rt.resources.cpu if rt else None)
-    memory = spec.resources.memory if spec.resources.memory is not None else (rt.resources.memory if rt else None)
-
-    if rt is not None:
-        name = ref.name  # type: ignore[union-attr]
-        if rt.allowed_methods is not None and spec.method.type not in rt.allowed_methods:
-            return Problem(
-                c.REASON_METHOD_NOT_ALLOWED,
-                f"spec.method.type: {spec.method.type!r} is not allowed by runtime {name!r} (allowed: {', '.join(rt.allowed_methods)})",
-            )
-        if rt.max_nodes is not None and nodes > rt.max_nodes:
-            return Problem(
-                c.REASON_RUNTIME_LIMIT_EXCEEDED,
-                f"spec.resources.nodes: {nodes} exceeds maxNodes {rt.max_nodes} of runtime {name!r}",
-            )
-        if rt.max_gpus_per_node is not None and gpus > rt.max_gpus_per_node:
-            return Problem(
-                c.REASON_RUNTIME_LIMIT_EXCEEDED,
-                f"spec.resources.gpusPerNode: {gpus} exceeds maxGpusPerNode {rt.max_gpus_per_node} of runtime {name!r}",
-            )
-        if rt.max_total_gpus is not None and nodes * gpus > rt.max_total_gpus:
-            return Problem(
-                c.REASON_RUNTIME_LIMIT_EXCEEDED,
-                f"spec.resources: {nodes} nodes x {gpus} GPUs = {nodes * gpus} exceeds maxTotalGpus {rt.max_total_gpus} of runtime {name!r}",
-            )
+    if rt.max_nodes is not None and nodes > rt.max_nodes:
+        return Problem(
+            c.REASON_RUNTIME_LIMIT_EXCEEDED,
+            f"spec.resources.nodes: {nodes} exceeds maxNodes {rt.max_nodes} of runtime {name!r}",
+        )
+    if rt.max_gpus_per_node is not None and gpus > rt.max_gpus_per_node:
+        return Problem(
+            c.REASON_RUNTIME_LIMIT_EXCEEDED,
+            f"spec.resources.gpusPerNode: {gpus} exceeds maxGpusPerNode {rt.max_gpus_per_node} of runtime {name!r}",
+        )
+    if rt.max_total_gpus is not None and nodes * gpus > rt.max_total_gpus:
+        return Problem(
+            c.REASON_RUNTIME_LIMIT_EXCEEDED,
+            f"spec.resources: {nodes} nodes x {gpus} GPUs = {nodes * gpus} exceeds maxTotalGpus {rt.max_total_gpus} of runtime {name!r}",
+        )
     if spec.method.type == "qlora" and gpus == 0:
         return Problem(c.REASON_INVALID_SPEC, "spec.resources.gpusPerNode: method.type qlora needs at least 1 GPU per node")
 
     output = spec.output
     if output is None:
-        if rt is None or rt.default_output is None:
-            return Problem(
-                c.REASON_INVALID_SPEC,
-                f"spec.output: not set and runtime {ref.name if ref else '<none>'!r} has no defaultOutput",
-            )
+        if rt.default_output is None:
+            return Problem(c.REASON_INVALID_SPEC, f"spec.output: not set and runtime {name!r} has no defaultOutput")
         base = rt.default_output
         output = base.model_copy(update={"uri": f"{base.uri.rstrip('/')}/{meta.namespace}/{meta.name}/"})
 
     for field, uri in (
         ("spec.model.uri", spec.model.uri),
         ("spec.dataset.uri", spec.dataset.uri),
-        ("spec.output.uri" if spec.output is not None else f"defaultOutput.uri of runtime {ref.name if ref else ''!r}", output.uri),
+        ("spec.output.uri" if spec.output is not None else f"defaultOutput.uri of runtime {name!r}", output.uri),
     ):
         if is_local_path(uri):
             return Problem(c.REASON_INVALID_SPEC, f"{field}: local paths only work with ftctl run --local; use pvc:// or s3://")
@@ -157,10 +163,10 @@ def resolve(
         cpu=cpu,
         memory=memory,
         output=output,
-        node_selector=dict(rt.node_selector or {}) if rt else {},
-        tolerations=tuple(rt.tolerations or ()) if rt else (),
-        priority_class_name=rt.priority_class_name if rt else None,
-        service_account_name=rt.service_account_name if rt else None,
+        node_selector=dict(rt.node_selector or {}),
+        tolerations=tuple(rt.tolerations or ()),
+        priority_class_name=rt.priority_class_name,
+        service_account_name=rt.service_account_name,
         image_pull_policy=config.image_pull_policy,
         trainer_config=trainer_config,
     )

@@ -37,6 +37,36 @@ class PodView:
     uid: str = ""
     #: The FineTuneJob UID the pod was made for ("" on children made before the label existed).
     job_uid: str = ""
+    #: Why the pod cannot start, as "Reason: message" (an image that cannot be pulled, a missing
+    #: Secret or ConfigMap key, no node that fits); None while nothing is in its way.
+    blocked: str | None = None
+
+
+#: Container waiting reasons that do not clear by themselves (the kubelet retries, with backoff,
+#: what only a change elsewhere can fix): shown on the job as the reason it is not starting.
+BLOCKING_WAITING_REASONS = frozenset({
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+})
+BLOCKED_TEXT_LIMIT = 400
+
+
+def _blocked(status: dict[str, Any]) -> str | None:
+    for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in BLOCKING_WAITING_REASONS:
+            text = f"{waiting['reason']}: {waiting.get('message') or 'container ' + str(cs.get('name'))}"
+            return text[:BLOCKED_TEXT_LIMIT]
+    if status.get("phase", "Pending") == "Pending":
+        scheduled = next((x for x in status.get("conditions") or [] if x.get("type") == "PodScheduled"), None)
+        if scheduled and scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable":
+            return f"Unschedulable: {scheduled.get('message') or 'no node fits the pod'}"[:BLOCKED_TEXT_LIMIT]
+    return None
 
 
 @dataclass(frozen=True)
@@ -105,6 +135,7 @@ def pod_view(body: dict[str, Any]) -> PodView:
         pod_ip=status.get("podIP"),
         uid=meta.get("uid", ""),
         job_uid=labels.get(ct.LABEL_JOB_UID, ""),
+        blocked=_blocked(status),
     )
 
 

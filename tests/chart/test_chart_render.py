@@ -45,7 +45,7 @@ def test_default_render_has_the_operator_and_nothing_optional() -> None:
     assert kinds.count("Service") == 1
     assert kinds.count("ClusterRole") == 2 and kinds.count("ClusterRoleBinding") == 2
     assert kinds.count("Role") == 1 and kinds.count("RoleBinding") == 1  # the leader Lease only
-    assert kinds.count("ClusterFineTuneRuntime") == 2
+    assert kinds.count("ClusterFineTuneRuntime") == 3
     for optional in ("ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap"):
         assert optional not in kinds
     for d in docs:
@@ -178,10 +178,25 @@ def test_presets_are_valid_runtimes() -> None:
     from finetune_operator.api import parse_runtime
 
     runtimes = by_kind(render(), "ClusterFineTuneRuntime")
-    assert {r["metadata"]["name"] for r in runtimes} == {"cpu-small", "a100-lora"}
+    assert {r["metadata"]["name"] for r in runtimes} == {"standard", "cpu-small", "a100-lora"}
     for r in runtimes:
         parse_runtime(r["spec"])
         assert r["spec"]["image"]
+
+
+def _operator_env(docs: list[dict[str, Any]]) -> dict[str, str]:
+    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def test_the_default_runtime_is_a_preset_the_chart_installs() -> None:
+    """Jobs without spec.runtimeRef run under `defaultRuntime`: the operator is told its name, and
+    the chart creates that preset (else every plain manifest waits for a runtime that never comes)."""
+    docs = render()
+    name = _operator_env(docs)["FINETUNE_OPERATOR_DEFAULT_RUNTIME"]
+    assert name == "standard" and name in {r["metadata"]["name"] for r in by_kind(docs, "ClusterFineTuneRuntime")}
+    # empty: no default (jobs must name a runtime), and the operator is given none
+    assert "FINETUNE_OPERATOR_DEFAULT_RUNTIME" not in _operator_env(render({"defaultRuntime": ""}))
 
 
 def _doc_comments(lines: list[str]) -> dict[str, bool]:

@@ -110,7 +110,8 @@ def installed(cluster: ControlPlane, values: dict[str, Any]) -> Iterator[Release
 def _preset_values(suffix: str) -> dict[str, Any]:
     """The chart's default presets, renamed so they cannot collide with other tests' runtimes."""
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())["runtimePresets"]["presets"]
-    return {"runtimePresets": {"presets": [{**p, "name": f"{p['name']}-{suffix}"} for p in defaults]}}
+    default = yaml.safe_load((CHART / "values.yaml").read_text())["defaultRuntime"]
+    return {"defaultRuntime": f"{default}-{suffix}", "runtimePresets": {"presets": [{**p, "name": f"{p['name']}-{suffix}"} for p in defaults]}}
 
 
 @pytest.fixture(scope="module")
@@ -264,6 +265,10 @@ def test_operator_reconciles_a_job_as_the_chart_service_account(kube_cluster: Co
             assert proc.poll() is None, "operator exited:\n" + log.read_text()[-3000:]
             with contextlib.suppress(Exception):
                 api.delete_namespaced_custom_object(contract.GROUP, contract.VERSION, ns, contract.PLURAL_JOB, name)
+        # The job ran under the chart's default runtime, which carried the in-use finalizer while
+        # it did; with the job gone the operator takes it off (else uninstalling waits on it).
+        runtime = f"/apis/finetune.dev/v1alpha1/clusterfinetuneruntimes/{release.values['defaultRuntime']}"
+        _wait("the default runtime's in-use finalizer to go", lambda: not ((_get(kube_cluster, runtime) or {}).get("metadata") or {}).get("finalizers"), timeout=60)
     text = log.read_text()
     assert " 403" not in text and "Forbidden" not in text and "forbidden" not in text, text[-3000:]
 

@@ -167,6 +167,7 @@ class OperatorProcess:
         full_env = {
             **self.cluster.env(self.kubeconfig),
             "FINETUNE_OPERATOR_TRAINER_IMAGE": TEST_IMAGE,
+            "FINETUNE_OPERATOR_DEFAULT_RUNTIME": DEFAULT_RUNTIME,
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
@@ -244,8 +245,13 @@ class OperatorProcess:
             return "(no log)"
 
 
+#: The default runtime of the test operator (FINETUNE_OPERATOR_DEFAULT_RUNTIME), made by `install`:
+#: no limits, image overrides allowed, no image of its own (the operator's default, TEST_IMAGE).
+DEFAULT_RUNTIME = "test-default"
+
+
 def install(cluster: ControlPlane) -> None:
-    """CRDs, operator namespace + ServiceAccount + ClusterRole(Binding)."""
+    """CRDs, operator namespace + ServiceAccount + ClusterRole(Binding), the default runtime."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/finetunejobs.finetune.dev", "crd/clusterfinetuneruntimes.finetune.dev")
     role = yaml.safe_load(RBAC_FILE.read_text())
@@ -260,6 +266,7 @@ def install(cluster: ControlPlane) -> None:
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]},
             "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_SA, "namespace": OPERATOR_NAMESPACE}],
         },
+        {"apiVersion": ct.API_VERSION, "kind": ct.KIND_RUNTIME, "metadata": {"name": DEFAULT_RUNTIME}, "spec": {"allowImageOverride": True}},
     ]
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input="---\n".join(yaml.safe_dump(d) for d in docs))
 

@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from finetune_operator.api import ClusterFineTuneRuntimeSpec, FineTuneJobStatus, parse_runtime
 from finetune_operator.plan import Observed
-from finetune_operator.resolve import JobMeta
+from finetune_operator.resolve import JobMeta, OperatorConfig
 from finetune_operator.views import JobView, PodView
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -17,6 +17,23 @@ EXAMPLES = REPO / "examples"
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 UID = "11111111-2222-3333-4444-555555555555"
+
+
+#: The operator settings of these tests: jobs without spec.runtimeRef run under runtime "default",
+#: a permissive one (no limits, image overrides allowed) that names no image of its own.
+DEFAULT_RUNTIME_NAME = "default"
+DEFAULT_RUNTIME = ClusterFineTuneRuntimeSpec(allow_image_override=True)
+CONFIG = OperatorConfig(default_runtime=DEFAULT_RUNTIME_NAME)
+#: The runtime index of a Reconciler under test (as `runtime_record` keeps it).
+RUNTIMES: dict[str, list[dict[str, Any]]] = {
+    DEFAULT_RUNTIME_NAME: [{"spec": DEFAULT_RUNTIME.model_dump(by_alias=True, exclude_none=True, mode="json"), "generation": 1, "finalizers": (), "deleting": False}]
+}
+
+
+def runtime_copy(runtime: ClusterFineTuneRuntimeSpec = DEFAULT_RUNTIME, name: str = DEFAULT_RUNTIME_NAME) -> dict[str, Any]:
+    """status.runtime as the operator writes it when a job starts under `runtime`."""
+    spec = runtime if runtime.image else runtime.model_copy(update={"image": CONFIG.default_image})
+    return {"name": name, "spec": spec.model_dump(by_alias=True, exclude_none=True, mode="json")}
 
 
 def load(path: pathlib.Path) -> dict[str, Any]:
@@ -66,6 +83,7 @@ def pod(
     finish: datetime | None = None,
     pod_ip: str = "10.0.0.1",
     uid: str | None = None,
+    blocked: str | None = None,
 ) -> PodView:
     return PodView(
         name=name,
@@ -84,6 +102,7 @@ def pod(
         deleting=deleting,
         pod_ip=pod_ip,
         uid=uid or "",
+        blocked=blocked,
     )
 
 
@@ -119,12 +138,26 @@ def observed(
     generation: int = 1,
     **kw: Any,
 ) -> Observed:
+    """What a reconcile observes. A job without spec.runtimeRef runs under the default runtime
+    (unless `runtime` is given); a status with a phase (a job that started) carries its copy, and
+    the job resolves against that copy, as the reconciler does."""
+    spec = spec or minimal_spec()
+    status = dict(status or {})
+    config = kw.pop("config", CONFIG)
+    if runtime is None and "runtimeRef" not in spec and config.default_runtime == DEFAULT_RUNTIME_NAME:
+        runtime, runtime_found = DEFAULT_RUNTIME, True
+        if status.get("phase") and "runtime" not in status:
+            status["runtime"] = runtime_copy()
+    parsed = FineTuneJobStatus.model_validate(status)
+    if parsed.runtime is not None and parsed.runtime.name == config.runtime_name(spec):
+        runtime, runtime_found = parsed.runtime.spec, True
     return Observed(
         meta=JobMeta(name="job", namespace="ns", uid=UID, generation=generation),
-        spec=spec or minimal_spec(),
-        status=FineTuneJobStatus.model_validate(status or {}),
+        spec=spec,
+        status=parsed,
         runtime=runtime,
         runtime_found=runtime_found,
+        config=config,
         validator=validator,
         job=job_view,
         pods=pods,

@@ -53,7 +53,6 @@ CASES = [
     Case("gpus-per-node-17", _with("resources.gpusPerNode", 17), "spec.resources.gpusPerNode"),
     Case("memory-not-a-quantity", _with("resources.memory", "lots"), "spec.resources.memory"),
     Case("output-uri-https", _with("output.uri", "https://example.com/out"), "spec.output.uri"),
-    Case("output-missing-without-runtime", _with("output", _DELETE), "spec.output", "spec.output is required"),
     Case("qlora-without-gpu", _with("resources.gpusPerNode", 0, minimal_spec(method={"type": "qlora"})), "spec.resources.gpusPerNode", "qlora"),
     Case("checkpoint-after-max-steps", _with("checkpoint.everySteps", 500, minimal_spec(hyperparameters={"maxSteps": 100})), "spec.checkpoint.everySteps", "checkpoint.everySteps must not exceed"),
     Case("max-restarts-too-many", _with("maxRestarts", 21), "spec.maxRestarts"),

@@ -164,6 +164,22 @@ status:
     assert json.loads(json.dumps(v.__dict__))["name"] == "j-1-abcde"
 
 
+def test_pod_view_names_what_keeps_a_pod_from_starting() -> None:
+    def view(status: dict[str, Any]) -> str | None:
+        return pod_view({"metadata": {"name": "p", "labels": {}}, "status": status}).blocked
+
+    waiting = {"waiting": {"reason": "CreateContainerConfigError", "message": 'secret "s3-creds" not found'}}
+    assert view({"phase": "Pending", "containerStatuses": [{"name": "trainer", "state": waiting}]}) == 'CreateContainerConfigError: secret "s3-creds" not found'
+    pull = {"waiting": {"reason": "ErrImagePull", "message": "pull access denied"}}
+    assert view({"phase": "Pending", "initContainerStatuses": [{"name": "init", "state": pull}]}) == "ErrImagePull: pull access denied"
+    unfit = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes are available: 3 Insufficient memory."}
+    assert view({"phase": "Pending", "conditions": [unfit]}) == "Unschedulable: 0/3 nodes are available: 3 Insufficient memory."
+    # transient states block nothing
+    assert view({"phase": "Pending", "containerStatuses": [{"name": "trainer", "state": {"waiting": {"reason": "ContainerCreating"}}}]}) is None
+    assert view({"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}]}) is None
+    assert len(view({"phase": "Pending", "conditions": [{**unfit, "message": "x" * 5000}]}) or "") <= 400
+
+
 def documented_fields(section: str) -> tuple[set[str], dict[str, set[str]]]:
     """The field paths a docs/api.md table documents, from the first column of each row
     (`a.b`, `c` -> a.b and a.c; `x[]` -> x), and per row path the names its other cells

@@ -17,7 +17,16 @@ from finetune_operator import constants as c
 from finetune_operator.api import parse_job, parse_runtime
 from finetune_operator.resolve import JobMeta, OperatorConfig, Problem, Resolved, resolve
 
-from tests.operator.helpers import GOLDEN, UID, example_jobs, example_runtimes, load, minimal_spec
+from tests.operator.helpers import (
+    CONFIG,
+    DEFAULT_RUNTIME,
+    GOLDEN,
+    UID,
+    example_jobs,
+    example_runtimes,
+    load,
+    minimal_spec,
+)
 
 ct = c.contract
 CREDENTIAL_ENV = {ct.ENV_AWS_ACCESS_KEY_ID, ct.ENV_AWS_SECRET_ACCESS_KEY, ct.ENV_AWS_SESSION_TOKEN, ct.ENV_HF_TOKEN}
@@ -28,16 +37,16 @@ def resolved_example(path: pathlib.Path) -> Resolved:
     spec = parse_job(doc["spec"])
     meta = JobMeta(doc["metadata"]["name"], doc["metadata"]["namespace"], UID, 1)
     runtimes = example_runtimes()
-    runtime = runtimes.get(spec.runtime_ref.name) if spec.runtime_ref else None
-    r = resolve(meta, spec, runtime, runtime is not None, OperatorConfig())
+    runtime = runtimes.get(spec.runtime_ref.name) if spec.runtime_ref else DEFAULT_RUNTIME
+    r = resolve(meta, spec, runtime, runtime is not None, CONFIG)
     assert isinstance(r, Resolved), r
     return r
 
 
 def resolved(spec: dict[str, Any] | None = None, runtime: dict[str, Any] | None = None) -> Resolved | Problem:
     parsed = parse_job(spec or minimal_spec())
-    rt = parse_runtime(runtime) if runtime is not None else None
-    return resolve(JobMeta("job", "ns", UID, 1), parsed, rt, rt is not None, OperatorConfig())
+    rt = parse_runtime(runtime) if runtime is not None else (DEFAULT_RUNTIME if parsed.runtime_ref is None else None)
+    return resolve(JobMeta("job", "ns", UID, 1), parsed, rt, rt is not None, CONFIG)
 
 
 def children(r: Resolved) -> list[dict[str, Any]]:

@@ -6,9 +6,11 @@ Run just these:  .venv/bin/python -m pytest tests/operator -m cluster
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import subprocess
+import time
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from kubernetes import client as k8s
 from tests.cluster import kwok
 from tests.cluster.cluster import ControlPlane
 from tests.operator.cluster_support import (
+    DEFAULT_RUNTIME,
     OPERATOR_NAMESPACE,
     OPERATOR_SA,
     TEST_IMAGE,
@@ -417,6 +420,93 @@ def test_image_defaults_to_the_operator_setting(kube: Kube, ftop: OperatorProces
     assert job.spec.template.spec.containers[0].image == TEST_IMAGE
 
 
+def test_workers_no_node_fits_are_reported_with_the_schedulers_reason(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    """The real scheduler finds no node with that much memory: the job says so (condition,
+    message and one Warning event), instead of a bare "0/2 workers running"."""
+    ns = kube_namespace
+    kube.create_ftj(ns, "toobig", small(resources={"nodes": 2, "gpusPerNode": 1, "cpu": "1", "memory": "900Ti"}))
+    kube.pass_validation(ns, "toobig")  # (the validation pod asks for 2Gi: it fits)
+
+    def reported() -> dict[str, Any] | None:
+        running = kube.condition(ns, "toobig", "Running") or {}
+        return running if running.get("reason") == "Unschedulable" else None
+
+    running = kube.wait(reported, "the Unschedulable reason on the job", 60, lambda: kube.status(ns, "toobig"))
+    st = kube.status(ns, "toobig")
+    assert st["phase"] == "Initializing" and "cannot start: Unschedulable: " in st["message"] and "Insufficient memory" in st["message"], st["message"]
+    assert running["message"] == st["message"]
+    time.sleep(3)  # a few resyncs and pod updates later: still one event
+    events = [e for e in kube.core.list_namespaced_event(ns, field_selector="involvedObject.name=toobig").items if e.reason == "Unschedulable"]
+    assert len(events) == 1 and events[0].type == "Warning" and events[0].count == 1, [(e.reason, e.count) for e in events]
+
+
+def runtime_meta(kube: Kube, name: str) -> dict[str, Any] | None:
+    try:
+        body = kube.custom.get_cluster_custom_object(ct.GROUP, ct.VERSION, ct.PLURAL_RUNTIME, name)
+    except k8s.ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+    return dict(body["metadata"])
+
+
+def test_a_job_without_runtime_ref_runs_under_the_default_runtime(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    ns = kube_namespace
+    kube.create_ftj(ns, "defaulted", small())
+    st = kube.wait(lambda: (s := kube.status(ns, "defaulted")).get("runtime") and s, "status.runtime", 60, lambda: kube.status(ns, "defaulted"))
+    assert st["runtime"]["name"] == DEFAULT_RUNTIME and st["runtime"]["generation"] >= 1
+    # the copy records the image the job got (the operator's default: the runtime names none)
+    assert st["runtime"]["spec"] == {"image": TEST_IMAGE, "allowImageOverride": True, "resources": {}}, st["runtime"]
+
+
+def test_editing_or_deleting_a_runtime_changes_nothing_for_a_started_job(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    """A started job keeps the copy of its runtime in status.runtime: tightening the limits does
+    not fail it, a new image does not reach its next attempt, and deleting the runtime does not
+    send it back to Pending. The runtime carries the in-use finalizer while the job runs, so its
+    deletion completes only once the job has finished."""
+    ns, runtime = kube_namespace, f"pinned-{kube_namespace}"
+    body = {"apiVersion": ct.API_VERSION, "kind": ct.KIND_RUNTIME, "metadata": {"name": runtime},
+            "spec": {"image": "registry.invalid/trainer:one", "maxNodes": 2, "resources": {"nodes": 2, "gpusPerNode": 1, "cpu": "1", "memory": "1Gi"}}}
+    kube.custom.create_cluster_custom_object(ct.GROUP, ct.VERSION, ct.PLURAL_RUNTIME, body)
+    try:
+        spec = {**minimal_spec(runtimeRef={"name": runtime}, maxRestarts=3), "resources": {}}
+        start_running(kube, ns, "pinned", spec)
+        first = kube.job(ns, "pinned")
+        assert first.spec.template.spec.containers[0].image == "registry.invalid/trainer:one"
+        kube.wait(lambda: c.RUNTIME_FINALIZER in (runtime_meta(kube, runtime) or {}).get("finalizers", ()), "the in-use finalizer", 30)
+        # the platform team tightens the preset below what the job uses and moves its image
+        kube.custom.patch_cluster_custom_object(ct.GROUP, ct.VERSION, ct.PLURAL_RUNTIME, runtime,
+                                                {"spec": {"image": "registry.invalid/trainer:two", "maxNodes": 1, "resources": {"nodes": 1}}})
+        victim = kube.trainer_pods(ns, "pinned", 0)[0]
+        kube.set_result(ns, victim.metadata.name, kwok.FAILED, exit_code=ct.EXIT_TRAINING_ERROR)
+        pods = kube.wait_running_pods(ns, "pinned", 2, attempt=1, timeout=90)
+        assert {p.spec.containers[0].image for p in pods} == {"registry.invalid/trainer:one"}
+        st = kube.wait_phase(ns, "pinned", "Running")
+        assert st["runtime"]["spec"]["maxNodes"] == 2 and st["restarts"] == 1
+        # the runtime goes away (a helm upgrade that renames presets): the job runs on, restarts included
+        kube.custom.delete_cluster_custom_object(ct.GROUP, ct.VERSION, ct.PLURAL_RUNTIME, runtime)
+        victim = kube.trainer_pods(ns, "pinned", 1)[0]
+        kube.set_result(ns, victim.metadata.name, kwok.FAILED, exit_code=ct.EXIT_TRAINING_ERROR)
+        pods = kube.wait_running_pods(ns, "pinned", 2, attempt=2, timeout=90)
+        assert {p.spec.containers[0].image for p in pods} == {"registry.invalid/trainer:one"}
+        st = kube.wait_phase(ns, "pinned", "Running")
+        assert st["restarts"] == 2 and st["runtime"]["name"] == runtime
+        held = runtime_meta(kube, runtime)
+        assert held is not None and held.get("deletionTimestamp"), "the runtime's deletion waits for the job using it"
+        # the job ends: nothing uses the runtime any more, and its deletion completes
+        for p in pods:
+            kube.set_result(ns, p.metadata.name, kwok.SUCCEEDED)
+        kube.wait_phase(ns, "pinned", "Succeeded")
+        kube.wait(lambda: runtime_meta(kube, runtime) is None, "the runtime's deletion to complete", 30)
+        # a job created now waits for the runtime it names
+        kube.create_ftj(ns, "late", spec)
+        late = kube.wait(lambda: (s := kube.status(ns, "late")).get("phase") == "Pending" and s, "the late job to wait", 60, lambda: kube.status(ns, "late"))
+        assert f"ClusterFineTuneRuntime {runtime!r} does not exist" in late["message"]
+    finally:
+        with contextlib.suppress(k8s.ApiException):
+            kube.custom.delete_cluster_custom_object(ct.GROUP, ct.VERSION, ct.PLURAL_RUNTIME, runtime)
+
+
 def test_ttl_after_finished_deletes_the_job(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
     ns = kube_namespace
     start_running(kube, ns, "shortlived", small(ttlSecondsAfterFinished=2))
@@ -565,7 +655,6 @@ def test_a_foreign_object_with_a_childs_name_is_left_untouched_and_reported(kube
     kube.core.create_namespaced_config_map(ns, {"metadata": {"name": f"{name}-config"}, "data": {"owner": "another team"}})
     kube.core.create_namespaced_service(ns, {"metadata": {"name": f"{name}-workers"}, "spec": {"ports": [{"port": 80}], "selector": {"app": "theirs"}}})
     kube.create_ftj(ns, name, small())
-    kube.pass_validation(ns, name)
     st = kube.wait(lambda: (s := kube.status(ns, name)).get("phase") == "Pending" and c.REASON_CHILD_NAME_TAKEN in str(s.get("conditions")) and s, "the job to report the taken names", 60, lambda: kube.status(ns, name))
     assert f"ConfigMap {name}-config" in st["message"] and f"Service {name}-workers" in st["message"], st["message"]
     cm = kube.core.read_namespaced_config_map(f"{name}-config", ns)
@@ -573,9 +662,11 @@ def test_a_foreign_object_with_a_childs_name_is_left_untouched_and_reported(kube
     assert cm.data == {"owner": "another team"} and not cm.metadata.owner_references and not (cm.metadata.labels or {})
     assert svc.spec.selector == {"app": "theirs"} and not svc.metadata.owner_references
     assert kube.job(ns, name) is None, "the training Job started without its ConfigMap and Service"
+    assert not kube.pods(ns), "a pod started that would mount someone else's ConfigMap"
     events = kube.core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}").items
     assert any(e.reason == c.REASON_CHILD_NAME_TAKEN and e.type == "Warning" for e in events)
     kube.core.delete_namespaced_config_map(f"{name}-config", ns)
     kube.core.delete_namespaced_service(f"{name}-workers", ns)
+    kube.pass_validation(ns, name, 120)
     kube.wait_phase(ns, name, "Running", 120)
     assert kube.core.read_namespaced_config_map(f"{name}-config", ns).metadata.labels[ct.LABEL_JOB_NAME] == name

@@ -11,6 +11,7 @@ import pytest
 from finetune_operator import constants as c
 from finetune_operator.api import Progress, parse_runtime
 from finetune_operator.plan import Delete, decide
+from finetune_operator.resolve import OperatorConfig
 
 from tests.operator.helpers import T0, UID, VALIDATED, job, minimal_spec, observed, pod
 
@@ -101,6 +102,35 @@ def test_worker_readiness(pods: tuple[Any, ...], phase: str, ready: int, running
     assert plan.status.workers is not None and (plan.status.workers.ready, plan.status.workers.total) == (ready, 2)
     assert cond(plan, "Running").reason == running_reason
     assert kinds(plan) == ["ConfigMap", "Service"] and not plan.delete  # wanted all along; sent only if missing
+
+
+def test_a_worker_that_cannot_start_is_named_with_its_cause_and_warned_once() -> None:
+    pull = "ImagePullBackOff: Back-off pulling image \"registry.invalid/trainer:typo\""
+    pods = (pod("job-0", index=0), pod("job-1", index=1, phase="Pending", ready=False, blocked=pull))
+    plan = decide(observed(status=RUNNING_STATUS, job_view=job(), pods=pods))
+    assert plan.status.phase == "Initializing"
+    assert plan.status.message == f"attempt 0: 1/2 workers running; worker 1 (pod job-1) cannot start: {pull}"
+    assert cond(plan, "Running").reason == "ImagePullBackOff" and cond(plan, "Running").message == plan.status.message
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "ImagePullBackOff")]
+    # the next resync sees the same: no second event, no status change
+    again = decide(observed(status=plan.status.to_wire(), job_view=job(), pods=pods))
+    assert again.events == [] and again.status == plan.status
+    # the cause changes (the image was fixed, now no node fits): a new warning
+    unfit = "Unschedulable: 0/3 nodes are available: 3 Insufficient memory."
+    moved = decide(observed(status=plan.status.to_wire(), job_view=job(), pods=(pods[0], pod("job-1", index=1, phase="Pending", ready=False, blocked=unfit))))
+    assert cond(moved, "Running").reason == "Unschedulable" and [e.reason for e in moved.events] == ["Unschedulable"]
+    # it starts: back to the plain count
+    fixed = decide(observed(status=moved.status.to_wire(), job_view=job(), pods=(pods[0], pod("job-1", index=1, phase="Pending", ready=False))))
+    assert cond(fixed, "Running").reason == c.REASON_WORKERS_STARTING and fixed.status.message == "attempt 0: 1/2 workers running"
+
+
+def test_a_validation_pod_that_cannot_start_says_why() -> None:
+    missing = 'CreateContainerConfigError: secret "s3-creds" not found'
+    v = pod("job-validate", component="validator", index=None, phase="Pending", ready=False, blocked=missing)
+    plan = decide(observed(status={"phase": "Validating"}, validator=v))
+    assert plan.status.phase == "Validating" and plan.status.message == f"validation pod job-validate cannot start: {missing}"
+    assert cond(plan, "Validated").reason == "CreateContainerConfigError"
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "CreateContainerConfigError")]
 
 
 def test_gpu_seconds_count_each_ended_pod_once_and_running_pods_only_live() -> None:
@@ -284,6 +314,35 @@ def test_missing_runtime_waits_in_pending() -> None:
     assert cond(plan, "Validated").reason == c.REASON_RUNTIME_NOT_FOUND
 
 
+def test_a_job_without_runtime_ref_gets_the_default_runtimes_limits() -> None:
+    limited = parse_runtime({"image": "r/t:1", "maxTotalGpus": 4})
+    plan = decide(observed(minimal_spec(resources={"nodes": 2, "gpusPerNode": 4}), runtime=limited, runtime_found=True))
+    assert plan.status.phase == "Failed" and cond(plan, "Failed").reason == c.REASON_RUNTIME_LIMIT_EXCEEDED
+    assert "exceeds maxTotalGpus 4 of runtime 'default'" in cond(plan, "Failed").message and not plan.apply
+
+
+def test_without_a_default_runtime_a_job_must_name_one() -> None:
+    plan = decide(observed(config=OperatorConfig(), runtime_found=False))
+    assert plan.status.phase == "Failed" and cond(plan, "Failed").reason == c.REASON_RUNTIME_REQUIRED
+    assert cond(plan, "Failed").message.startswith("spec.runtimeRef: required") and not plan.apply
+    # naming one is the fix (a spec failure: the edit is evaluated again)
+    assert c.REASON_RUNTIME_REQUIRED in c.SPEC_FAILURE_REASONS
+
+
+def test_a_started_job_resolves_against_its_copy_of_the_runtime() -> None:
+    """The copy is taken when the job first resolves (with the image it got), and from then on it,
+    not the live runtime, decides: a tightened live runtime fails nothing."""
+    live = parse_runtime({"maxNodes": 2})
+    first = decide(observed(minimal_spec(runtimeRef={"name": "rt"}, resources={"nodes": 2, "gpusPerNode": 1}), runtime=live, runtime_found=True, runtime_generation=3))
+    copy = first.status.runtime
+    assert copy is not None and copy.name == "rt" and copy.generation == 3
+    assert copy.spec.max_nodes == 2 and copy.spec.image == OperatorConfig().default_image
+    status = first.status.to_wire()
+    # the reconciler hands decide the copy (status.runtime.spec), whatever the live runtime says now
+    again = decide(observed(minimal_spec(runtimeRef={"name": "rt"}, resources={"nodes": 2, "gpusPerNode": 1}), status))
+    assert again.status.phase == "Validating" and again.status.runtime == copy
+
+
 def test_spec_failure_is_reevaluated_after_an_edit() -> None:
     runtime = parse_runtime({"image": "r/t:1", "allowedMethods": ["full"]})
     spec = minimal_spec(runtimeRef={"name": "rt"})
@@ -293,7 +352,7 @@ def test_spec_failure_is_reevaluated_after_an_edit() -> None:
     same = decide(observed(spec, status, runtime=runtime, runtime_found=True))
     assert same.status.phase == "Failed" and not same.apply
     edited = decide(observed(minimal_spec(runtimeRef={"name": "rt"}, method={"type": "full"}), status, runtime=runtime, runtime_found=True, generation=2))
-    assert edited.status.phase == "Validating" and kinds(edited) == ["ConfigMap", "Pod"]
+    assert edited.status.phase == "Validating" and kinds(edited) == ["ConfigMap", "Service", "Pod"]
     # the old verdict goes: no Failed=True and no completionTime (which would start the TTL clock)
     assert cond(edited, "Failed").status == "False" and cond(edited, "Failed").reason == c.REASON_SPEC_EDITED
     assert failed.status.completion_time is not None and edited.status.completion_time is None

@@ -40,9 +40,8 @@ def test_fetch_progress_from_a_live_endpoint(server: str) -> None:
 
 def test_progress_targets_pick_rank0_of_the_current_attempt() -> None:
     from finetune_operator.reconcile import Indexes, Reconciler
-    from finetune_operator.resolve import OperatorConfig
 
-    from tests.operator.helpers import pod
+    from tests.operator.helpers import CONFIG, RUNTIMES, pod
 
     def rec(phase: str, attempt: int = 0) -> dict[str, object]:
         return {"uid": "u", "generation": 1, "deleting": False, "spec": {}, "status": {"phase": phase, "attempt": attempt}}
@@ -52,8 +51,8 @@ def test_progress_targets_pick_rank0_of_the_current_attempt() -> None:
         ("ns", "a"): [pod("a-0-old", index=0, attempt=0, pod_ip="10.0.0.9"), pod("a-1", index=1, attempt=1, pod_ip="10.0.0.8"), pod("a-0", index=0, attempt=1, pod_ip="10.0.0.7")],
         ("ns", "b"): [pod("b-0", index=0, attempt=0, phase="Succeeded")],
     }
-    r = Reconciler(kube=None, config=OperatorConfig())  # type: ignore[arg-type]  # these methods do no I/O
-    r.indexes = Indexes(jobs=jobs, runtimes={}, children={}, pods=pods)
+    r = Reconciler(kube=None, config=CONFIG)  # type: ignore[arg-type]  # these methods do no I/O
+    r.indexes = Indexes(jobs=jobs, runtimes=RUNTIMES, children={}, pods=pods)
     assert r.progress_targets() == [(("ns", "a"), "http://10.0.0.7:9400/progress")]
     assert sorted(r.active_keys()) == [("ns", "a"), ("ns", "c")]
 

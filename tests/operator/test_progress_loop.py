@@ -23,7 +23,7 @@ from finetune_trainer import train as trainer_train
 from finetune_trainer.metrics import Progress as TrainerProgress
 from finetune_trainer.metrics import TrainerMetrics
 
-from tests.operator.helpers import VALIDATED, job, pod
+from tests.operator.helpers import RUNTIMES, VALIDATED, job, pod
 from tests.operator.test_reconcile import KEY, RecordingKube, reconciler, record, until
 
 ct = c.contract
@@ -68,7 +68,7 @@ def test_progress_loop_folds_the_live_trainer_progress_into_the_status(rank0: tu
         jobs: dict[Any, Any] = {KEY: [record(running)]}
         pods: dict[Any, Any] = {KEY: [pod("job-0", index=0, pod_ip=ip), pod("job-1", index=1, pod_ip="127.0.0.1")]}
         r = reconciler(kube, jobs, pods)
-        r.indexes = Indexes(jobs=jobs, runtimes={}, children={KEY: [job()]}, pods=pods)
+        r.indexes = Indexes(jobs=jobs, runtimes=RUNTIMES, children={KEY: [job()]}, pods=pods)
         first = await r.reconcile(KEY)
         assert first is not None and first.status.phase == "Running" and first.status.progress is None
         jobs[KEY] = [record(first.status.to_wire())]

@@ -18,9 +18,8 @@ from finetune_operator import metrics
 from finetune_operator.api import Progress
 from finetune_operator.kube import KubeError
 from finetune_operator.reconcile import Indexes, Reconciler, ftj_record
-from finetune_operator.resolve import OperatorConfig
 
-from tests.operator.helpers import UID, VALIDATED, job, minimal_spec, pod
+from tests.operator.helpers import CONFIG, RUNTIMES, UID, VALIDATED, job, minimal_spec, pod
 
 KEY = ("ns", "job")
 
@@ -91,8 +90,8 @@ def record(status: dict[str, Any] | None = None, uid: str = UID) -> dict[str, An
 
 
 def reconciler(kube: RecordingKube, jobs: dict[Any, Any], pods: dict[Any, Any], concurrency: int = 32) -> Reconciler:
-    r = Reconciler(kube, OperatorConfig(), concurrency=concurrency)  # type: ignore[arg-type]
-    r.indexes = Indexes(jobs=jobs, runtimes={}, children={}, pods=pods)
+    r = Reconciler(kube, CONFIG, concurrency=concurrency)  # type: ignore[arg-type]
+    r.indexes = Indexes(jobs=jobs, runtimes=RUNTIMES, children={}, pods=pods)
     return r
 
 
@@ -121,7 +120,7 @@ def test_echo_of_its_own_status_write_computes_no_plan() -> None:
         first = await r.reconcile(KEY)
         await settle()
         assert first is not None and first.status.phase == "Validating"
-        assert [c for c in kube.calls if c[0] != "event"] == [("apply", "ConfigMap"), ("apply", "Pod"), ("status", "Validating")]
+        assert [c for c in kube.calls if c[0] != "event"] == [("apply", "ConfigMap"), ("apply", "Service"), ("apply", "Pod"), ("status", "Validating")]
         # The watch brings back the status just written: same inputs, no plan, no calls.
         jobs[KEY] = [record(first.status.to_wire())]
         kube.calls.clear()
@@ -150,8 +149,8 @@ def test_a_changed_child_is_reconciled() -> None:
         plan = await r.reconcile(KEY)
         await settle()
         assert plan is not None and plan.status.phase == "Initializing"
-        # The ConfigMap is unchanged since the validation step: only the Service and Job are sent.
-        assert [c for c in kube.calls if c[0] == "apply"] == [("apply", "Service"), ("apply", "Job")]
+        # The ConfigMap and Service are unchanged since the validation step: only the Job is sent.
+        assert [c for c in kube.calls if c[0] == "apply"] == [("apply", "Job")]
 
     asyncio.run(go())
 
@@ -218,7 +217,7 @@ def test_events_for_a_queued_job_are_coalesced() -> None:
             for w in workers:
                 w.cancel()
         # One reconcile for the five events.
-        assert [c for c in kube.calls if c[0] != "event"] == [("apply", "ConfigMap"), ("apply", "Pod"), ("status", "Validating")]
+        assert [c for c in kube.calls if c[0] != "event"] == [("apply", "ConfigMap"), ("apply", "Service"), ("apply", "Pod"), ("status", "Validating")]
 
     asyncio.run(go())
 
@@ -277,7 +276,7 @@ def test_progress_reports_go_through_the_queue() -> None:
         jobs: dict[Any, Any] = {KEY: [record(running)]}
         pods: dict[Any, Any] = {KEY: [pod("job-0", index=0), pod("job-1", index=1)]}
         r = reconciler(kube, jobs, pods)
-        r.indexes = Indexes(jobs=jobs, runtimes={}, children={KEY: [job()]}, pods=pods)
+        r.indexes = Indexes(jobs=jobs, runtimes=RUNTIMES, children={KEY: [job()]}, pods=pods)
         first = await r.reconcile(KEY)
         assert first is not None and first.status.phase == "Running"
         jobs[KEY] = [record(first.status.to_wire())]

@@ -65,6 +65,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "finetune-operator.env" -}}
 - name: FINETUNE_OPERATOR_TRAINER_IMAGE
   value: {{ .Values.trainerImage | quote }}
+{{- with .Values.defaultRuntime }}
+- name: FINETUNE_OPERATOR_DEFAULT_RUNTIME
+  value: {{ . | quote }}
+{{- end }}
 - name: FINETUNE_OPERATOR_LOG_LEVEL
   value: {{ .Values.logLevel | quote }}
 - name: POD_NAMESPACE

@@ -5,11 +5,11 @@ statement of the API calls it makes), split into cluster-scoped and namespaced r
 differ in any (apiGroup, resource, verb).
 */}}
 
-{{/* Cluster-scoped: presets, and what kopf needs to discover resources. */}}
+{{/* Cluster-scoped: presets (patch: the finetune.dev/in-use finalizer), and what kopf needs to discover resources. */}}
 {{- define "finetune-operator.clusterRules" -}}
 - apiGroups: [finetune.dev]
   resources: [clusterfinetuneruntimes]
-  verbs: [get, list, watch]
+  verbs: [get, list, watch, patch]
 # kopf: resource discovery.
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
