@@ -58,7 +58,7 @@ __all__ = [
 KUBE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 LABEL_VALUE_PATTERN = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
 IMAGE_PATTERN = r"^[a-z0-9]([a-z0-9._\-/:]*[a-z0-9])?(:[\w][\w.\-]{0,127})?(@sha256:[a-f0-9]{64})?$"
-QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+QUANTITY_PATTERN = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 REASON_PATTERN = r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
 
 
@@ -74,8 +74,14 @@ def cel(rule: str, message: str, field_path: str | None = None, reason: str | No
 
 def _check_quantity(v: str | int) -> str | int:
     if isinstance(v, str) and not re.fullmatch(QUANTITY_PATTERN, v):
-        raise ValueError(f"{v!r} is not a Kubernetes quantity (e.g. 16, 500m, 200Gi)")
+        raise ValueError(f"{v!r} is not a non-negative Kubernetes quantity (e.g. 16, 500m, 200Gi)")
+    if isinstance(v, int) and v < 0:
+        raise ValueError(_QUANTITY_RULE["message"])
     return v
+
+
+#: The schema pattern covers strings only; an integer quantity is checked by this rule.
+_QUANTITY_RULE = cel("!string(self).startsWith('-')", "must not be negative", None, "FieldValueInvalid")
 
 
 #: A Kubernetes resource quantity: an integer or a string such as "500m" or "200Gi".
@@ -87,6 +93,7 @@ Quantity = Annotated[
             "x-kubernetes-int-or-string": True,
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "pattern": QUANTITY_PATTERN,
+            "x-kubernetes-validations": [_QUANTITY_RULE],
         }
     ),
 ]

@@ -69,6 +69,10 @@ REASON_RUNTIME_NOT_FOUND = "RuntimeNotFound"
 REASON_RUNTIME_REQUIRED = "RuntimeRequired"
 #: A child's name is held by an object that is not this operator's: never overwritten, reported.
 REASON_CHILD_NAME_TAKEN = "ChildNameTaken"
+#: The API server refused a child (400/403/404/422: quota, Pod Security, missing ServiceAccount).
+REASON_CHILD_REJECTED = "ChildRejected"
+#: The Job controller cannot create the trainer pods (its FailedCreate events say why).
+REASON_FAILED_CREATE = "FailedCreate"
 REASON_INVALID_SPEC = "InvalidSpec"
 REASON_METHOD_NOT_ALLOWED = "MethodNotAllowed"
 REASON_RUNTIME_LIMIT_EXCEEDED = "RuntimeLimitExceeded"

@@ -180,6 +180,13 @@ def finetunejob_crd() -> dict[str, Any]:
             None,
             "FieldValueInvalid",
         ),
+        cel(
+            "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+            "metadata.name must start with a letter and hold only lowercase letters, digits and '-' "
+            "(a DNS-1035 label: it names the <name>-workers Service)",
+            None,
+            "FieldValueInvalid",
+        ),
         *_immutability_rules(list(spec["properties"])),
     ]
     columns: list[dict[str, Any]] = [

@@ -51,6 +51,7 @@ class KubeError(RuntimeError):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
+        self.message = message
 
 
 class NotLeader(KubeError):
@@ -273,6 +274,20 @@ class Kube:
             return None
         self._check(status, data, f"patch status of {ct.KIND_JOB} {namespace}/{name}")
         return True
+
+    async def failed_create(self, namespace: str, uid: str) -> str | None:
+        """The newest FailedCreate event's message for the object with this UID (the Job
+        controller's word for pods it cannot create: a quota, Pod Security, a missing
+        ServiceAccount or PriorityClass); None when there is none."""
+        path = _EVENTS_PATH.format(ns=namespace)
+        selector = f"involvedObject.uid={uid},reason=FailedCreate"
+        status, data = await self._run("GET", path, query=[("fieldSelector", selector), ("limit", "50")], read=True)
+        self._check(status, data, f"list FailedCreate events in {namespace}")
+        items = data.get("items") if isinstance(data, dict) else None
+        if not items:
+            return None
+        newest = max(items, key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or (e.get("metadata") or {}).get("creationTimestamp") or ""))
+        return str(newest.get("message") or "") or None
 
     async def set_runtime_finalizers(self, name: str, finalizers: list[str], resource_version: str) -> bool:
         """Replace a ClusterFineTuneRuntime's finalizers, only on the version observed; False when

@@ -56,6 +56,11 @@ class Observed:
     taken: tuple[str, ...] = ()
     #: metadata.generation of the runtime (recorded with the copy a starting job takes).
     runtime_generation: int | None = None
+    #: The child the API server refused on the last try ("Kind name: message"), if any.
+    rejected: str | None = None
+    #: The Job controller's newest FailedCreate message while the Job has no pods (quota, Pod
+    #: Security, a missing ServiceAccount or PriorityClass).
+    job_create_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,28 @@ class _Next:
 
 
 def decide(obs: Observed) -> Plan:
+    plan = _decide(obs)
+    if obs.rejected and plan.status.phase not in c.TERMINAL_PHASES and (plan.apply or plan.delete):
+        _report_rejection(obs, plan)
+    return plan
+
+
+def _report_rejection(obs: Observed, plan: Plan) -> None:
+    """The API server refused a child this plan sends again (a quota, Pod Security, a missing
+    ServiceAccount or PriorityClass): the job says which and why (condition + one Warning), and
+    the executor tries again with backoff; once it goes in the plain status comes back."""
+    status = plan.status
+    type_ = c.COND_VALIDATED if status.phase == c.PHASE_VALIDATING else c.COND_RUNNING
+    message = clip(f"{status.message or status.phase}; the API server refused {obs.rejected}")
+    before = obs.status.condition(type_)
+    since = before.last_transition_time if before is not None and before.status == "False" else format_time(obs.now)
+    cond = Condition(type=type_, status="False", reason=c.REASON_CHILD_REJECTED, message=message, last_transition_time=since, observed_generation=obs.meta.generation)  # type: ignore[arg-type]
+    plan.status = status.model_copy(update={"message": message, "conditions": [cond if x.type == type_ else x for x in status.conditions] + ([] if status.condition(type_) else [cond])})
+    if before is None or before.reason != c.REASON_CHILD_REJECTED or before.message != message:
+        plan.events.append(Event("Warning", c.REASON_CHILD_REJECTED, message))
+
+
+def _decide(obs: Observed) -> Plan:
     nxt = _Next(obs)
     prev = obs.status
     if prev.phase in c.TERMINAL_PHASES:
@@ -417,12 +444,30 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
             plan = _plan(obs, nxt, apply=apply)
             _warn_on_new_reason(obs, plan, c.COND_RUNNING, reason, message)
             return _with_suspend(plan, suspend_job)
+        if not pods:
+            if obs.job_create_error:
+                message = clip(f"{_workers_message(attempt, ready, r.nodes)}; the Job cannot create its pods: {obs.job_create_error}")
+                nxt.set(phase=c.PHASE_INITIALIZING, message=message)
+                nxt.condition(c.COND_RUNNING, False, c.REASON_FAILED_CREATE, message)
+                plan = _plan(obs, nxt, apply=apply)
+                _warn_on_new_reason(obs, plan, c.COND_RUNNING, c.REASON_FAILED_CREATE, message)
+            else:
+                nxt.set(phase=c.PHASE_INITIALIZING, message=_workers_message(attempt, ready, r.nodes))
+                nxt.condition(c.COND_RUNNING, False, c.REASON_WORKERS_STARTING, f"{ready}/{r.nodes} workers running")
+                plan = _plan(obs, nxt, apply=apply)
+            # No pod event will come while the Job controller cannot create them: look again.
+            plan.requeue_after = FAILED_CREATE_RECHECK_SECONDS
+            return _with_suspend(plan, suspend_job)
         nxt.set(phase=c.PHASE_INITIALIZING, message=_workers_message(attempt, ready, r.nodes))
         nxt.condition(c.COND_RUNNING, False, c.REASON_WORKERS_STARTING, f"{ready}/{r.nodes} workers running")
     tokens = (nxt.data.get("progress") or {}).get("trained_tokens")
     if isinstance(tokens, int):
         nxt.set(trained_tokens=tokens)
     return _with_suspend(_plan(obs, nxt, apply=apply), suspend_job)
+
+
+#: A Job without pods is looked at again this often (its FailedCreate events are read then).
+FAILED_CREATE_RECHECK_SECONDS = 10.0
 
 
 def _warn_on_new_reason(obs: Observed, plan: Plan, type_: str, reason: str, message: str) -> None:

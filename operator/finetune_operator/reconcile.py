@@ -189,7 +189,11 @@ def _ours(metadata: Mapping[str, Any], job: str) -> bool:
     return bool(labels.get(ct.LABEL_MANAGED_BY) == ct.MANAGED_BY and labels.get(ct.LABEL_JOB_NAME) == job)
 
 
-_WORKLOADS = frozenset({"Job", "Pod"})  # children that use the ConfigMap and Service
+_WORKLOADS = frozenset({"Job", "Pod"})
+#: How often the Job controller's FailedCreate events are read for a Job that has no pods.
+FAILED_CREATE_SECONDS = 10.0
+#: API answers to a child's create/apply that retrying at once cannot change (reported on the job).
+REJECTED_STATUSES = frozenset({400, 403, 404, 422})  # children that use the ConfigMap and Service
 
 
 def _child_key(manifest: dict[str, Any]) -> tuple[str, str]:
@@ -248,6 +252,12 @@ class Reconciler:
         #: Per job: children whose names objects of someone else hold (kind, name), as the last
         #: create found them; looked at again (with backoff) until the name is free.
         self._taken: dict[Key, tuple[tuple[str, str], ...]] = {}
+        #: Per job: the child the API server last refused ("Kind name: message", a 400/403/404/
+        #: 422: a quota, Pod Security, a missing ServiceAccount): said on the job until it goes in.
+        self._rejected: dict[Key, str] = {}
+        #: Per job whose Job has no pods: (when the Job controller's FailedCreate events were last
+        #: read, the newest message). Read at most every FAILED_CREATE_SECONDS, only in that state.
+        self._failed_create: dict[Key, tuple[float, str | None]] = {}
         #: Unfinished jobs per runtime their status.runtime copy names (and the reverse): a
         #: runtime with users carries RUNTIME_FINALIZER. Built from the index once, then kept.
         self._users: dict[str, set[Key]] = {}
@@ -438,6 +448,8 @@ class Reconciler:
 
     def _drop_state(self, key: Key) -> None:
         self._taken.pop(key, None)
+        self._rejected.pop(key, None)
+        self._failed_create.pop(key, None)
         self._seen.pop(key, None)
         self._written.pop(key, None)
         self._inputs.pop(key, None)
@@ -496,7 +508,8 @@ class Reconciler:
         if key in self._taken:
             await self._recheck_taken(key)
         taken = tuple(f"{kind} {child}" for kind, child in self._taken.get(key, ()))
-        inputs = (meta, rec["spec"], self._last_status(key, rec), raw, found, job, pods, leftovers, taken)
+        create_error = await self._job_create_error(key, job, pods)
+        inputs = (meta, rec["spec"], self._last_status(key, rec), raw, found, job, pods, leftovers, taken, self._rejected.get(key), create_error)
         if progress is None and not force and self._inputs.get(key) == inputs:
             metrics.UNCHANGED.inc()
             return None
@@ -527,6 +540,8 @@ class Reconciler:
             progress=progress,
             leftovers=leftovers,
             taken=taken,
+            rejected=self._rejected.get(key),
+            job_create_error=create_error,
         )
         t0 = time.perf_counter()
         plan = decide(observed)
@@ -552,6 +567,30 @@ class Reconciler:
             ns, name, plan.status.phase, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000, len(plan.apply), len(plan.delete),
         )
         return plan
+
+    async def _job_create_error(self, key: Key, job: JobView | None, pods: tuple[PodView, ...]) -> str | None:
+        """Why the Job controller cannot create the current attempt's pods (its newest FailedCreate
+        event), read only while a running Job has none, at most every FAILED_CREATE_SECONDS."""
+        waiting = (
+            job is not None
+            and not (job.suspended or job.deleting or job.complete or job.failed)
+            and job.active == 0
+            and not any(p.component == ct.COMPONENT_TRAINER and p.attempt == job.attempt for p in pods)
+        )
+        if not waiting or job is None or not job.uid:
+            self._failed_create.pop(key, None)
+            return None
+        now = time.monotonic()
+        checked = self._failed_create.get(key)
+        if checked is not None and now - checked[0] < FAILED_CREATE_SECONDS:
+            return checked[1]
+        try:
+            message = await self.kube.failed_create(key[0], job.uid)
+        except KubeError as err:
+            log.warning("could not read the events of Job %s/%s: %s", key[0], job.name, err)
+            message = checked[1] if checked else None
+        self._failed_create[key] = (now, message)
+        return message
 
     def _known_children(self, key: Key) -> set[tuple[str, str]]:
         """Children that exist with the operator's labels for this job, as the watches show them."""
@@ -626,16 +665,27 @@ class Reconciler:
 
         known = self._known_children(key)
 
+        rejected: list[str] = []
+
         async def send(manifest: dict[str, Any]) -> bool:
-            if _child_key(manifest) not in applied and _child_key(manifest) not in known:
-                # Not sent by this process yet: create it, or find out whose the name is.
-                holder = await self.kube.create(manifest)
-                if holder is None:
-                    return True
-                if holder and not _ours(holder, meta.name):
-                    taken.append(_child_key(manifest))
-                    return False
-            return await self.kube.apply(manifest)
+            try:
+                if _child_key(manifest) not in applied and _child_key(manifest) not in known:
+                    # Not sent by this process yet: create it, or find out whose the name is.
+                    holder = await self.kube.create(manifest)
+                    if holder is None:
+                        return True
+                    if holder and not _ours(holder, meta.name):
+                        taken.append(_child_key(manifest))
+                        return False
+                return await self.kube.apply(manifest)
+            except KubeError as err:
+                if err.status not in REJECTED_STATUSES:
+                    raise
+                # Refused for a reason only a change elsewhere fixes (a quota, Pod Security, a
+                # missing ServiceAccount or PriorityClass): said on the job, tried again with backoff.
+                kind, name = _child_key(manifest)
+                rejected.append(f"{kind} {name}: {err.message}")
+                return False
 
         # Workloads (the training Job, the validator pod) go out only once the ConfigMap and
         # Service they use are known to be ours: never a pod that mounts someone else's ConfigMap.
@@ -659,6 +709,13 @@ class Reconciler:
             else:
                 self._taken.pop(key, None)
             self._incomplete.add(key)
+        before_rejected = self._rejected.get(key)
+        if rejected:
+            self._rejected[key] = rejected[0]
+        elif todo:
+            self._rejected.pop(key, None)  # everything this plan sent went in
+        if self._rejected.get(key) != before_rejected:
+            self._incomplete.add(key)  # decide again, so the status says so (or stops saying it)
         complete = all(done)
         if plan.suspend_job is not None:
             # Never cached: whoever else set the field since, the observed Job says it differs.

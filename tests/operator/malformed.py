@@ -61,4 +61,8 @@ CASES = [
     Case("image-invalid", _with("image", "Not An Image"), "spec.image"),
     Case("unknown-field", _with("epochs", 3), "spec.epochs"),
     Case("name-too-long", minimal_spec(), "metadata.name", None, name="n" * 49),
+    Case("name-starts-with-a-digit", minimal_spec(), "metadata.name", None, name="1job"),
+    Case("name-with-a-dot", minimal_spec(), "metadata.name", None, name="my.job"),
+    Case("cpu-negative-integer", _with("resources.cpu", -1), "spec.resources.cpu", "must not be negative"),
+    Case("memory-negative-string", _with("resources.memory", "-1Gi"), "spec.resources.memory", "non-negative"),
 ]

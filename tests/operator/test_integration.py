@@ -440,6 +440,49 @@ def test_workers_no_node_fits_are_reported_with_the_schedulers_reason(kube: Kube
     assert len(events) == 1 and events[0].type == "Warning" and events[0].count == 1, [(e.reason, e.count) for e in events]
 
 
+def test_a_pod_refused_by_a_quota_is_reported_and_goes_in_once_the_quota_allows(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    """The namespace's ResourceQuota has no room for the validation pod: the API server's 403 is
+    said on the job (ChildRejected, naming the pod and the quota), and once the quota is raised
+    the pod is created without anyone touching the job."""
+    ns = kube_namespace
+    quota = {"metadata": {"name": "compute"}, "spec": {"hard": {"requests.memory": "1Gi"}}}
+    kube.core.create_namespaced_resource_quota(ns, quota)
+    kube.wait(lambda: (kube.core.read_namespaced_resource_quota("compute", ns).status.hard or {}).get("requests.memory"), "the quota to be counted", 30)
+    kube.create_ftj(ns, "squeezed", small())
+
+    def refused() -> dict[str, Any] | None:
+        validated = kube.condition(ns, "squeezed", "Validated") or {}
+        return validated if validated.get("reason") == c.REASON_CHILD_REJECTED else None
+
+    validated = kube.wait(refused, "the refusal on the job", 60, lambda: kube.status(ns, "squeezed"))
+    assert "the API server refused Pod squeezed-validate" in validated["message"] and "exceeded quota: compute" in validated["message"], validated
+    events = [e for e in kube.core.list_namespaced_event(ns, field_selector="involvedObject.name=squeezed").items if e.reason == c.REASON_CHILD_REJECTED]
+    assert events and events[0].type == "Warning"
+    kube.core.patch_namespaced_resource_quota("compute", ns, {"spec": {"hard": {"requests.memory": "64Gi"}}})
+    kube.pass_validation(ns, "squeezed", 120)  # created by a retry (backoff, at most 60 s apart)
+    kube.wait(lambda: (kube.condition(ns, "squeezed", "Validated") or {}).get("reason") != c.REASON_CHILD_REJECTED, "the refusal to go from the job", 60)
+
+
+def test_trainer_pods_the_job_controller_cannot_create_are_reported(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    """The quota has room for the validation pod (2Gi) but not for a trainer pod (4Gi): the real
+    Job controller records FailedCreate, and the job says so with its message."""
+    ns = kube_namespace
+    kube.core.create_namespaced_resource_quota(ns, {"metadata": {"name": "compute"}, "spec": {"hard": {"requests.memory": "3Gi"}}})
+    kube.wait(lambda: (kube.core.read_namespaced_resource_quota("compute", ns).status.hard or {}).get("requests.memory"), "the quota to be counted", 30)
+    kube.create_ftj(ns, "overquota", small(resources={"nodes": 2, "gpusPerNode": 1, "cpu": "1", "memory": "4Gi"}))
+    kube.pass_validation(ns, "overquota")
+
+    def reported() -> dict[str, Any] | None:
+        running = kube.condition(ns, "overquota", "Running") or {}
+        return running if running.get("reason") == c.REASON_FAILED_CREATE else None
+
+    running = kube.wait(reported, "FailedCreate on the job", 60, lambda: kube.status(ns, "overquota"))
+    assert "the Job cannot create its pods" in running["message"] and "exceeded quota: compute" in running["message"], running["message"]
+    events = kube.core.list_namespaced_event(ns, field_selector="involvedObject.name=overquota").items
+    ours = [e for e in events if e.reason == c.REASON_FAILED_CREATE and e.involved_object.kind == ct.KIND_JOB]
+    assert len(ours) == 1 and ours[0].type == "Warning" and "exceeded quota" in ours[0].message, [(e.involved_object.kind, e.reason) for e in events]
+
+
 def runtime_meta(kube: Kube, name: str) -> dict[str, Any] | None:
     try:
         body = kube.custom.get_cluster_custom_object(ct.GROUP, ct.VERSION, ct.PLURAL_RUNTIME, name)

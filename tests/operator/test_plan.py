@@ -124,6 +124,20 @@ def test_a_worker_that_cannot_start_is_named_with_its_cause_and_warned_once() ->
     assert cond(fixed, "Running").reason == c.REASON_WORKERS_STARTING and fixed.status.message == "attempt 0: 1/2 workers running"
 
 
+def test_a_job_that_cannot_create_its_pods_says_why_and_is_looked_at_again() -> None:
+    refusal = 'Error creating: pods "job-0-x" is forbidden: error looking up service account ns/trainer: serviceaccount "trainer" not found'
+    plan = decide(observed(status=RUNNING_STATUS, job_view=job(active=0, ready=0), job_create_error=refusal))
+    assert plan.status.phase == "Initializing" and plan.status.message == f"attempt 0: 0/2 workers running; the Job cannot create its pods: {refusal}"
+    assert cond(plan, "Running").reason == c.REASON_FAILED_CREATE
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", c.REASON_FAILED_CREATE)]
+    assert plan.requeue_after is not None and plan.requeue_after <= 10
+    again = decide(observed(status=plan.status.to_wire(), job_view=job(active=0, ready=0), job_create_error=refusal))
+    assert again.events == [] and again.status == plan.status
+    # no refusal (yet): the plain count, still looked at again since no pod event will say more
+    plain = decide(observed(status=RUNNING_STATUS, job_view=job(active=0, ready=0)))
+    assert cond(plain, "Running").reason == c.REASON_WORKERS_STARTING and plain.requeue_after is not None
+
+
 def test_a_validation_pod_that_cannot_start_says_why() -> None:
     missing = 'CreateContainerConfigError: secret "s3-creds" not found'
     v = pod("job-validate", component="validator", index=None, phase="Pending", ready=False, blocked=missing)

@@ -39,6 +39,8 @@ class RecordingKube:
         self.deleted: list[Any] = []
         #: What patch_status returns (None: the resourceVersion was stale) or raises.
         self.status_result: bool | Exception | None = True
+        #: kind -> the KubeError its create gets (the API server refusing it)
+        self.refused: dict[str, Exception] = {}
 
     async def apply(self, manifest: dict[str, Any]) -> bool:
         self.in_flight += 1
@@ -58,10 +60,16 @@ class RecordingKube:
     async def create(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
         """As if the object existed already, made by the operator: the executor goes on to apply
         (what these tests record). `foreign` names kinds whose name someone else holds."""
+        if manifest["kind"] in self.refused:
+            self.calls.append(("refused", manifest["kind"]))
+            raise self.refused[manifest["kind"]]
         if manifest["kind"] in self.foreign:
             self.calls.append(("taken", manifest["kind"]))
             return {"labels": {}}
         return {"labels": manifest["metadata"].get("labels") or {}}
+
+    async def failed_create(self, namespace: str, uid: str) -> str | None:
+        return None
 
     async def metadata(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         return {"labels": {}} if kind in self.foreign else None
@@ -457,6 +465,49 @@ def test_a_childs_name_held_by_someone_else_is_reported_never_overwritten() -> N
         jobs[KEY] = [record(plan.status.to_wire())]
         await r.reconcile(KEY, force=True)
         assert ("apply", "Pod") in kube.calls
+        for handle in r._retry.values():
+            handle.cancel()
+
+    asyncio.run(go())
+
+
+def test_a_child_the_api_server_refuses_is_reported_and_tried_again_with_backoff() -> None:
+    """A quota (403) refuses the validation pod: the job says which child and why (condition
+    ChildRejected + one Warning event), the create is retried with backoff, not every second, and
+    once it goes in the plain status comes back."""
+
+    async def go() -> None:
+        kube = RecordingKube()
+        refusal = 'pods "job-validate" is forbidden: exceeded quota: compute, requested: requests.memory=2Gi, used: requests.memory=7Gi, limited: requests.memory=8Gi'
+        kube.refused = {"Pod": KubeError(403, refusal)}
+        jobs: dict[Any, Any] = {KEY: [record()]}
+        r = reconciler(kube, jobs, {})
+        await r.reconcile(KEY)
+        assert ("refused", "Pod") in kube.calls and ("apply", "Pod") not in kube.calls
+        assert KEY in r._retry, "a refused child is tried again (with backoff)"
+        first_delay = r._failures.get(KEY)
+        plan = await r.reconcile(KEY, force=True)
+        assert plan is not None and plan.status.phase == "Validating"
+        validated = plan.status.condition("Validated")
+        assert validated is not None and validated.reason == c.REASON_CHILD_REJECTED
+        assert plan.status.message == f"validation pod job-validate created; the API server refused Pod job-validate: {refusal}"
+        await until(lambda: ("event", c.REASON_CHILD_REJECTED) in kube.calls)
+        assert (r._failures.get(KEY) or 0) > (first_delay or 0), "each refusal backs off further"
+        # the same refusal again: no second event, no status write
+        jobs[KEY] = [record(plan.status.to_wire())]
+        kube.calls.clear()
+        again = await r.reconcile(KEY, force=True)
+        await settle()
+        assert again is not None and again.status == plan.status
+        assert [call for call in kube.calls if call[0] in ("event", "status")] == [], kube.calls
+        # the quota is raised: the pod goes in, the plain status is back
+        kube.refused = {}
+        kube.calls.clear()
+        await r.reconcile(KEY, force=True)
+        assert ("apply", "Pod") in kube.calls
+        fixed = await r.reconcile(KEY, force=True)
+        assert fixed is not None and fixed.status.condition("Validated").reason == c.REASON_VALIDATION_RUNNING  # type: ignore[union-attr]
+        assert "refused" not in (fixed.status.message or "")
         for handle in r._retry.values():
             handle.cancel()
 

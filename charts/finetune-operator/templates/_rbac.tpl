@@ -49,7 +49,9 @@ differ in any (apiGroup, resource, verb).
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch, create, patch, delete]
+# Events: the operator's own (create), and the Job controller's FailedCreate for a Job whose
+# pods do not appear (list), said on the FineTuneJob.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 {{- end -}}
