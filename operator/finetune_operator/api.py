@@ -258,6 +258,9 @@ class ClusterFineTuneRuntimeSpec(_Model):
     )
     priority_class_name: KubeName | None = None
     service_account_name: KubeName | None = Field(default=None, description="ServiceAccount of the trainer pods")
+    image_pull_secrets: Annotated[list[SecretRef], Field(max_length=16)] | None = Field(
+        default=None, description="Secrets (in the job's namespace) for pulling the trainer image; set on the trainer and validation pods"
+    )
 
     @model_validator(mode="after")
     def _limits(self) -> ClusterFineTuneRuntimeSpec:

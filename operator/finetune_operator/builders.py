@@ -321,6 +321,8 @@ def pod_template(r: Resolved, attempt: int) -> Manifest:
         spec["priorityClassName"] = r.priority_class_name
     if r.service_account_name:
         spec["serviceAccountName"] = r.service_account_name
+    if r.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": name} for name in r.image_pull_secrets]
     return {
         "metadata": {
             "labels": {**labels(meta, ct.COMPONENT_TRAINER), ct.LABEL_ATTEMPT: str(attempt)},
@@ -411,6 +413,11 @@ def build_validator(r: Resolved) -> Manifest:
             ],
             "volumes": _volumes(r, shm=False),
             **({"serviceAccountName": r.service_account_name} if r.service_account_name else {}),
+            **({"imagePullSecrets": [{"name": name} for name in r.image_pull_secrets]} if r.image_pull_secrets else {}),
+            # The runtime's tolerations (they only permit): on a cluster whose nodes are all
+            # tainted the validation pod could otherwise never schedule. No node selector: it
+            # needs no GPU, so it may run anywhere the taints allow.
+            **({"tolerations": [t.model_dump(by_alias=True, exclude_none=True) for t in r.tolerations]} if r.tolerations else {}),
         },
     }
 

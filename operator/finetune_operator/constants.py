@@ -73,6 +73,8 @@ REASON_CHILD_NAME_TAKEN = "ChildNameTaken"
 REASON_CHILD_REJECTED = "ChildRejected"
 #: The Job controller cannot create the trainer pods (its FailedCreate events say why).
 REASON_FAILED_CREATE = "FailedCreate"
+#: A worker was OOMKilled (over its memory limit): failed at once, the same memory fails again.
+REASON_OUT_OF_MEMORY = "OutOfMemory"
 REASON_INVALID_SPEC = "InvalidSpec"
 REASON_METHOD_NOT_ALLOWED = "MethodNotAllowed"
 REASON_RUNTIME_LIMIT_EXCEEDED = "RuntimeLimitExceeded"
@@ -113,6 +115,7 @@ FAILURE_REASONS = (
     REASON_CONFIG_ERROR,
     REASON_DATA_ERROR,
     REASON_RESTART_LIMIT_EXCEEDED,
+    REASON_OUT_OF_MEMORY,
     REASON_JOB_FAILED,
     "Unknown",
 )

@@ -345,7 +345,23 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
     _suspension(nxt, spec, suspended=False)
 
     pods = [p for p in obs.pods if p.attempt == attempt and p.component == ct.COMPONENT_TRAINER]
-    failed = [p for p in pods if p.phase == "Failed" and not p.disrupted and p.exit_code != ct.EXIT_PREEMPTED]
+    # The root cause is the earliest failure: when one rank dies its peers fail after it with a
+    # collective error (gloo "Connection closed by peer", an NCCL timeout) that only echoes it.
+    failed = sorted(
+        (p for p in pods if p.phase == "Failed" and not p.disrupted and p.exit_code != ct.EXIT_PREEMPTED),
+        key=lambda p: (p.finish_time or "~", p.index if p.index is not None else 1 << 30, p.name),
+    )
+    if failed and failed[0].oom:
+        # The same memory gives the same result: not retried, and said as what it is.
+        p = failed[0]
+        limit = f", limit {p.memory_limit}" if p.memory_limit else ""
+        return _fail(
+            obs,
+            nxt,
+            c.REASON_OUT_OF_MEMORY,
+            f"{_who(p)} was killed for using more memory than it may (OOMKilled{limit}); not retried with the same memory: "
+            "raise spec.resources.memory, or lower hyperparameters.batchSize or maxSeqLength (gradientCheckpointing also helps)",
+        )
     fatal = [p for p in failed if p.exit_code in ct.NON_RETRYABLE_EXIT_CODES]
     if fatal:
         p = fatal[0]

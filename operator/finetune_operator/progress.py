@@ -84,11 +84,19 @@ def progress_url(pod_ip: str, port: int = ct.METRICS_PORT) -> str:
     return f"http://{host}:{port}{ct.HTTP_PROGRESS_PATH}"
 
 
+#: The most of a /progress answer that is read: the pod may run a user's image, and the operator
+#: must not hold whatever it sends (the trainer's answer is well under 1 KiB).
+MAX_PROGRESS_BYTES = 64 * 1024
+
+
 async def fetch_progress(session: aiohttp.ClientSession, url: str) -> Progress | None:
     try:
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=TIMEOUT_SECONDS)) as resp:
             if resp.status != 200:
                 return None
-            return parse_progress(json.loads(await resp.text()))
+            body = await resp.content.read(MAX_PROGRESS_BYTES + 1)
+            if len(body) > MAX_PROGRESS_BYTES:
+                return None  # not the trainer's answer
+            return parse_progress(json.loads(body))
     except (aiohttp.ClientError, TimeoutError, ValueError, OSError):
         return None

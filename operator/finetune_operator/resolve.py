@@ -57,6 +57,8 @@ class Resolved:
     service_account_name: str | None
     image_pull_policy: str
     trainer_config: TrainerConfig
+    #: imagePullSecrets of the trainer and validation pods (the runtime's).
+    image_pull_secrets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,7 @@ def resolve(
         tolerations=tuple(rt.tolerations or ()),
         priority_class_name=rt.priority_class_name,
         service_account_name=rt.service_account_name,
+        image_pull_secrets=tuple(s.name for s in rt.image_pull_secrets or ()),
         image_pull_policy=config.image_pull_policy,
         trainer_config=trainer_config,
     )

@@ -40,6 +40,10 @@ class PodView:
     #: Why the pod cannot start, as "Reason: message" (an image that cannot be pulled, a missing
     #: Secret or ConfigMap key, no node that fits); None while nothing is in its way.
     blocked: str | None = None
+    #: The main container was killed for exceeding its memory limit (terminated reason OOMKilled).
+    oom: bool = False
+    #: The main container's memory limit as written in the pod ("8Gi"), for the OOM message.
+    memory_limit: str | None = None
 
 
 #: Container waiting reasons that do not clear by themselves (the kubelet retries, with backoff,
@@ -108,6 +112,7 @@ def pod_view(body: dict[str, Any]) -> PodView:
     exit_code = None
     message = None
     finish = None
+    oom = False
     main = (labels.get(ct.LABEL_COMPONENT) == ct.COMPONENT_VALIDATOR and c.VALIDATOR_CONTAINER) or c.TRAINER_CONTAINER
     for cs in status.get("containerStatuses") or []:
         if cs.get("name") != main:
@@ -117,6 +122,9 @@ def pod_view(body: dict[str, Any]) -> PodView:
             exit_code = _int(term.get("exitCode"))
             message = term.get("message") or None
             finish = term.get("finishedAt")
+            oom = term.get("reason") == "OOMKilled"
+    container = next((x for x in (body.get("spec") or {}).get("containers") or [] if x.get("name") == main), {})
+    limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
     return PodView(
         name=meta.get("name", ""),
         job=labels.get(ct.LABEL_JOB_NAME, ""),
@@ -136,6 +144,8 @@ def pod_view(body: dict[str, Any]) -> PodView:
         uid=meta.get("uid", ""),
         job_uid=labels.get(ct.LABEL_JOB_UID, ""),
         blocked=_blocked(status),
+        oom=oom,
+        memory_limit=str(limit) if limit is not None else None,
     )
 
 

@@ -317,3 +317,16 @@ def test_pod_monitor_selects_the_trainer_pods_the_operator_builds() -> None:
         assert endpoint.get("path", "/metrics") == ct.HTTP_METRICS_PATH
         validator = builders.build_validator(r)
         assert not selector.items() <= validator["metadata"]["labels"].items(), "the validation pod serves no metrics"
+
+
+def test_the_rbac_table_in_docs_is_what_the_chart_grants() -> None:
+    """docs/chart.md's RBAC table lists exactly the (resource, verb) pairs the chart grants."""
+    documented: set[tuple[str, str]] = set()
+    for line in (REPO / "docs" / "chart.md").read_text().splitlines():
+        cells = [x.strip() for x in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0] in ("cluster", "release ns", "watched ns"):
+            resources = re.findall(r"`([^`]+)`", cells[1])
+            verbs = [v.strip() for v in cells[2].split(",")]
+            documented |= {(r, v) for r in resources for v in verbs}
+    granted = {(r, v) for _, r, v in _triples(_rules(render()))}
+    assert documented == granted, {"documented, not granted": documented - granted, "granted, not documented": granted - documented}

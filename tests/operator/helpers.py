@@ -84,6 +84,8 @@ def pod(
     pod_ip: str = "10.0.0.1",
     uid: str | None = None,
     blocked: str | None = None,
+    oom: bool = False,
+    memory_limit: str | None = None,
 ) -> PodView:
     return PodView(
         name=name,
@@ -103,6 +105,8 @@ def pod(
         pod_ip=pod_ip,
         uid=uid or "",
         blocked=blocked,
+        oom=oom,
+        memory_limit=memory_limit,
     )
 
 

@@ -180,6 +180,18 @@ def test_pod_view_names_what_keeps_a_pod_from_starting() -> None:
     assert len(view({"phase": "Pending", "conditions": [{**unfit, "message": "x" * 5000}]}) or "") <= 400
 
 
+def test_pod_view_knows_an_oom_kill_and_the_memory_limit() -> None:
+    body = {
+        "metadata": {"name": "p", "labels": {"finetune.dev/component": "trainer"}},
+        "spec": {"containers": [{"name": "trainer", "resources": {"limits": {"memory": "8Gi"}}}]},
+        "status": {"phase": "Failed", "containerStatuses": [{"name": "trainer", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}}]},
+    }
+    v = pod_view(body)
+    assert v.oom and v.memory_limit == "8Gi" and v.exit_code == 137
+    body["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] = "Error"
+    assert not pod_view(body).oom
+
+
 def documented_fields(section: str) -> tuple[set[str], dict[str, set[str]]]:
     """The field paths a docs/api.md table documents, from the first column of each row
     (`a.b`, `c` -> a.b and a.c; `x[]` -> x), and per row path the names its other cells

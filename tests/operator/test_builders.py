@@ -213,6 +213,21 @@ def test_runtime_defaults_placement_and_default_output() -> None:
 RUNTIME = {"image": "reg.example/trainer:1", "allowedMethods": ["lora"], "maxNodes": 2, "maxGpusPerNode": 4, "maxTotalGpus": 6}
 
 
+def test_runtime_pull_secrets_reach_both_pods_and_its_tolerations_the_validator() -> None:
+    """A private registry and all-tainted GPU nodes: the trainer and validation pods carry the
+    runtime's imagePullSecrets; the validation pod tolerates the runtime's taints (else it never
+    schedules) but has no node selector (it needs no GPU)."""
+    runtime = {**RUNTIME, "imagePullSecrets": [{"name": "regcred"}], "nodeSelector": {"gpu": "a100"},
+               "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}
+    r = resolved(minimal_spec(runtimeRef={"name": "rt"}, resources={"nodes": 1, "gpusPerNode": 1}), runtime)
+    assert isinstance(r, Resolved)
+    trainer = builders.build_job(r, 0, False)["spec"]["template"]["spec"]
+    validator = builders.build_validator(r)["spec"]
+    assert trainer["imagePullSecrets"] == validator["imagePullSecrets"] == [{"name": "regcred"}]
+    assert validator["tolerations"] == trainer["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert trainer["nodeSelector"] == {"gpu": "a100"} and "nodeSelector" not in validator
+
+
 @pytest.mark.parametrize(
     ("spec", "runtime", "reason", "needle"),
     [

@@ -124,6 +124,30 @@ def test_a_worker_that_cannot_start_is_named_with_its_cause_and_warned_once() ->
     assert cond(fixed, "Running").reason == c.REASON_WORKERS_STARTING and fixed.status.message == "attempt 0: 1/2 workers running"
 
 
+def test_the_earliest_failure_is_the_cause_not_a_peers_echo_of_it() -> None:
+    """Rank 0 fails first; rank 1 fails a second later with the collective error that follows:
+    the restart names rank 0's error, whatever order the pods are listed in."""
+    cause = trainer_failure("TrainingError", "loss is NaN at step 120", ct.EXIT_TRAINING_ERROR)
+    echo = trainer_failure("TrainingError", "gloo: Connection closed by peer [10.0.0.1]:29500", ct.EXIT_TRAINING_ERROR)
+    pods = (
+        pod("job-1", index=1, phase="Failed", ready=False, exit_code=ct.EXIT_TRAINING_ERROR, message=echo, finish=T0 + timedelta(seconds=61)),
+        pod("job-0", index=0, phase="Failed", ready=False, exit_code=ct.EXIT_TRAINING_ERROR, message=cause, finish=T0 + timedelta(seconds=60)),
+    )
+    plan = decide(observed(status=RUNNING_STATUS, job_view=job(failed=True), pods=pods))
+    assert plan.status.restarts == 1 and "worker 0 (pod job-0)" in (plan.status.message or "") and "loss is NaN" in (plan.status.message or "")
+    assert "Connection closed by peer" not in (plan.status.message or "")
+
+
+def test_an_oom_kill_fails_at_once_saying_so_with_the_limit() -> None:
+    pods = (pod("job-0", index=0), pod("job-1", index=1, phase="Failed", ready=False, exit_code=137, oom=True, memory_limit="8Gi", finish=T0 + timedelta(seconds=60)))
+    plan = decide(observed(status=RUNNING_STATUS, job_view=job(failed=True), pods=pods))
+    assert plan.status.phase == "Failed" and plan.status.restarts == 0 and not plan.apply
+    failed = cond(plan, "Failed")
+    assert failed.reason == c.REASON_OUT_OF_MEMORY and c.REASON_OUT_OF_MEMORY in c.FAILURE_REASONS
+    assert "worker 1 (pod job-1) was killed for using more memory than it may (OOMKilled, limit 8Gi)" in failed.message
+    assert "spec.resources.memory" in failed.message
+
+
 def test_a_job_that_cannot_create_its_pods_says_why_and_is_looked_at_again() -> None:
     refusal = 'Error creating: pods "job-0-x" is forbidden: error looking up service account ns/trainer: serviceaccount "trainer" not found'
     plan = decide(observed(status=RUNNING_STATUS, job_view=job(active=0, ready=0), job_create_error=refusal))

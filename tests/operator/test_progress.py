@@ -107,3 +107,42 @@ def test_a_status_body_with_nan_is_refused_before_it_is_sent() -> None:
     kube = Kube(credentials=lambda: (_ for _ in ()).throw(AssertionError("no request may be made")))
     with pytest.raises(KubeError, match="not valid JSON"):
         asyncio.run(kube._run("PATCH", "/apis/x/status", {"status": {"progress": {"loss": math.nan}}}))
+
+
+def test_an_endless_progress_answer_is_cut_off_not_held() -> None:
+    """A pod running someone's image answers /progress with an endless body: the operator reads
+    at most MAX_PROGRESS_BYTES of it and reports nothing."""
+    from aiohttp import web
+    from finetune_operator.progress import MAX_PROGRESS_BYTES
+
+    sent: list[int] = []
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        chunk = b" " * 65536
+        try:
+            for _ in range(1024):  # 64 MiB if read to the end
+                await resp.write(chunk)
+                sent.append(len(chunk))
+        except (ConnectionResetError, RuntimeError):
+            pass
+        return resp
+
+    async def go() -> object:
+        app = web.Application()
+        app.router.add_get("/progress", endless)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        try:
+            async with aiohttp.ClientSession() as session:
+                return await fetch_progress(session, f"http://127.0.0.1:{port}/progress")
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(go()) is None
+    assert MAX_PROGRESS_BYTES <= 64 * 1024
+    assert sum(sent) < 1024 * 65536, "the whole 64 MiB answer was read (the server got to write all of it)"

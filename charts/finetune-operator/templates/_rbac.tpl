@@ -36,6 +36,11 @@ differ in any (apiGroup, resource, verb).
 - apiGroups: [finetune.dev]
   resources: [finetunejobs/status]
   verbs: [get, patch]
+# Children carry a controller ownerReference with blockOwnerDeletion; clusters that enforce
+# OwnerReferencesPermissionEnforcement (OpenShift) require this to set it.
+- apiGroups: [finetune.dev]
+  resources: [finetunejobs/finalizers]
+  verbs: [update]
 # Children, server-side applied under the field manager finetune-operator. Jobs are watched; a
 # failed attempt's Job is deleted.
 - apiGroups: [batch]
