@@ -123,7 +123,7 @@ def pod_view(body: dict[str, Any]) -> PodView:
             message = term.get("message") or None
             finish = term.get("finishedAt")
             oom = term.get("reason") == "OOMKilled"
-    container = next((x for x in (body.get("spec") or {}).get("containers") or [] if x.get("name") == main), {})
+    container: dict[str, Any] = next((x for x in (body.get("spec") or {}).get("containers") or [] if x.get("name") == main), {})
     limit = ((container.get("resources") or {}).get("limits") or {}).get("memory")
     return PodView(
         name=meta.get("name", ""),
