@@ -113,3 +113,34 @@ def test_short_termination_message_is_written_whole(tmp_path: pathlib.Path) -> N
     summary = {"status": "Succeeded", "exitCode": 0, "steps": 3, "history": [{"step": 1}]}
     write_termination_message(summary, str(tmp_path / "t"))
     assert json.loads((tmp_path / "t").read_text()) == summary
+
+
+def test_validate_checks_the_output_can_be_written(s3: S3Server, tiny_llama: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """A typo in the output bucket, or credentials the server rejects, fail validation with exit 2
+    (final: no GPU is requested and nothing is retried); a writable output leaves no probe behind."""
+    data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(8))
+    bucket = s3.create_bucket()
+
+    def validate(output: str, **env_over: str) -> tuple[int, dict[str, object]]:
+        cfg = write_config(tmp_path / "v.json", {
+            "model": {"uri": str(tiny_llama)}, "dataset": {"uri": str(data), "format": "chat"},
+            "hyperparameters": {"maxSeqLength": 32}, "output": {"uri": output},
+        })
+        env = trainer_env({**s3.env(), **env_over, "FINETUNE_WORK_DIR": str(tmp_path / "w")})
+        proc = run_trainer(["validate", "--config", str(cfg)], env)
+        return proc.returncode, summary_of(proc)
+
+    rc, summary = validate(f"s3://{bucket}/runs/one/")
+    assert rc == 0 and summary["output"] == {"uri": f"s3://{bucket}/runs/one/", "writable": True}, summary
+    assert s3.client().list_objects_v2(Bucket=bucket).get("KeyCount") == 0, "the probe was left behind"
+
+    rc, summary = validate(f"s3://{bucket}-typo/runs/one/")
+    assert rc == contract.EXIT_CONFIG_ERROR and summary["reason"] == "OutputNotWritable", summary
+    assert summary["message"] == f"output.uri: cannot write s3://{bucket}-typo/runs/one/.write-probe: bucket does not exist"
+
+    rc, summary = validate(f"s3://{bucket}/runs/one/", AWS_SECRET_ACCESS_KEY="wrong" + s3.secret_key)
+    assert rc == contract.EXIT_CONFIG_ERROR and "the S3 credentials were rejected" in str(summary["message"]), summary
+    assert s3.secret_key not in str(summary)
+
+    rc, summary = validate(f"s3://{bucket}/runs/one/", AWS_ENDPOINT_URL="http://127.0.0.1:9")
+    assert rc == contract.EXIT_TRAINING_ERROR and "S3 endpoint unreachable" in str(summary["message"]), summary  # may pass on a retry

@@ -34,6 +34,14 @@ class StorageError(TrainerError):
     reason = "StorageError"
 
 
+class OutputError(TrainerError):
+    """The output location cannot be written for a reason a retry cannot fix (no such bucket,
+    access denied, credentials rejected or missing, a read-only path): final, not retried."""
+
+    exit_code = contract.EXIT_CONFIG_ERROR
+    reason = "OutputNotWritable"
+
+
 class Preempted(Exception):
     """SIGTERM arrived; a checkpoint was written (when possible) and the run stops."""
 

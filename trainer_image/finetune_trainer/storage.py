@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from . import contract
-from .errors import DataError, StorageError, TrainerError
+from .errors import DataError, OutputError, StorageError, TrainerError
 
 #: Multipart size: 64 MiB parts were ~6x faster than 8 MiB ones against S3-compatible servers.
 PART_SIZE = 64 * 1024 * 1024
@@ -108,6 +108,25 @@ def explain_s3_error(err: Exception, uri: str, action: str) -> str:
             return f"cannot {action} {uri}: object not found"
         return f"cannot {action} {uri}: {code} (HTTP {status})"
     return f"cannot {action} {uri}: {type(err).__name__}: {err}"
+
+
+#: S3 answers that say the output is misconfigured: the same request fails again whenever it is made.
+_MISCONFIGURED_CODES = frozenset({
+    "NoSuchBucket", "InvalidBucketName", "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId",
+    "SignatureDoesNotMatch", "InvalidClientTokenId", "AuthFailure", "AccountProblem", "403",
+})
+
+
+def _misconfigured(err: Exception) -> bool:
+    from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
+
+    if isinstance(err, NoCredentialsError | PartialCredentialsError):
+        return True
+    if isinstance(err, ClientError):
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code in _MISCONFIGURED_CODES or status == 403
+    return False
 
 
 def _is_boto_error(err: Exception) -> bool:
@@ -224,10 +243,31 @@ class Output:
         return StorageError(explain_s3_error(err, self.location.child(rel).uri, action))
 
     def check_writable(self) -> None:
-        """Fail early (before training) when the output cannot be written."""
+        """Fail early (validation, and before training) when the output cannot be written: a
+        misconfiguration (no such bucket, access denied, credentials rejected or missing, a path
+        that cannot be written) raises OutputError, final; anything else (an unreachable
+        endpoint, a 5xx) StorageError, which a retry may cure."""
         probe = ".write-probe"
-        self.write_bytes(probe, b"ok")
-        self.delete(probe)
+        uri = self.location.child(probe).uri
+        if self.location.scheme == "file":
+            try:
+                self.write_bytes(probe, b"ok")
+                self.delete(probe)
+            except OSError as err:
+                raise OutputError(f"output.uri: cannot write {uri}: {err.strerror or err}") from None
+            return
+        client = self._s3()
+        for action, call in (
+            ("write", lambda: client.put_object(Bucket=self.location.bucket, Key=self._key(probe), Body=b"ok")),
+            ("delete", lambda: client.delete_object(Bucket=self.location.bucket, Key=self._key(probe))),
+        ):
+            try:
+                call()
+            except Exception as err:
+                if not _is_boto_error(err):
+                    raise
+                text = "output.uri: " + explain_s3_error(err, uri, action)
+                raise (OutputError(text) if _misconfigured(err) else StorageError(text)) from None
 
     def upload_files(self, files: Iterable[tuple[pathlib.Path, str]]) -> None:
         """Upload (local file, relative path) pairs, concurrently on S3."""

@@ -4,7 +4,9 @@
 
 Loads the model config and tokenizer (weights are not downloaded from s3:// or hf://), fetches
 the dataset, parses every row for its format and reports row count, token statistics and rows
-longer than maxSeqLength as a JSON summary. Exit code 0 when usable, else a contract code.
+longer than maxSeqLength as a JSON summary; writes (and deletes) a probe object at the output
+location, so a typo in the output bucket fails here, before any GPU is requested. Exit code 0
+when usable, else a contract code (2 for an output that cannot be written).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .errors import DataError
 from .inputs import prepare
 from .recipes import load_inputs
 from .sources import fetch_dataset, fetch_model, work_dir
+from .storage import Output
 
 
 def run(cfg: TrainerConfig) -> dict[str, Any]:
@@ -34,6 +37,7 @@ def run(cfg: TrainerConfig) -> dict[str, Any]:
         prepared = prepare(cfg, files, model_dir, inputs, scratch)
         hp = cfg.hyperparameters
         train, val = split(prepared.examples, cfg.dataset.validation_split, hp.seed)
+    Output(cfg.output.uri, cfg.output.endpoint).check_writable()
     summary: dict[str, Any] = {
         "status": "Valid",
         "model": model_info,
@@ -45,6 +49,7 @@ def run(cfg: TrainerConfig) -> dict[str, Any]:
             "validationRows": len(val),
         },
         "maxSeqLength": hp.max_seq_length,
+        "output": {"uri": cfg.output.uri, "writable": True},
     }
     return summary
 
