@@ -308,7 +308,7 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
     job = obs.job
     nxt.started()
     if obs.progress is not None:
-        nxt.set(progress=_with_eta(obs.progress).model_dump())
+        nxt.set(progress=_merged_progress(prev.progress, obs.progress).model_dump())
 
     # A Job from an earlier attempt: wait until it is gone, then create the next one.
     if job is not None and (job.attempt != attempt or job.deleting):
@@ -631,6 +631,24 @@ def running_gpu_seconds(obs: Observed, gpus_per_node: int) -> list[tuple[datetim
 
 def _live_seconds(obs: Observed, gpus_per_node: int) -> float:
     return sum((obs.now - start).total_seconds() * gpus for start, gpus in running_gpu_seconds(obs, gpus_per_node) if obs.now > start)
+
+
+#: What a report that lags behind the status keeps from the status (the step counts); the rest
+#: (stage, loss, throughput) is the report's.
+_COUNTS = ("step", "total_steps", "epoch", "percent", "trained_tokens")
+
+
+def _merged_progress(prev: Progress | None, new: Progress) -> Progress:
+    """The new report, except that progress never goes backwards: a trainer that is starting
+    again (after a restart, a resume or a suspend) reports 0/0 or a step behind the last one
+    while it loads the model and its checkpoint; the status keeps the last counts meanwhile
+    (without an ETA) and follows the trainer again once it is past them."""
+    if prev is None or not prev.total_steps:
+        return _with_eta(new)
+    behind = not new.total_steps or (new.total_steps == prev.total_steps and (new.step or 0) < (prev.step or 0))
+    if not behind:
+        return _with_eta(new)
+    return new.model_copy(update={**{k: getattr(prev, k) for k in _COUNTS}, "eta_seconds": None, "eta": None})
 
 
 def _with_eta(p: Progress) -> Progress:

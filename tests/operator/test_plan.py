@@ -406,6 +406,25 @@ def test_progress_is_folded_into_status() -> None:
     assert uploading.status.phase == "Uploading"
 
 
+def test_progress_never_goes_backwards_while_a_trainer_starts_again() -> None:
+    """After a restart or resume rank 0 reports 0/0 while it loads, then a step behind the last
+    one while it replays from its checkpoint: the status keeps the last counts (no ETA) meanwhile,
+    and follows the trainer again once it is past them."""
+    pods = (pod("job-0", index=0), pod("job-1", index=1))
+    before = Progress(step=120, total_steps=200, percent=60.0, loss=0.9, eta_seconds=300, trained_tokens=12000)
+    st = decide(observed(status=RUNNING_STATUS, job_view=job(), pods=pods, progress=before)).status.to_wire()
+    loading = Progress(step=0, total_steps=0, percent=0.0, stage="Initializing", trained_tokens=0)
+    kept = decide(observed(status=st, job_view=job(), pods=pods, progress=loading)).status.progress
+    assert kept is not None and (kept.step, kept.total_steps, kept.percent, kept.trained_tokens) == (120, 200, 60.0, 12000)
+    assert kept.stage == "Initializing" and kept.eta is None
+    replaying = Progress(step=101, total_steps=200, percent=50.5, loss=1.0, eta_seconds=400, trained_tokens=10100)
+    st2 = decide(observed(status=st, job_view=job(), pods=pods, progress=replaying)).status
+    assert st2.progress is not None and st2.progress.step == 120 and st2.progress.loss == 1.0
+    past = Progress(step=130, total_steps=200, percent=65.0, loss=0.8, eta_seconds=250, trained_tokens=13000)
+    st3 = decide(observed(status=st2.to_wire(), job_view=job(), pods=pods, progress=past)).status
+    assert st3.progress is not None and (st3.progress.step, st3.progress.eta) == (130, "4m10s")
+
+
 def test_same_observation_same_plan_and_no_status_change() -> None:
     pods = (pod("job-0", index=0), pod("job-1", index=1))
     first = decide(observed(status=RUNNING_STATUS, job_view=job(), pods=pods))
