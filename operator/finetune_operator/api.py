@@ -338,6 +338,9 @@ class FineTuneJobStatus(_Model):
     workers: Workers | None = None
     attempt: Annotated[int, Field(ge=0)] = Field(default=0, description="Current attempt (FINETUNE_ATTEMPT in the pods)")
     restarts: Annotated[int, Field(ge=0)] = Field(default=0, description="Group restarts after failed attempts")
+    validation_retries: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="Validation pods run again after a retryable failure (a source that did not answer)"
+    )
     start_time: Timestamp | None = None
     completion_time: Timestamp | None = None
     gpu_seconds: Annotated[float, Field(ge=0)] | None = Field(

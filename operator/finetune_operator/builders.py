@@ -377,15 +377,17 @@ def build_job(r: Resolved, attempt: int, suspend: bool | None) -> Manifest:
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
 
 
-def build_validator(r: Resolved) -> Manifest:
+def build_validator(r: Resolved, tries: int = 0) -> Manifest:
     """<job>-validate: a small CPU-only pod running `python -m finetune_trainer validate`; it checks
-    that model and dataset are reachable and the dataset parses, before any GPU is requested."""
+    that model and dataset are reachable and the dataset parses, before any GPU is requested.
+    `tries`: validation pods run before this one (labelled as its attempt, so that the failure of
+    each is counted once)."""
     meta = r.meta
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            **_metadata(meta, validator_name(meta.name), ct.COMPONENT_VALIDATOR),
+            **_metadata(meta, validator_name(meta.name), ct.COMPONENT_VALIDATOR, {ct.LABEL_ATTEMPT: str(tries)} if tries else None),
             "annotations": {c.ANNOTATION_CONFIG_HASH: config_hash(r)},
         },
         "spec": {

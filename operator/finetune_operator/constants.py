@@ -123,6 +123,9 @@ FAILURE_REASONS = (
 # --- Event reasons (besides the condition reasons above) ---------------------------------------
 EVENT_PHASE_CHANGED = "PhaseChanged"
 
+#: Validation pods run again after exit 4 (a source that did not answer) before the job fails.
+MAX_VALIDATION_RETRIES = 3
+
 # --- Defaults -------------------------------------------------------------------------------------
 DEFAULT_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
 DEFAULT_NODES = 1

@@ -272,7 +272,7 @@ def _validation_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolv
     if pod is None:
         # Every name the job will hold is claimed now, so a name in the way is reported before
         # anything runs, all of them at once (the validator pod waits for its ConfigMap).
-        apply = [builders.build_configmap(r), builders.build_service(r), builders.build_validator(r)]
+        apply = [builders.build_configmap(r), builders.build_service(r), builders.build_validator(r, obs.status.validation_retries or 0)]
         reason, message = c.REASON_VALIDATION_RUNNING, f"validation pod {builders.validator_name(r.meta.name)} created"
     elif pod.phase == "Succeeded":
         nxt.condition(c.COND_VALIDATED, True, c.REASON_VALIDATION_PASSED, "model and dataset are reachable and the dataset parses")
@@ -281,6 +281,20 @@ def _validation_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolv
         if not pod.deleting:
             deletes = [Delete("Pod", pod.name, uid=pod.uid or None)]
         reason, message = c.REASON_VALIDATION_PENDING, f"validation pod {pod.name} was disrupted; retrying"
+    elif pod.phase == "Failed" and pod.exit_code == ct.EXIT_TRAINING_ERROR and (
+        (pod.attempt or 0) < (obs.status.validation_retries or 0) or (obs.status.validation_retries or 0) < c.MAX_VALIDATION_RETRIES
+    ):
+        # A source that did not answer (429/5xx, a timeout): it may next time. Data errors (3)
+        # and configuration errors (2) stay final. Each pod's failure counts once (its attempt
+        # label is the number of pods before it).
+        counted = (pod.attempt or 0) < (obs.status.validation_retries or 0)
+        tries = (obs.status.validation_retries or 0) if counted else (pod.attempt or 0) + 1
+        detail = _failure_text(pod) or "see its log"
+        nxt.set(validation_retries=tries)
+        if not pod.deleting:
+            deletes = [Delete("Pod", pod.name, uid=pod.uid or None)]
+        reason = c.REASON_VALIDATION_PENDING
+        message = clip(f"validation pod {pod.name} failed with a retryable error ({detail}); trying again ({tries}/{c.MAX_VALIDATION_RETRIES})")
     elif pod.phase == "Failed":
         detail = _failure_text(pod) or pod.reason or "no message (see the pod's log)"
         code = f"exit code {pod.exit_code}, {_exit_meaning(pod.exit_code)}" if pod.exit_code is not None else "no exit code"

@@ -74,6 +74,29 @@ def test_validation_failure_ends_the_job_with_the_reason_and_takes_no_gpu() -> N
     assert plan.events and plan.events[0].type == "Warning"
 
 
+def test_a_validation_pod_that_could_not_reach_a_source_is_run_again_then_the_job_fails() -> None:
+    """Exit 4 from validate (a 503 or a timeout from the model or dataset source) runs a new
+    validation pod, each failure counted once, up to MAX_VALIDATION_RETRIES; then ValidationFailed."""
+    text = trainer_failure("SourceUnavailable", "dataset.uri: GET https://data.example/x.jsonl answered HTTP 503 Service Unavailable", 4)
+    status: dict[str, Any] = {"phase": "Validating"}
+    for tries in range(c.MAX_VALIDATION_RETRIES):
+        failed = pod("job-validate", component="validator", index=None, attempt=tries or None, phase="Failed", ready=False, exit_code=4, message=text, uid=f"v{tries}")
+        plan = decide(observed(status=status, validator=failed))
+        assert plan.status.phase == "Validating" and plan.status.validation_retries == tries + 1
+        assert plan.delete == [Delete("Pod", "job-validate", uid=f"v{tries}")] and "HTTP 503" in (plan.status.message or "")
+        # seen again before the delete shows: not counted twice
+        again = decide(observed(status=plan.status.to_wire(), validator=failed))
+        assert again.status.validation_retries == tries + 1
+        # gone: the next pod carries the count as its attempt label
+        status = plan.status.to_wire()
+        fresh = decide(observed(status=status))
+        validator = next(m for m in fresh.apply if m["kind"] == "Pod")
+        assert validator["metadata"]["labels"][ct.LABEL_ATTEMPT] == str(tries + 1)
+    last = pod("job-validate", component="validator", index=None, attempt=c.MAX_VALIDATION_RETRIES, phase="Failed", ready=False, exit_code=4, message=text)
+    final = decide(observed(status=status, validator=last))
+    assert final.status.phase == "Failed" and cond(final, "Failed").reason == c.REASON_VALIDATION_FAILED
+
+
 def test_disrupted_validation_pod_is_retried() -> None:
     v = pod("job-validate", component="validator", index=None, phase="Failed", ready=False, disrupted=True, exit_code=137)
     plan = decide(observed(status={"phase": "Validating"}, validator=v))

@@ -144,3 +144,44 @@ def test_validate_checks_the_output_can_be_written(s3: S3Server, tiny_llama: pat
 
     rc, summary = validate(f"s3://{bucket}/runs/one/", AWS_ENDPOINT_URL="http://127.0.0.1:9")
     assert rc == contract.EXIT_TRAINING_ERROR and "S3 endpoint unreachable" in str(summary["message"]), summary  # may pass on a retry
+
+
+def test_a_source_that_does_not_answer_is_retryable_and_a_missing_one_final(tiny_llama: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """The dataset's HTTP server answers 503 (or nothing at all): exit 4, SourceUnavailable (the
+    operator runs validation again, a training attempt is restarted); 404: exit 3, final."""
+    import http.server
+    import threading
+
+    answers = {"/busy.jsonl": 503, "/gone.jsonl": 404}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            self.send_response(answers.get(self.path, 404))
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+
+    def validate(dataset: str) -> tuple[int, dict[str, object]]:
+        cfg = write_config(tmp_path / "v.json", {
+            "model": {"uri": str(tiny_llama)}, "dataset": {"uri": dataset, "format": "chat"},
+            "hyperparameters": {"maxSeqLength": 32}, "output": {"uri": str(tmp_path / "out")},
+        })
+        proc = run_trainer(["validate", "--config", str(cfg)], trainer_env({"FINETUNE_WORK_DIR": str(tmp_path / "w")}))
+        return proc.returncode, summary_of(proc)
+
+    try:
+        rc, summary = validate(f"{base}/busy.jsonl")
+        assert rc == contract.EXIT_TRAINING_ERROR and summary["reason"] == "SourceUnavailable", summary
+        assert "answered HTTP 503" in str(summary["message"])
+        rc, summary = validate(f"{base}/gone.jsonl")
+        assert rc == contract.EXIT_DATA_ERROR and summary["reason"] == "DataError" and "answered HTTP 404" in str(summary["message"]), summary
+    finally:
+        server.shutdown()
+        server.server_close()
+    rc, summary = validate(f"{base}/busy.jsonl")  # nobody listens any more: connection refused
+    assert rc == contract.EXIT_TRAINING_ERROR and summary["reason"] == "SourceUnavailable", summary

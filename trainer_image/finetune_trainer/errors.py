@@ -34,6 +34,14 @@ class StorageError(TrainerError):
     reason = "StorageError"
 
 
+class SourceUnavailable(TrainerError):
+    """The model or dataset source did not answer, or answered 429/5xx: it may next time, so the
+    attempt is retried (unlike DataError: a source that is missing, denied or malformed)."""
+
+    exit_code = contract.EXIT_TRAINING_ERROR
+    reason = "SourceUnavailable"
+
+
 class OutputError(TrainerError):
     """The output location cannot be written for a reason a retry cannot fix (no such bucket,
     access denied, credentials rejected or missing, a read-only path): final, not retried."""

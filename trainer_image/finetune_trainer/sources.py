@@ -17,7 +17,7 @@ from . import contract, distributed
 from .config import DatasetSource, ModelSource, TrainerConfig
 from .data import Problems, Row
 from .datafiles import READERS, data_files, image_files
-from .errors import DataError
+from .errors import DataError, SourceUnavailable
 from .storage import download_prefix, parse_location
 
 #: Files that hold weights; skipped when only the config and tokenizer are needed.
@@ -87,7 +87,8 @@ def _fetch_hf_model(uri: str, dest: pathlib.Path, config_only: bool, download: b
             )
         )
     except Exception as err:  # huggingface_hub raises many types (auth, 404, offline)
-        raise DataError(f"model.uri: cannot download {uri} from the Hugging Face Hub: {type(err).__name__}: {_first_line(err)}") from None
+        text = f"model.uri: cannot download {uri} from the Hugging Face Hub: {type(err).__name__}: {_first_line(err)}"
+        raise (SourceUnavailable(text) if _transient_http_error(err) else DataError(text)) from None
 
 
 def fetch_dataset(cfg: TrainerConfig, dest: pathlib.Path) -> list[pathlib.Path]:
@@ -147,12 +148,40 @@ def _http_download(uri: str, out: pathlib.Path) -> None:
     try:
         with requests.get(uri, stream=True, timeout=(10, 300)) as resp:
             if resp.status_code != 200:
-                raise DataError(f"dataset.uri: GET {_redact(uri)} answered HTTP {resp.status_code} {resp.reason}")
+                text = f"dataset.uri: GET {_redact(uri)} answered HTTP {resp.status_code} {resp.reason}"
+                raise SourceUnavailable(text) if _transient_status(resp.status_code) else DataError(text)
             with out.open("wb") as f:
                 for chunk in resp.iter_content(1 << 20):
                     f.write(chunk)
     except requests.RequestException as err:
-        raise DataError(f"dataset.uri: cannot download {_redact(uri)}: {type(err).__name__}") from None
+        text = f"dataset.uri: cannot download {_redact(uri)}: {type(err).__name__}"
+        raise (SourceUnavailable(text) if _transient_http_error(err) else DataError(text)) from None
+
+
+def _transient_status(status: int) -> bool:
+    return status in (408, 429) or status >= 500
+
+
+def _transient_http_error(err: BaseException) -> bool:
+    """A download failure that may pass on its own: no answer (connection refused or reset, DNS,
+    a timeout) or an answer of 408/429/5xx. A 401/403/404, a missing revision or a gated repo
+    are final."""
+    import importlib
+
+    import requests
+
+    if isinstance(err, requests.ConnectionError | requests.Timeout):
+        return True
+    for name in ("httpx", "httpx2"):  # the Hub client's HTTP library
+        try:
+            http = importlib.import_module(name)
+        except ImportError:
+            continue
+        if isinstance(err, http.TimeoutException | http.NetworkError):
+            return True
+    response = getattr(err, "response", None)
+    status = getattr(response, "status_code", None)
+    return isinstance(status, int) and _transient_status(status)
 
 
 def _hf_dataset_to_jsonl(uri: str, out: pathlib.Path) -> None:
@@ -162,7 +191,8 @@ def _hf_dataset_to_jsonl(uri: str, out: pathlib.Path) -> None:
     try:
         ds = datasets.load_dataset(name, revision=revision or None, split="train", token=os.environ.get(contract.ENV_HF_TOKEN) or None)
     except Exception as err:
-        raise DataError(f"dataset.uri: cannot load {uri}: {type(err).__name__}: {_first_line(err)}") from None
+        text = f"dataset.uri: cannot load {uri}: {type(err).__name__}: {_first_line(err)}"
+        raise (SourceUnavailable(text) if _transient_http_error(err) else DataError(text)) from None
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as f:
         for row in ds:

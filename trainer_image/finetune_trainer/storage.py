@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from . import contract
-from .errors import DataError, OutputError, StorageError, TrainerError
+from .errors import DataError, OutputError, SourceUnavailable, StorageError, TrainerError
 
 #: Multipart size: 64 MiB parts were ~6x faster than 8 MiB ones against S3-compatible servers.
 PART_SIZE = 64 * 1024 * 1024
@@ -201,8 +201,22 @@ def download_prefix(
         raise
     except Exception as err:
         if _is_boto_error(err):
-            raise DataError(explain_s3_error(err, uri, "read")) from None
+            text = explain_s3_error(err, uri, "read")
+            raise (SourceUnavailable(text) if transient_s3_error(err) else DataError(text)) from None
         raise
+
+
+def transient_s3_error(err: Exception) -> bool:
+    """An S3 failure that may pass on its own: the endpoint did not answer, or said 5xx/SlowDown."""
+    from botocore.exceptions import ClientError, ConnectionError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+
+    if isinstance(err, EndpointConnectionError | ConnectionError | ConnectTimeoutError | ReadTimeoutError):
+        return True
+    if isinstance(err, ClientError):
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return status == 429 or status >= 500 or code in ("SlowDown", "RequestTimeout", "ServiceUnavailable", "InternalError")
+    return False
 
 
 def _list_keys(client: Any, bucket: str, prefix: str) -> list[str]:
