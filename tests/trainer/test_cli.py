@@ -155,7 +155,7 @@ def test_a_source_that_does_not_answer_is_retryable_and_a_missing_one_final(tiny
     answers = {"/busy.jsonl": 503, "/gone.jsonl": 404}
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:
             self.send_response(answers.get(self.path, 404))
             self.end_headers()
 

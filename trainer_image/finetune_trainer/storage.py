@@ -208,7 +208,13 @@ def download_prefix(
 
 def transient_s3_error(err: Exception) -> bool:
     """An S3 failure that may pass on its own: the endpoint did not answer, or said 5xx/SlowDown."""
-    from botocore.exceptions import ClientError, ConnectionError, ConnectTimeoutError, EndpointConnectionError, ReadTimeoutError
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+    )
 
     if isinstance(err, EndpointConnectionError | ConnectionError | ConnectTimeoutError | ReadTimeoutError):
         return True
