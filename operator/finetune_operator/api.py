@@ -258,6 +258,15 @@ class ClusterFineTuneRuntimeSpec(_Model):
     )
     priority_class_name: KubeName | None = None
     service_account_name: KubeName | None = Field(default=None, description="ServiceAccount of the trainer pods")
+    termination_grace_period_seconds: Annotated[int, Field(ge=30, le=86400)] | None = Field(
+        default=None,
+        description="Seconds a trainer pod gets after SIGTERM to write its checkpoint (120 when absent); raise it for large checkpoints",
+    )
+    workspace_size: Quantity | None = Field(
+        default=None,
+        description="Scratch space of each pod (/workspace: model, dataset, checkpoints): an ephemeral-storage request and limit, "
+        "and the emptyDir's sizeLimit. Absent: no request, no limit",
+    )
     image_pull_secrets: Annotated[list[SecretRef], Field(max_length=16)] | None = Field(
         default=None, description="Secrets (in the job's namespace) for pulling the trainer image; set on the trainer and validation pods"
     )

@@ -157,7 +157,7 @@ def _volumes(r: Resolved, shm: bool) -> list[dict[str, Any]]:
             "name": c.CONFIG_VOLUME,
             "configMap": {"name": configmap_name(r.meta.name), "items": [{"key": ct.CONFIG_FILE_NAME, "path": ct.CONFIG_FILE_NAME}]},
         },
-        {"name": c.WORKSPACE_VOLUME, "emptyDir": {}},
+        {"name": c.WORKSPACE_VOLUME, "emptyDir": {"sizeLimit": r.workspace_size} if r.workspace_size else {}},
         {"name": c.TMP_VOLUME, "emptyDir": {}},
     ]
     if shm:
@@ -236,6 +236,10 @@ def _resources(r: Resolved, gpus: int) -> dict[str, Any]:
         limits["memory"] = str(r.memory)
     if gpus > 0:
         limits[c.GPU_RESOURCE] = str(gpus)
+    if r.workspace_size:
+        # Scheduled onto a node with room for the downloads and checkpoints, and evicted (a
+        # disruption) rather than filling the node's disk.
+        requests["ephemeral-storage"] = limits["ephemeral-storage"] = r.workspace_size
     out: dict[str, Any] = {}
     if requests:
         out["requests"] = requests
@@ -291,7 +295,7 @@ def pod_template(r: Resolved, attempt: int) -> Manifest:
         "subdomain": service_name(meta.name),
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
-        "terminationGracePeriodSeconds": c.TERMINATION_GRACE_SECONDS,
+        "terminationGracePeriodSeconds": r.termination_grace_seconds,
         "securityContext": _security_context_pod(),
         "containers": [
             {

@@ -59,6 +59,9 @@ class Resolved:
     trainer_config: TrainerConfig
     #: imagePullSecrets of the trainer and validation pods (the runtime's).
     image_pull_secrets: tuple[str, ...] = ()
+    termination_grace_seconds: int = c.TERMINATION_GRACE_SECONDS
+    #: ephemeral-storage of /workspace (request, limit and emptyDir sizeLimit); None: unbounded.
+    workspace_size: str | None = None
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,8 @@ def resolve(
         priority_class_name=rt.priority_class_name,
         service_account_name=rt.service_account_name,
         image_pull_secrets=tuple(s.name for s in rt.image_pull_secrets or ()),
+        termination_grace_seconds=rt.termination_grace_period_seconds or c.TERMINATION_GRACE_SECONDS,
+        workspace_size=str(rt.workspace_size) if rt.workspace_size is not None else None,
         image_pull_policy=config.image_pull_policy,
         trainer_config=trainer_config,
     )

@@ -213,6 +213,22 @@ def test_runtime_defaults_placement_and_default_output() -> None:
 RUNTIME = {"image": "reg.example/trainer:1", "allowedMethods": ["lora"], "maxNodes": 2, "maxGpusPerNode": 4, "maxTotalGpus": 6}
 
 
+def test_runtime_grace_period_and_workspace_size_reach_the_pods() -> None:
+    r = resolved(minimal_spec(runtimeRef={"name": "rt"}, resources={"nodes": 1, "gpusPerNode": 1}),
+                 {**RUNTIME, "terminationGracePeriodSeconds": 900, "workspaceSize": "200Gi"})
+    assert isinstance(r, Resolved)
+    pod = builders.build_job(r, 0, False)["spec"]["template"]["spec"]
+    (ctr,) = pod["containers"]
+    assert pod["terminationGracePeriodSeconds"] == 900
+    assert ctr["resources"]["requests"]["ephemeral-storage"] == ctr["resources"]["limits"]["ephemeral-storage"] == "200Gi"
+    workspace = next(v for v in pod["volumes"] if v["name"] == c.WORKSPACE_VOLUME)
+    assert workspace["emptyDir"] == {"sizeLimit": "200Gi"}
+    plain = resolved(minimal_spec(runtimeRef={"name": "rt"}, resources={"nodes": 1, "gpusPerNode": 1}), RUNTIME)
+    assert isinstance(plain, Resolved)
+    pod = builders.build_job(plain, 0, False)["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == c.TERMINATION_GRACE_SECONDS and "ephemeral-storage" not in str(pod)
+
+
 def test_runtime_pull_secrets_reach_both_pods_and_its_tolerations_the_validator() -> None:
     """A private registry and all-tainted GPU nodes: the trainer and validation pods carry the
     runtime's imagePullSecrets; the validation pod tolerates the runtime's taints (else it never
