@@ -262,6 +262,11 @@ class ClusterFineTuneRuntimeSpec(_Model):
         default=None,
         description="Seconds a trainer pod gets after SIGTERM to write its checkpoint (120 when absent); raise it for large checkpoints",
     )
+    startup_deadline_seconds: Annotated[int, Field(ge=60, le=604800)] | None = Field(
+        default=None,
+        description="Fail a job whose workers have not all started this long after the attempt began (a wrong image, a missing "
+        "Secret, no node that fits), stopping its pods; absent: wait (e.g. for GPUs to free up)",
+    )
     workspace_size: Quantity | None = Field(
         default=None,
         description="Scratch space of each pod (/workspace: model, dataset, checkpoints): an ephemeral-storage request and limit, "

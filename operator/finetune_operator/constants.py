@@ -75,6 +75,8 @@ REASON_CHILD_REJECTED = "ChildRejected"
 REASON_FAILED_CREATE = "FailedCreate"
 #: A worker was OOMKilled (over its memory limit): failed at once, the same memory fails again.
 REASON_OUT_OF_MEMORY = "OutOfMemory"
+#: The workers did not all start within the runtime's startupDeadlineSeconds.
+REASON_STARTUP_DEADLINE_EXCEEDED = "StartupDeadlineExceeded"
 REASON_INVALID_SPEC = "InvalidSpec"
 REASON_METHOD_NOT_ALLOWED = "MethodNotAllowed"
 REASON_RUNTIME_LIMIT_EXCEEDED = "RuntimeLimitExceeded"
@@ -116,6 +118,7 @@ FAILURE_REASONS = (
     REASON_DATA_ERROR,
     REASON_RESTART_LIMIT_EXCEEDED,
     REASON_OUT_OF_MEMORY,
+    REASON_STARTUP_DEADLINE_EXCEEDED,
     REASON_JOB_FAILED,
     "Unknown",
 )

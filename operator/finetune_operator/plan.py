@@ -463,6 +463,9 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
         nxt.condition(c.COND_RUNNING, True, c.REASON_UPLOADING if uploading else c.REASON_WORKERS_RUNNING, f"{ready}/{r.nodes} workers running")
     else:
         stuck = sorted((p for p in pods if p.blocked and not p.deleting), key=lambda p: (p.index if p.index is not None else 1 << 30, p.name))
+        late = _startup_deadline(obs, nxt, r, job, attempt, ready, stuck)
+        if isinstance(late, Plan):
+            return late
         if stuck:
             # Said on the job, with the kubelet's or scheduler's reason: a wrong image, a missing
             # Secret or no node that fits is never just "0/N workers running".
@@ -473,7 +476,7 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
             nxt.condition(c.COND_RUNNING, False, reason, message)
             plan = _plan(obs, nxt, apply=apply)
             _warn_on_new_reason(obs, plan, c.COND_RUNNING, reason, message)
-            return _with_suspend(plan, suspend_job)
+            return _wake(_with_suspend(plan, suspend_job), late)
         if not pods:
             if obs.job_create_error:
                 message = clip(f"{_workers_message(attempt, ready, r.nodes)}; the Job cannot create its pods: {obs.job_create_error}")
@@ -486,14 +489,48 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
                 nxt.condition(c.COND_RUNNING, False, c.REASON_WORKERS_STARTING, f"{ready}/{r.nodes} workers running")
                 plan = _plan(obs, nxt, apply=apply)
             # No pod event will come while the Job controller cannot create them: look again.
-            plan.requeue_after = FAILED_CREATE_RECHECK_SECONDS
-            return _with_suspend(plan, suspend_job)
+            return _wake(_with_suspend(plan, suspend_job), min(FAILED_CREATE_RECHECK_SECONDS, late or FAILED_CREATE_RECHECK_SECONDS))
         nxt.set(phase=c.PHASE_INITIALIZING, message=_workers_message(attempt, ready, r.nodes))
         nxt.condition(c.COND_RUNNING, False, c.REASON_WORKERS_STARTING, f"{ready}/{r.nodes} workers running")
+        tokens = (nxt.data.get("progress") or {}).get("trained_tokens")
+        if isinstance(tokens, int):
+            nxt.set(trained_tokens=tokens)
+        return _wake(_with_suspend(_plan(obs, nxt, apply=apply), suspend_job), late)
     tokens = (nxt.data.get("progress") or {}).get("trained_tokens")
     if isinstance(tokens, int):
         nxt.set(trained_tokens=tokens)
     return _with_suspend(_plan(obs, nxt, apply=apply), suspend_job)
+
+
+def _wake(plan: Plan, seconds: float | None) -> Plan:
+    """Look at the job again after `seconds` (no event may come meanwhile), or sooner."""
+    if seconds is not None:
+        plan.requeue_after = seconds if plan.requeue_after is None else min(plan.requeue_after, seconds)
+    return plan
+
+
+def _startup_deadline(obs: Observed, nxt: _Next, r: Resolved, job: JobView, attempt: int, ready: int, stuck: list[PodView]) -> Plan | float | None:
+    """With the runtime's startupDeadlineSeconds: a Failed plan once the attempt's workers have
+    not all been running for that long (the Job is suspended, so its pods stop retrying a pull or
+    waiting for a node), else the seconds left (None without a deadline). The attempt's start is
+    when the Running condition last became False (a restart or resume sets it again)."""
+    deadline = r.startup_deadline_seconds
+    running = obs.status.condition(c.COND_RUNNING)
+    since = parse_time(running.last_transition_time) if running is not None and running.status == "False" else None
+    if deadline is None or since is None:
+        return None
+    left = (since + timedelta(seconds=deadline) - obs.now).total_seconds()
+    if left > 0:
+        return left
+    cause = stuck[0].blocked if stuck else obs.job_create_error and f"the Job cannot create its pods: {obs.job_create_error}"
+    plan = _fail(
+        obs,
+        nxt,
+        c.REASON_STARTUP_DEADLINE_EXCEEDED,
+        f"attempt {attempt}: {ready}/{r.nodes} workers running after {deadline}s (startupDeadlineSeconds of the runtime)"
+        + (f"; {_who(stuck[0])} cannot start: {cause}" if stuck else f"; {cause}" if cause else ""),
+    )
+    return _with_suspend(plan, (job.name, job.uid, True)) if not job.suspended else plan
 
 
 #: A Job without pods is looked at again this often (its FailedCreate events are read then).

@@ -60,6 +60,8 @@ class Resolved:
     #: imagePullSecrets of the trainer and validation pods (the runtime's).
     image_pull_secrets: tuple[str, ...] = ()
     termination_grace_seconds: int = c.TERMINATION_GRACE_SECONDS
+    #: Seconds an attempt may take to get every worker running; None: no deadline.
+    startup_deadline_seconds: int | None = None
     #: ephemeral-storage of /workspace (request, limit and emptyDir sizeLimit); None: unbounded.
     workspace_size: str | None = None
 
@@ -174,6 +176,7 @@ def resolve(
         service_account_name=rt.service_account_name,
         image_pull_secrets=tuple(s.name for s in rt.image_pull_secrets or ()),
         termination_grace_seconds=rt.termination_grace_period_seconds or c.TERMINATION_GRACE_SECONDS,
+        startup_deadline_seconds=rt.startup_deadline_seconds,
         workspace_size=str(rt.workspace_size) if rt.workspace_size is not None else None,
         image_pull_policy=config.image_pull_policy,
         trainer_config=trainer_config,

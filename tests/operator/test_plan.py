@@ -185,6 +185,24 @@ def test_a_job_that_cannot_create_its_pods_says_why_and_is_looked_at_again() -> 
     assert cond(plain, "Running").reason == c.REASON_WORKERS_STARTING and plain.requeue_after is not None
 
 
+def test_a_runtime_startup_deadline_fails_a_job_whose_workers_never_start_and_stops_them() -> None:
+    runtime = parse_runtime({"startupDeadlineSeconds": 600})
+    spec = minimal_spec(runtimeRef={"name": "rt"})
+    pull = 'ImagePullBackOff: Back-off pulling image "registry.invalid/trainer:typo"'
+    pods = (pod("job-0", index=0, phase="Pending", ready=False, blocked=pull), pod("job-1", index=1, phase="Pending", ready=False, blocked=pull))
+    starting = {**RUNNING_STATUS, "phase": "Initializing", "runtime": {"name": "rt", "spec": {"image": "t:1", "startupDeadlineSeconds": 600}},
+                "conditions": [VALIDATED, {"type": "Running", "status": "False", "reason": "WorkersStarting", "lastTransitionTime": "2026-01-01T12:00:00Z"}]}
+    early = decide(observed(spec, starting, runtime=runtime, runtime_found=True, job_view=job(uid="j1"), pods=pods, now=T0 + timedelta(minutes=4)))
+    assert early.status.phase == "Initializing" and early.requeue_after == pytest.approx(360)  # woken at the deadline
+    late = decide(observed(spec, starting, runtime=runtime, runtime_found=True, job_view=job(uid="j1"), pods=pods, now=T0 + timedelta(minutes=10)))
+    assert late.status.phase == "Failed" and cond(late, "Failed").reason == c.REASON_STARTUP_DEADLINE_EXCEEDED
+    assert cond(late, "Failed").message == f"attempt 0: 0/2 workers running after 600s (startupDeadlineSeconds of the runtime); worker 0 (pod job-0) cannot start: {pull}"
+    assert late.suspend_job == ("job", "j1", True), "the pods are stopped"
+    # without a deadline: it waits (capacity may come)
+    waiting = decide(observed(status=starting | {"runtime": None}, job_view=job(), pods=pods, now=T0 + timedelta(days=1)))
+    assert waiting.status.phase == "Initializing"
+
+
 def test_a_validation_pod_that_cannot_start_says_why() -> None:
     missing = 'CreateContainerConfigError: secret "s3-creds" not found'
     v = pod("job-validate", component="validator", index=None, phase="Pending", ready=False, blocked=missing)
