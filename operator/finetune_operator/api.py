@@ -181,6 +181,11 @@ class FineTuneJobSpec(_Model):
     max_restarts: Annotated[int, Field(ge=0, le=20)] = Field(
         default=c.DEFAULT_MAX_RESTARTS, description="Group restarts after a failed attempt (disruptions do not count)"
     )
+    max_disruptions: Annotated[int, Field(ge=0, le=1000)] = Field(
+        default=c.DEFAULT_MAX_DISRUPTIONS,
+        description="Worker pods taken away (evicted, preempted, stopped by SIGTERM) and replaced before the job fails; "
+        "counted apart from maxRestarts",
+    )
     ttl_seconds_after_finished: Annotated[int, Field(ge=0, le=31_536_000)] | None = Field(
         default=None, description="Delete the FineTuneJob (and its children) this long after it finished"
     )
@@ -352,6 +357,12 @@ class FineTuneJobStatus(_Model):
     workers: Workers | None = None
     attempt: Annotated[int, Field(ge=0)] = Field(default=0, description="Current attempt (FINETUNE_ATTEMPT in the pods)")
     restarts: Annotated[int, Field(ge=0)] = Field(default=0, description="Group restarts after failed attempts")
+    disruptions: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="Worker pods taken away (evicted, preempted, SIGTERM) and replaced, over all attempts"
+    )
+    disrupted_pods: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=1024)] | None = Field(
+        default=None, description="UIDs of the current attempt's pods already in disruptions (bookkeeping: each pod counted once)"
+    )
     validation_retries: Annotated[int, Field(ge=0)] | None = Field(
         default=None, description="Validation pods run again after a retryable failure (a source that did not answer)"
     )

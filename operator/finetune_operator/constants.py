@@ -77,6 +77,8 @@ REASON_FAILED_CREATE = "FailedCreate"
 REASON_OUT_OF_MEMORY = "OutOfMemory"
 #: The workers did not all start within the runtime's startupDeadlineSeconds.
 REASON_STARTUP_DEADLINE_EXCEEDED = "StartupDeadlineExceeded"
+#: More worker pods were taken away (evicted, preempted) than spec.maxDisruptions allows.
+REASON_DISRUPTION_LIMIT_EXCEEDED = "DisruptionLimitExceeded"
 REASON_INVALID_SPEC = "InvalidSpec"
 REASON_METHOD_NOT_ALLOWED = "MethodNotAllowed"
 REASON_RUNTIME_LIMIT_EXCEEDED = "RuntimeLimitExceeded"
@@ -119,6 +121,7 @@ FAILURE_REASONS = (
     REASON_RESTART_LIMIT_EXCEEDED,
     REASON_OUT_OF_MEMORY,
     REASON_STARTUP_DEADLINE_EXCEEDED,
+    REASON_DISRUPTION_LIMIT_EXCEEDED,
     REASON_JOB_FAILED,
     "Unknown",
 )
@@ -133,6 +136,7 @@ MAX_VALIDATION_RETRIES = 3
 DEFAULT_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
 DEFAULT_NODES = 1
 DEFAULT_GPUS_PER_NODE = 1
+DEFAULT_MAX_DISRUPTIONS = 20
 DEFAULT_MAX_RESTARTS = 3
 VALIDATOR_CPU = "500m"
 VALIDATOR_MEMORY = "2Gi"

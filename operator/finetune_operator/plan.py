@@ -365,6 +365,9 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
         (p for p in pods if p.phase == "Failed" and not p.disrupted and p.exit_code != ct.EXIT_PREEMPTED),
         key=lambda p: (p.finish_time or "~", p.index if p.index is not None else 1 << 30, p.name),
     )
+    limit = _count_disruptions(obs, nxt, spec, job, pods)
+    if limit is not None:
+        return limit
     if failed and failed[0].oom:
         # The same memory gives the same result: not retried, and said as what it is.
         p = failed[0]
@@ -408,6 +411,7 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
             # and the next attempt's pods start a fresh count on top of it.
             prior_gpu_seconds=float(round((nxt.data.get("gpu_seconds") or 0.0) + _live_seconds(obs, r.gpus_per_node))),
             gpu_counted_pods=None,
+            disrupted_pods=None,
         )
         nxt.set(gpu_seconds=nxt.data["prior_gpu_seconds"] if r.gpus_per_node > 0 else None)
         nxt.running_gpus = ()
@@ -500,6 +504,31 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
     if isinstance(tokens, int):
         nxt.set(trained_tokens=tokens)
     return _with_suspend(_plan(obs, nxt, apply=apply), suspend_job)
+
+
+def _count_disruptions(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, job: JobView, pods: list[PodView]) -> Plan | None:
+    """Count the current attempt's worker pods taken away (DisruptionTarget: evicted, preempted;
+    or exit 143 after SIGTERM), each pod once by UID. The Job controller replaces them (its
+    podFailurePolicy ignores them, and so does maxRestarts), but not forever: past
+    spec.maxDisruptions the job fails (the pods keep being taken away: evict, download again,
+    evict) and its Job is suspended. Returns that Failed plan, else None."""
+    counted = list(obs.status.disrupted_pods or [])
+    total = obs.status.disruptions or 0
+    for p in pods:
+        if p.uid and p.uid not in counted and (p.disrupted or p.exit_code == ct.EXIT_PREEMPTED):
+            counted.append(p.uid)
+            total += 1
+    nxt.set(disruptions=total or None, disrupted_pods=counted or None)
+    if total <= spec.max_disruptions or job.complete:
+        return None
+    plan = _fail(
+        obs,
+        nxt,
+        c.REASON_DISRUPTION_LIMIT_EXCEEDED,
+        f"{total} worker pods were taken away (evicted, preempted or stopped) and replaced, more than maxDisruptions "
+        f"({spec.max_disruptions}); see the Warning events of the pods (kubectl get events) for what took them",
+    )
+    return _with_suspend(plan, (job.name, job.uid, True)) if not job.suspended else plan
 
 
 def _wake(plan: Plan, seconds: float | None) -> Plan:

@@ -236,8 +236,9 @@ def test_eviction_is_a_disruption_not_a_failure(kube: Kube, ftop: OperatorProces
         "replacement pod",
         60,
     )
-    st = kube.wait_phase(ns, "evicted", "Running")
+    st = kube.wait(lambda: (s := kube.status(ns, "evicted")).get("phase") == "Running" and s.get("disruptions") and s, "the disruption counted", 60, lambda: kube.status(ns, "evicted"))
     assert st["restarts"] == 0 and st["attempt"] == 0 and kube.job(ns, "evicted").metadata.uid == uid
+    assert st["disruptions"] == 1 and st["disruptedPods"] == [victim.metadata.uid], "counted once, apart from restarts"
 
 
 def test_exit_143_is_ignored_by_the_jobs_pod_failure_policy(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:

@@ -171,6 +171,23 @@ def test_an_oom_kill_fails_at_once_saying_so_with_the_limit() -> None:
     assert "spec.resources.memory" in failed.message
 
 
+def test_disruptions_are_counted_once_per_pod_and_bounded_apart_from_restarts() -> None:
+    evicted = pod("job-1", index=1, phase="Failed", ready=False, disrupted=True, uid="p1")
+    pods = (pod("job-0", index=0, uid="p0"), evicted, pod("job-1b", index=1, uid="p2"))
+    spec = minimal_spec(maxDisruptions=2)
+    first = decide(observed(spec, RUNNING_STATUS, job_view=job(uid="j"), pods=pods))
+    assert first.status.phase == "Running" and first.status.disruptions == 1 and first.status.restarts == 0
+    again = decide(observed(spec, first.status.to_wire(), job_view=job(uid="j"), pods=pods))
+    assert again.status.disruptions == 1, "a pod is counted once"
+    sigterm = pod("job-0", index=0, phase="Failed", ready=False, exit_code=ct.EXIT_PREEMPTED, uid="p0")
+    second = decide(observed(spec, again.status.to_wire(), job_view=job(uid="j"), pods=(sigterm, evicted, pod("job-1b", index=1, uid="p2"))))
+    assert second.status.disruptions == 2 and second.status.phase != "Failed"
+    third = decide(observed(spec, second.status.to_wire(), job_view=job(uid="j"), pods=(sigterm, evicted, pod("job-1b", index=1, uid="p2", disrupted=True, phase="Failed", ready=False))))
+    assert third.status.phase == "Failed" and cond(third, "Failed").reason == c.REASON_DISRUPTION_LIMIT_EXCEEDED
+    assert "3 worker pods were taken away" in cond(third, "Failed").message and third.suspend_job == ("job", "j", True)
+    assert third.status.restarts == 0
+
+
 def test_a_job_that_cannot_create_its_pods_says_why_and_is_looked_at_again() -> None:
     refusal = 'Error creating: pods "job-0-x" is forbidden: error looking up service account ns/trainer: serviceaccount "trainer" not found'
     plan = decide(observed(status=RUNNING_STATUS, job_view=job(active=0, ready=0), job_create_error=refusal))
