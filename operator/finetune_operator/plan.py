@@ -365,9 +365,9 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
         (p for p in pods if p.phase == "Failed" and not p.disrupted and p.exit_code != ct.EXIT_PREEMPTED),
         key=lambda p: (p.finish_time or "~", p.index if p.index is not None else 1 << 30, p.name),
     )
-    limit = _count_disruptions(obs, nxt, spec, job, pods)
-    if limit is not None:
-        return limit
+    too_many = _count_disruptions(obs, nxt, spec, job, pods)
+    if too_many is not None:
+        return too_many
     if failed and failed[0].oom:
         # The same memory gives the same result: not retried, and said as what it is.
         p = failed[0]
