@@ -48,10 +48,12 @@ REQUEST_TIMEOUT_SECONDS = 30.0
 class KubeError(RuntimeError):
     """An API call that failed for a reason other than 404/409-as-expected."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, terminating: bool = False) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
+        #: Refused because the namespace is being deleted (everything in it goes with it).
+        self.terminating = terminating
 
 
 class NotLeader(KubeError):
@@ -192,7 +194,7 @@ class Kube:
         if 200 <= status < 300 or status in ok:
             return
         message = data.get("message") if isinstance(data, dict) else str(data)
-        raise KubeError(status, f"{what}: {message}")
+        raise KubeError(status, f"{what}: {message}", _namespace_terminating(data))
 
     # --- operations ---------------------------------------------------------------------------
     async def apply(self, manifest: dict[str, Any]) -> bool:
@@ -329,7 +331,9 @@ class Kube:
             status, data = await self._run("POST", _EVENTS_PATH.format(ns=meta.namespace), body, slots=self._event_slots)
         except (KubeError, OSError) as err:
             status, data = 0, repr(err)
-        if not 200 <= status < 300:  # an event that cannot be posted is not worth failing a reconcile
+        if not 200 <= status < 300 and _namespace_terminating(data):
+            log.debug("event %s on %s/%s not posted: the namespace is being deleted", event.reason, meta.namespace, meta.name)
+        elif not 200 <= status < 300:  # an event that cannot be posted is not worth failing a reconcile
             log.warning("event %s on %s/%s not posted: %s", event.reason, meta.namespace, meta.name, _msg(data))
 
     # --- the leader Lease (used by `leader.LeaderElector` through its own, unfenced client) -----
@@ -369,6 +373,13 @@ class Kube:
             await self._session.close()
             self._session = None
 
+
+
+def _namespace_terminating(data: Any) -> bool:
+    """A Status saying the namespace is being deleted (NamespaceLifecycle's cause)."""
+    details = data.get("details") if isinstance(data, dict) else None
+    causes = details.get("causes") if isinstance(details, dict) else None
+    return any(isinstance(x, dict) and x.get("type") == "NamespaceTerminating" for x in causes or ())
 
 
 def _resource_version(data: Any) -> str:

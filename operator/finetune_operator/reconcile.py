@@ -679,6 +679,8 @@ class Reconciler:
                         return False
                 return await self.kube.apply(manifest)
             except KubeError as err:
+                if err.terminating:
+                    return False  # the namespace is being deleted, and the job with it
                 if err.status not in REJECTED_STATUSES:
                     raise
                 # Refused for a reason only a change elsewhere fixes (a quota, Pod Security, a

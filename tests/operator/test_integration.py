@@ -112,7 +112,8 @@ def test_examples_are_accepted_and_become_the_right_children(kube: Kube, ftop: O
     kube.wait(lambda: len(kube.trainer_pods(ns, names["deepspeed-full"])) == 4, "4 worker pods")
     st = kube.wait_phase(ns, names["deepspeed-full"], "Initializing")
     assert st["workers"] == {"ready": 0, "total": 4}
-    assert kube.condition(ns, names["deepspeed-full"], "Running")["reason"] == c.REASON_WORKERS_STARTING
+    running = kube.wait(lambda: (r := kube.condition(ns, names["deepspeed-full"], "Running")).get("reason") == "Unschedulable" and r, "the scheduler's reason on the job", 60)
+    assert "Insufficient memory" in running["message"], running
     # Kueue admits the queued job (simulated: another field manager unsuspends the Job)
     kube.batch.patch_namespaced_job(names["lora-chat"], ns, {"spec": {"suspend": False}})
     kube.wait(lambda: len(kube.trainer_pods(ns, names["lora-chat"])) == 2, "admitted chat job pods")

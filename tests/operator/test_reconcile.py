@@ -512,3 +512,29 @@ def test_a_child_the_api_server_refuses_is_reported_and_tried_again_with_backoff
             handle.cancel()
 
     asyncio.run(go())
+
+
+def test_a_namespace_being_deleted_is_no_refusal_to_report() -> None:
+    """Creates in a namespace being deleted are refused (403, cause NamespaceTerminating): the
+    job goes with its namespace, so nothing is reported (no ChildRejected, no event to post)."""
+    from finetune_operator.kube import _namespace_terminating
+
+    status = {"kind": "Status", "code": 403, "reason": "Forbidden", "message": "unable to create new content in namespace ns because it is being terminated",
+              "details": {"name": "job-validate", "kind": "pods", "causes": [{"type": "NamespaceTerminating", "message": "namespace ns is being terminated", "field": "metadata.namespace"}]}}
+    assert _namespace_terminating(status) and not _namespace_terminating({"code": 403, "details": {"causes": [{"type": "FieldValueInvalid"}]}})
+
+    async def go() -> None:
+        kube = RecordingKube()
+        kube.refused = {"Pod": KubeError(403, status["message"], terminating=True)}
+        jobs: dict[Any, Any] = {KEY: [record()]}
+        r = reconciler(kube, jobs, {})
+        await r.reconcile(KEY)
+        plan = await r.reconcile(KEY, force=True)
+        await settle()
+        assert plan is not None and (plan.status.condition("Validated") or None) is not None
+        assert plan.status.condition("Validated").reason != c.REASON_CHILD_REJECTED  # type: ignore[union-attr]
+        assert ("event", c.REASON_CHILD_REJECTED) not in kube.calls
+        for handle in r._retry.values():
+            handle.cancel()
+
+    asyncio.run(go())
