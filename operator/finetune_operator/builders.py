@@ -85,8 +85,9 @@ def _secret_env(name: str, secret: str, key: str, optional: bool) -> dict[str, A
 def credential_env(r: Resolved) -> list[dict[str, Any]]:
     """Credentials, only ever as secretKeyRef from Secrets in the job's own namespace.
 
-    AWS_* come from the output's Secret (else the first s3:// source's); HF_TOKEN from the model's
-    Secret (else the dataset's) and is optional, so public models need no token.
+    AWS_* come from the output's Secret (else the first s3:// source's); a source with a Secret of
+    its own also gets FINETUNE_<ROLE>_AWS_* from it; HF_TOKEN from the model's Secret (else the
+    dataset's) and is optional, so public models need no token.
     """
     spec = r.spec
     env: list[dict[str, Any]] = []
@@ -104,6 +105,20 @@ def credential_env(r: Resolved) -> list[dict[str, Any]]:
             _secret_env(ct.ENV_AWS_SECRET_ACCESS_KEY, aws_secret, ct.SECRET_KEY_AWS_SECRET_ACCESS_KEY, False),
             _secret_env(ct.ENV_AWS_SESSION_TOKEN, aws_secret, "AWS_SESSION_TOKEN", True),
         ]
+    # An s3:// source whose Secret differs from the one above also gets it under its own names, so
+    # a model in one account and the output in another are each read or written with their own
+    # credentials (the trainer prefers a source's own; the others use AWS_*).
+    sources: tuple[tuple[str, str, str | None], ...] = tuple(
+        (role, src.uri, src.secret_ref.name if src.secret_ref is not None else None)
+        for role, src in (("MODEL", spec.model), ("DATASET", spec.dataset), ("OUTPUT", r.output))
+    )
+    for role, uri, name in sources:
+        if uri.startswith("s3://") and name is not None and name != aws_secret:
+            env += [
+                _secret_env(ct.role_env(role, ct.ENV_AWS_ACCESS_KEY_ID), name, ct.SECRET_KEY_AWS_ACCESS_KEY_ID, False),
+                _secret_env(ct.role_env(role, ct.ENV_AWS_SECRET_ACCESS_KEY), name, ct.SECRET_KEY_AWS_SECRET_ACCESS_KEY, False),
+                _secret_env(ct.role_env(role, ct.ENV_AWS_SESSION_TOKEN), name, "AWS_SESSION_TOKEN", True),
+            ]
     hf_secret = next((s.secret_ref.name for s in (spec.model, spec.dataset) if s.secret_ref is not None and s.uri.startswith("hf://")), None)
     if hf_secret:
         env.append(_secret_env(ct.ENV_HF_TOKEN, hf_secret, ct.SECRET_KEY_HF_TOKEN, True))

@@ -213,6 +213,22 @@ def test_runtime_defaults_placement_and_default_output() -> None:
 RUNTIME = {"image": "reg.example/trainer:1", "allowedMethods": ["lora"], "maxNodes": 2, "maxGpusPerNode": 4, "maxTotalGpus": 6}
 
 
+def test_each_s3_source_with_its_own_secret_gets_its_own_credentials() -> None:
+    spec = minimal_spec(model={"uri": "s3://models-acct/llama/", "secretRef": {"name": "model-creds"}},
+                        dataset={"uri": "s3://data-acct/train.jsonl", "format": "chat", "secretRef": {"name": "s3-creds"}})
+    r = resolved(spec)
+    assert isinstance(r, Resolved)
+    env = {e["name"]: e for e in builders.pod_template(r, 0)["spec"]["containers"][0]["env"]}
+    ref = lambda name: (env[name]["valueFrom"]["secretKeyRef"]["name"], env[name]["valueFrom"]["secretKeyRef"]["key"])  # noqa: E731
+    # AWS_* from the output's Secret; the model's own under FINETUNE_MODEL_*; the dataset shares
+    # the output's Secret, so it needs no names of its own
+    assert ref(ct.ENV_AWS_ACCESS_KEY_ID) == ("s3-creds", ct.SECRET_KEY_AWS_ACCESS_KEY_ID)
+    assert ref(ct.role_env("MODEL", ct.ENV_AWS_ACCESS_KEY_ID)) == ("model-creds", ct.SECRET_KEY_AWS_ACCESS_KEY_ID)
+    assert ref(ct.role_env("MODEL", ct.ENV_AWS_SECRET_ACCESS_KEY)) == ("model-creds", ct.SECRET_KEY_AWS_SECRET_ACCESS_KEY)
+    assert not any(name.startswith(("FINETUNE_DATASET_", "FINETUNE_OUTPUT_")) for name in env)
+    assert all("value" not in e for name, e in env.items() if "AWS_" in name and "ENDPOINT" not in name), "credentials only as secretKeyRef"
+
+
 def test_runtime_grace_period_and_workspace_size_reach_the_pods() -> None:
     r = resolved(minimal_spec(runtimeRef={"name": "rt"}, resources={"nodes": 1, "gpusPerNode": 1}),
                  {**RUNTIME, "terminationGracePeriodSeconds": 900, "workspaceSize": "200Gi"})

@@ -54,6 +54,20 @@ class S3Server:
             "s3", endpoint_url=self.endpoint, region_name=REGION, config=Config(s3={"addressing_style": "path"}), **creds
         )
 
+    def scoped_user(self, name: str, buckets: list[str]) -> tuple[str, str]:
+        """A new IAM user allowed s3:* on `buckets` only (the server enforces it): its key pair."""
+        import json
+
+        import boto3
+
+        iam = boto3.client("iam", endpoint_url=self.endpoint, region_name=REGION, aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key)
+        iam.create_user(UserName=name)
+        resources = [arn for b in buckets for arn in (f"arn:aws:s3:::{b}", f"arn:aws:s3:::{b}/*")]
+        iam.put_user_policy(UserName=name, PolicyName="buckets", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": resources}]}))
+        key = iam.create_access_key(UserName=name)["AccessKey"]
+        return str(key["AccessKeyId"]), str(key["SecretAccessKey"])
+
     def create_bucket(self, name: str | None = None) -> str:
         name = name or f"b-{uuid.uuid4().hex[:12]}"
         self.client().create_bucket(Bucket=name)

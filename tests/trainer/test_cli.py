@@ -185,3 +185,33 @@ def test_a_source_that_does_not_answer_is_retryable_and_a_missing_one_final(tiny
         server.server_close()
     rc, summary = validate(f"{base}/busy.jsonl")  # nobody listens any more: connection refused
     assert rc == contract.EXIT_TRAINING_ERROR and summary["reason"] == "SourceUnavailable", summary
+
+
+def test_model_and_output_in_two_accounts_each_use_their_own_credentials(s3: S3Server, tiny_llama: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """The model's bucket is readable only by one user, the output's writable only by another
+    (the S3 server enforces both policies). With each source's own credentials (the variables
+    the operator sets from each secretRef) validation reads the one and writes the other; with one
+    credential set for everything (AWS_* from the output's Secret) the model read is denied."""
+    import uuid
+
+    models, outputs = s3.create_bucket(), s3.create_bucket()
+    s3.upload_dir(tiny_llama, f"s3://{models}/m/")
+    reader = s3.scoped_user(f"reader-{uuid.uuid4().hex[:6]}", [models])
+    writer = s3.scoped_user(f"writer-{uuid.uuid4().hex[:6]}", [outputs])
+    data = write_jsonl(tmp_path / "chat.jsonl", chat_rows(8))
+    cfg = write_config(tmp_path / "v.json", {
+        "model": {"uri": f"s3://{models}/m"}, "dataset": {"uri": str(data), "format": "chat"},
+        "hyperparameters": {"maxSeqLength": 32}, "output": {"uri": f"s3://{outputs}/run/"},
+    })
+    default = {**s3.env(), "AWS_ACCESS_KEY_ID": writer[0], "AWS_SECRET_ACCESS_KEY": writer[1], "FINETUNE_WORK_DIR": str(tmp_path / "w")}
+    own = {
+        contract.role_env("MODEL", contract.ENV_AWS_ACCESS_KEY_ID): reader[0],
+        contract.role_env("MODEL", contract.ENV_AWS_SECRET_ACCESS_KEY): reader[1],
+        contract.role_env("OUTPUT", contract.ENV_AWS_ACCESS_KEY_ID): writer[0],
+        contract.role_env("OUTPUT", contract.ENV_AWS_SECRET_ACCESS_KEY): writer[1],
+    }
+    proc = run_trainer(["validate", "--config", str(cfg)], trainer_env({**default, **own}))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert summary_of(proc)["output"] == {"uri": f"s3://{outputs}/run/", "writable": True}
+    proc = run_trainer(["validate", "--config", str(cfg)], trainer_env(default))
+    assert proc.returncode == contract.EXIT_DATA_ERROR and "access denied" in summary_of(proc)["message"], summary_of(proc)

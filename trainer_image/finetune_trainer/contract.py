@@ -38,6 +38,18 @@ ENV_AWS_ACCESS_KEY_ID = "AWS_ACCESS_KEY_ID"
 ENV_AWS_SECRET_ACCESS_KEY = "AWS_SECRET_ACCESS_KEY"
 ENV_AWS_SESSION_TOKEN = "AWS_SESSION_TOKEN"
 ENV_HF_TOKEN = "HF_TOKEN"
+# Per-source S3 credentials: FINETUNE_<ROLE>_AWS_ACCESS_KEY_ID / _SECRET_ACCESS_KEY / _SESSION_TOKEN,
+# ROLE one of S3_ROLES, each from the secretRef of that source (model, dataset, output). A source
+# without its own uses the AWS_* variables (or the pod's identity) like any AWS SDK.
+S3_ROLES = ("MODEL", "DATASET", "OUTPUT")
+ROLE_ENV_PREFIX = "FINETUNE_{role}_"
+
+
+def role_env(role: str, name: str) -> str:
+    """The per-source variable for `name` (an AWS_* variable) of source `role`."""
+    return ROLE_ENV_PREFIX.format(role=role) + name
+
+
 # Where the trainer writes its JSON summary (local runs point it at a file of their choosing).
 ENV_TERMINATION_MESSAGE_PATH = "FINETUNE_TERMINATION_MESSAGE_PATH"
 # Endpoint of S3-compatible storage for the model/dataset/output (not a secret).

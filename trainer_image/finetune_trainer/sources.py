@@ -63,6 +63,7 @@ def _fetch_model_here(cfg: TrainerConfig, uri: str, dest: pathlib.Path, config_o
                 target,
                 endpoint=_s3_endpoint(cfg, cfg.model.endpoint),
                 keep=(lambda rel: not WEIGHT_FILE.fullmatch(rel)) if config_only else (lambda _rel: True),
+                role="MODEL",
             )
         return target
     path = pathlib.Path(parse_location(uri).path)
@@ -107,7 +108,7 @@ def _fetch_dataset_here(cfg: TrainerConfig, src: DatasetSource, dest: pathlib.Pa
     target = dest / "dataset"
     if uri.startswith("s3://"):
         if download:
-            download_prefix(uri, target, endpoint=_s3_endpoint(cfg, src.endpoint))
+            download_prefix(uri, target, endpoint=_s3_endpoint(cfg, src.endpoint), role="DATASET")
         return _data_files(target, uri, src.format)
     if uri.startswith(("http://", "https://")):
         suffix = pathlib.PurePosixPath(_redact(uri)).suffix.lower()
@@ -238,5 +239,5 @@ def localize_images(cfg: TrainerConfig, rows: list[Row], dest: pathlib.Path) -> 
         for uri, target in remote.items():
             if not target.is_file():
                 with contextlib.suppress(DataError):  # reported per row by images.check_images ("does not exist")
-                    download_prefix(uri, target.parent, endpoint=endpoint)
+                    download_prefix(uri, target.parent, endpoint=endpoint, role="DATASET")
     distributed.barrier()

@@ -65,14 +65,27 @@ def pvc_root() -> str:
     return os.environ.get("FINETUNE_PVC_ROOT", contract.PVC_MOUNT_ROOT)
 
 
-def s3_client(endpoint: str | None) -> Any:
+def s3_client(endpoint: str | None, role: str | None = None) -> Any:
+    """A client for one source: with `role` (MODEL, DATASET, OUTPUT) and that source's own
+    credentials in the environment (contract.role_env), those; else the default chain (AWS_*,
+    a web identity, the instance profile)."""
     import boto3
     from botocore.config import Config
 
+    creds: dict[str, str] = {}
+    if role is not None:
+        key = os.environ.get(contract.role_env(role, contract.ENV_AWS_ACCESS_KEY_ID))
+        secret = os.environ.get(contract.role_env(role, contract.ENV_AWS_SECRET_ACCESS_KEY))
+        if key and secret:
+            creds = {"aws_access_key_id": key, "aws_secret_access_key": secret}
+            token = os.environ.get(contract.role_env(role, contract.ENV_AWS_SESSION_TOKEN))
+            if token:
+                creds["aws_session_token"] = token
     return boto3.client(
         "s3",
         endpoint_url=endpoint or os.environ.get(contract.ENV_S3_ENDPOINT) or None,
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"}),
+        **creds,
     )
 
 
@@ -169,10 +182,12 @@ def download_prefix(
     *,
     endpoint: str | None,
     keep: Callable[[str], bool] = lambda _key: True,
+    role: str | None = None,
 ) -> list[pathlib.Path]:
-    """Download every object under an s3:// prefix (or one object) into `dest`, concurrently."""
+    """Download every object under an s3:// prefix (or one object) into `dest`, concurrently
+    (with the credentials of source `role`, see s3_client)."""
     loc = parse_location(uri)
-    client = s3_client(endpoint)
+    client = s3_client(endpoint, role)
     prefix = loc.path
     try:
         keys = _list_keys(client, loc.bucket, prefix)
@@ -253,7 +268,7 @@ class Output:
 
     def _s3(self) -> Any:
         if self._client is None:
-            self._client = s3_client(self.endpoint)
+            self._client = s3_client(self.endpoint, "OUTPUT")
         return self._client
 
     def _key(self, rel: str) -> str:
@@ -374,7 +389,7 @@ class Output:
             shutil.copytree(src, dest, dirs_exist_ok=True)
             return
         try:
-            download_prefix(self.location.child(rel_prefix).uri, dest, endpoint=self.endpoint)
+            download_prefix(self.location.child(rel_prefix).uri, dest, endpoint=self.endpoint, role="OUTPUT")
         except DataError as err:
             raise StorageError(str(err)) from None
 
