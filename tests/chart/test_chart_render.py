@@ -43,7 +43,7 @@ def test_default_render_has_the_operator_and_nothing_optional() -> None:
     assert kinds.count("Deployment") == 1
     assert kinds.count("ServiceAccount") == 1
     assert kinds.count("Service") == 1
-    assert kinds.count("ClusterRole") == 2 and kinds.count("ClusterRoleBinding") == 2
+    assert kinds.count("ClusterRole") == 2 + 3 and kinds.count("ClusterRoleBinding") == 2 + 1  # + the users' roles
     assert kinds.count("Role") == 1 and kinds.count("RoleBinding") == 1  # the leader Lease only
     assert kinds.count("ClusterFineTuneRuntime") == 3
     for optional in ("ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap"):
@@ -106,7 +106,8 @@ def test_deployment_is_psa_restricted_with_probe_and_resources() -> None:
 
 
 def _rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for d in docs if d["kind"] in ("ClusterRole", "Role") for r in d.get("rules", [])]
+    """The operator's own rules (not the roles the chart gives the cluster's users)."""
+    return [r for d in docs if d["kind"] in ("ClusterRole", "Role") and d["metadata"]["labels"].get("finetune.dev/role-for") != "users" for r in d.get("rules", [])]
 
 
 @pytest.mark.parametrize("values", [None, {"watchNamespaces": ["team-a", "team-b"]}], ids=["cluster", "namespaced"])

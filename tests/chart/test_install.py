@@ -300,3 +300,45 @@ def test_kube_version_pin_matches_the_harness(kube_cluster: ControlPlane) -> Non
     """tests/chart renders for KUBE_VERSION; the harness's API server must be that minor."""
     version = kube_cluster.request("GET", "/version")
     assert f"{version['major']}.{version['minor']}" == ".".join(KUBE_VERSION.split(".")[:2])
+
+
+def test_namespace_users_work_with_finetunejobs_through_the_built_in_roles(kube_cluster: ControlPlane, release: Release, kube_namespace: str,
+                                                                          tmp_path: pathlib.Path) -> None:
+    """The seam chart <-> the cluster's users: someone bound to the built-in `edit` role in a
+    namespace (nothing of ours bound to them) creates, lists, reads and deletes FineTuneJobs there
+    and reads the presets; someone bound to `view` reads jobs but creates none. Proven with their
+    own tokens against the real API server, after the controller manager aggregated the roles."""
+    ns = kube_namespace
+    users = {}
+    for user, role in (("alice", "edit"), ("bob", "view")):
+        kube_cluster.kubectl("create", "serviceaccount", user, "-n", ns)
+        kube_cluster.kubectl("create", "rolebinding", f"{user}-{role}", f"--clusterrole={role}", f"--serviceaccount={ns}:{user}", "-n", ns)
+        users[user] = kube_cluster.service_account_kubeconfig(ns, user)
+
+    def can(user: str, verb: str, resource: str, namespace: str | None = ns) -> bool:
+        return release.can_i(verb, resource, namespace, as_self=users[user])
+
+    _wait("edit to aggregate the FineTuneJob rights", lambda: can("alice", "create", "finetunejobs.finetune.dev"), timeout=60)
+    job = _example_job(ns)
+    job["metadata"]["name"] = "by-alice"
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(yaml.safe_dump(job))
+
+    def as_user(user: str, *args: str) -> subprocess.CompletedProcess[str]:
+        return kube_cluster.kubectl(*args, kubeconfig=users[user], check=False)
+
+    created = as_user("alice", "apply", "-f", str(manifest))
+    assert created.returncode == 0, created.stderr
+    listed = as_user("alice", "get", "finetunejobs", "-n", ns, "-o", "name")
+    assert listed.returncode == 0 and "by-alice" in listed.stdout, listed.stderr
+    presets = as_user("alice", "get", "clusterfinetuneruntimes", "-o", "name")
+    assert presets.returncode == 0 and release.values["defaultRuntime"] in presets.stdout, presets.stderr
+    assert not can("alice", "delete", "clusterfinetuneruntimes.finetune.dev", None), "users read presets, never change them"
+    assert not can("alice", "patch", "finetunejobs.finetune.dev/status"), "status is the operator's"
+    # view: reads, never writes
+    seen = as_user("bob", "get", "finetunejob", "by-alice", "-n", ns, "-o", "jsonpath={.metadata.name}")
+    assert seen.returncode == 0 and seen.stdout == "by-alice", seen.stderr
+    refused = as_user("bob", "delete", "finetunejob", "by-alice", "-n", ns)
+    assert refused.returncode != 0 and "forbidden" in refused.stderr.lower(), refused.stderr
+    deleted = as_user("alice", "delete", "finetunejob", "by-alice", "-n", ns, "--wait=false")
+    assert deleted.returncode == 0, deleted.stderr
