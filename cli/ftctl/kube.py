@@ -71,6 +71,18 @@ class Cluster:
         items: list[dict[str, Any]] = res.get("items", [])
         return items
 
+    def delete_job(self, namespace: str, name: str) -> None:
+        with _api_errors(f"FineTuneJob {namespace}/{name}"):
+            self.custom.delete_namespaced_custom_object(contract.GROUP, contract.VERSION, namespace, contract.PLURAL_JOB, name)
+
+    def patch_job_spec(self, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """A merge patch of the FineTuneJob's spec (e.g. {"suspend": true})."""
+        with _api_errors(f"FineTuneJob {namespace}/{name}"):
+            obj: dict[str, Any] = self.custom.patch_namespaced_custom_object(
+                contract.GROUP, contract.VERSION, namespace, contract.PLURAL_JOB, name, {"spec": spec}
+            )
+            return obj
+
     def get_runtime(self, name: str) -> dict[str, Any]:
         with _api_errors(f"ClusterFineTuneRuntime {name}"):
             obj: dict[str, Any] = self.custom.get_cluster_custom_object(

@@ -6,6 +6,9 @@ Run: `ftctl --help` (console script from pyproject.toml), or `python -m ftctl --
   ftctl submit job.yaml              create the FineTuneJob in the cluster
   ftctl list [-A]                    jobs with phase, progress, loss, ETA
   ftctl status NAME                  details and a live progress bar until the job ends
+  ftctl wait NAME [--for phase=Succeeded] [--timeout 30m]   until the job gets there
+  ftctl suspend NAME / resume NAME   hold a job (pods removed, progress kept) or let it go on
+  ftctl delete NAME                  delete a job (its pods, Job, ConfigMap and Service go with it)
   ftctl logs NAME [-f]               logs of the rank-0 trainer pod
   ftctl download NAME DIR            adapter + manifest (sha256 checked) + loss.png
   ftctl run --local job.yaml         train the same manifest on this machine, no cluster
@@ -32,7 +35,7 @@ from rich.table import Table
 from rich.text import Text
 
 from . import __version__
-from .errors import FtctlError, UserError
+from .errors import CommandFailed, FtctlError, UserError
 
 app = typer.Typer(
     name="ftctl",
@@ -215,6 +218,103 @@ def status(
 def _exit_for_phase(phase: str, watched: bool) -> None:
     if watched and phase == "Failed":
         raise typer.Exit(1)
+
+
+# --- wait, delete, suspend, resume -------------------------------------------------------------
+def _parse_for(condition: str) -> tuple[str, str, str]:
+    """`phase=Succeeded` or `condition=Validated` (status True) or `condition=Running=False`."""
+    kind, _, rest = condition.partition("=")
+    if kind == "phase" and rest:
+        return "phase", rest, ""
+    if kind == "condition" and rest:
+        name, _, value = rest.partition("=")
+        return "condition", name, value or "True"
+    raise UserError(f"--for: {condition!r} is not phase=<Phase> or condition=<Type>[=True|False]")
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        return float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        raise UserError(f"--timeout: {text!r} is not a duration (e.g. 90s, 30m, 2h)") from None
+
+
+@app.command()
+@clean_errors
+def wait(
+    name: Annotated[str, typer.Argument(help="FineTuneJob name")],
+    for_: Annotated[str, typer.Option("--for", help="phase=<Phase> or condition=<Type>[=True|False]")] = "phase=Succeeded",
+    timeout: Annotated[str, typer.Option(help="give up after this long (90s, 30m, 2h)")] = "30m",
+    namespace: NamespaceOpt = None,
+    interval: Annotated[float, typer.Option(min=0.2, help="poll interval in seconds")] = 2.0,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+) -> None:
+    """Wait until the job is in a phase or has a condition, like `kubectl wait`. Exit 0 when it
+    is; 1 when it ends without getting there (e.g. Failed while waiting for Succeeded) or on
+    timeout, with the job's message."""
+    from .views import TERMINAL_PHASES, phase_of
+
+    kind, want, value = _parse_for(for_)
+    limit = time.monotonic() + _duration(timeout)
+    cluster = _cluster(kubeconfig, context)
+    ns = namespace or cluster.default_namespace
+    while True:
+        job = cluster.get_job(ns, name)
+        status = job.get("status") or {}
+        phase = phase_of(job)
+        if kind == "phase":
+            met = phase == want
+        else:
+            met = any(x.get("type") == want and x.get("status") == value for x in status.get("conditions") or [])
+        if met:
+            out.print(f"finetunejob.finetune.dev/{name} {for_}")
+            return
+        if phase in TERMINAL_PHASES:
+            raise CommandFailed(f"FineTuneJob {ns}/{name} ended {phase} without {for_}: {status.get('message') or ''}".rstrip(": "))
+        if time.monotonic() >= limit:
+            raise CommandFailed(f"timed out after {timeout} waiting for {for_} (phase {phase}: {status.get('message') or 'no message'})")
+        time.sleep(interval)
+
+
+@app.command()
+@clean_errors
+def delete(
+    name: Annotated[str, typer.Argument(help="FineTuneJob name")],
+    namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+) -> None:
+    """Delete a job; its Job, pods, ConfigMap and Service go with it (owner references). Its output
+    in object storage stays."""
+    cluster = _cluster(kubeconfig, context)
+    ns = namespace or cluster.default_namespace
+    cluster.delete_job(ns, name)
+    out.print(f"finetunejob.finetune.dev/{name} deleted from {ns}")
+
+
+def _set_suspend(name: str, namespace: str | None, kubeconfig: str | None, context: str | None, value: bool) -> None:
+    cluster = _cluster(kubeconfig, context)
+    ns = namespace or cluster.default_namespace
+    cluster.patch_job_spec(ns, name, {"suspend": value})
+    out.print(f"finetunejob.finetune.dev/{name} {'suspended' if value else 'resumed'} in {ns}")
+
+
+@app.command()
+@clean_errors
+def suspend(name: Annotated[str, typer.Argument(help="FineTuneJob name")], namespace: NamespaceOpt = None,
+            kubeconfig: KubeconfigOpt = None, context: ContextOpt = None) -> None:
+    """Hold a job: spec.suspend=true; its pods are removed, its progress and checkpoints kept."""
+    _set_suspend(name, namespace, kubeconfig, context, True)
+
+
+@app.command()
+@clean_errors
+def resume(name: Annotated[str, typer.Argument(help="FineTuneJob name")], namespace: NamespaceOpt = None,
+           kubeconfig: KubeconfigOpt = None, context: ContextOpt = None) -> None:
+    """Let a suspended job go on (spec.suspend=false): it resumes from its newest checkpoint."""
+    _set_suspend(name, namespace, kubeconfig, context, False)
 
 
 # --- logs -----------------------------------------------------------------------------------

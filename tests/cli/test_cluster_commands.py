@@ -160,3 +160,57 @@ def test_status_follows_progress_live_until_the_job_ends(crds: ControlPlane, kub
     stdout = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", stdout)  # terminal escape codes
     for seen in ("step 5/50", "step 20/50", "step 35/50", "step 50/50", "Succeeded"):
         assert seen in stdout, f"{seen!r} never drawn"
+
+
+def test_wait_returns_when_the_job_gets_there_and_fails_when_it_cannot(crds: ControlPlane, kube_namespace: str,
+                                                                        tmp_path: pathlib.Path) -> None:
+    """`ftctl wait` like `kubectl wait`: 0 once the phase or condition is there; 1 with the job's
+    message when it ended elsewhere or time ran out; a bad --for is a user error (2)."""
+    import time
+
+    ns = kube_namespace
+    for name in ("waits", "fails", "slow"):
+        assert ftctl(crds, "submit", str(manifest(tmp_path, name, ns))).returncode == 0
+    _patch_status(crds, ns, "waits", {"phase": "Running"})
+    proc = subprocess.Popen([sys.executable, "-m", "ftctl", "wait", "waits", "-n", ns, "--for", "phase=Succeeded", "--interval", "0.3", "--timeout", "60s"],
+                            env=crds.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4.0)
+        assert proc.poll() is None, "wait returned before the job got there"
+        _patch_status(crds, ns, "waits", {"phase": "Succeeded"})
+        stdout, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and "finetunejob.finetune.dev/waits phase=Succeeded" in stdout, stderr
+    _patch_status(crds, ns, "fails", {"phase": "Failed", "message": "worker 0 exited with code 3 (model or dataset error)",
+                                      "conditions": [{"type": "Validated", "status": "True", "reason": "ValidationPassed", "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
+    failed = ftctl(crds, "wait", "fails", "-n", ns, "--timeout", "30s")
+    assert failed.returncode == 1 and "ended Failed without phase=Succeeded: worker 0 exited with code 3" in failed.stderr, failed.stderr
+    validated = ftctl(crds, "wait", "fails", "-n", ns, "--for", "condition=Validated", "--timeout", "30s")
+    assert validated.returncode == 0, validated.stderr
+    slow = ftctl(crds, "wait", "slow", "-n", ns, "--timeout", "2s", "--interval", "0.5")
+    assert slow.returncode == 1 and "timed out after 2s waiting for phase=Succeeded" in slow.stderr, slow.stderr
+    bad = ftctl(crds, "wait", "slow", "-n", ns, "--for", "ready")
+    assert bad.returncode == 2 and "--for" in bad.stderr, bad.stderr
+
+
+def test_suspend_resume_and_delete(crds: ControlPlane, kube_namespace: str, tmp_path: pathlib.Path) -> None:
+    from kubernetes import client
+
+    ns = kube_namespace
+    assert ftctl(crds, "submit", str(manifest(tmp_path, "held", ns))).returncode == 0
+    api = client.CustomObjectsApi(crds.api_client())
+
+    def spec() -> dict[str, Any]:
+        return dict(api.get_namespaced_custom_object(contract.GROUP, contract.VERSION, ns, contract.PLURAL_JOB, "held")["spec"])
+
+    proc = ftctl(crds, "suspend", "held", "-n", ns)
+    assert proc.returncode == 0 and spec()["suspend"] is True, proc.stderr
+    proc = ftctl(crds, "resume", "held", "-n", ns)
+    assert proc.returncode == 0 and spec()["suspend"] is False, proc.stderr
+    proc = ftctl(crds, "delete", "held", "-n", ns)
+    assert proc.returncode == 0 and f"finetunejob.finetune.dev/held deleted from {ns}" in proc.stdout, proc.stderr
+    gone = ftctl(crds, "delete", "held", "-n", ns)
+    assert gone.returncode == 2 and "not found" in gone.stderr, gone.stderr
