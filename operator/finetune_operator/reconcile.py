@@ -45,7 +45,7 @@ from finetune_operator.kube import Kube, KubeError
 from finetune_operator.plan import Observed, Plan, decide
 from finetune_operator.progress import progress_url
 from finetune_operator.resolve import JobMeta, OperatorConfig
-from finetune_operator.views import JobView, PodView
+from finetune_operator.views import JobView, PodView, parse_time
 
 ct = c.contract
 log = logging.getLogger(__name__)
@@ -580,6 +580,9 @@ class Reconciler:
         if not waiting or job is None or not job.uid:
             self._failed_create.pop(key, None)
             return None
+        created = parse_time(job.created)
+        if created is not None and (self.clock() - created).total_seconds() < FAILED_CREATE_SECONDS:
+            return None  # pods normally appear within a second: no read for a Job that is new
         now = time.monotonic()
         checked = self._failed_create.get(key)
         if checked is not None and now - checked[0] < FAILED_CREATE_SECONDS:

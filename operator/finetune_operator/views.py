@@ -89,6 +89,8 @@ class JobView:
     failed_pods: int
     uid: str = ""
     job_uid: str = ""
+    #: metadata.creationTimestamp (RFC 3339).
+    created: str | None = None
 
 
 def _int(value: Any) -> int | None:
@@ -171,6 +173,7 @@ def job_view(body: dict[str, Any]) -> JobView:
         failed_pods=int(status.get("failed") or 0),
         uid=meta.get("uid", ""),
         job_uid=labels.get(ct.LABEL_JOB_UID, ""),
+        created=meta.get("creationTimestamp"),
     )
 
 
