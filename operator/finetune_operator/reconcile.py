@@ -189,11 +189,11 @@ def _ours(metadata: Mapping[str, Any], job: str) -> bool:
     return bool(labels.get(ct.LABEL_MANAGED_BY) == ct.MANAGED_BY and labels.get(ct.LABEL_JOB_NAME) == job)
 
 
-_WORKLOADS = frozenset({"Job", "Pod"})
+_WORKLOADS = frozenset({"Job", "Pod"})  # children that use the ConfigMap and Service
 #: How often the Job controller's FailedCreate events are read for a Job that has no pods.
 FAILED_CREATE_SECONDS = 10.0
 #: API answers to a child's create/apply that retrying at once cannot change (reported on the job).
-REJECTED_STATUSES = frozenset({400, 403, 404, 422})  # children that use the ConfigMap and Service
+REJECTED_STATUSES = frozenset({400, 403, 404, 422})
 
 
 def _child_key(manifest: dict[str, Any]) -> tuple[str, str]:
