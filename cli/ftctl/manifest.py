@@ -12,11 +12,10 @@ import re
 from typing import Any
 
 import yaml
+from finetune_operator.constants import JOB_NAME_PATTERN as NAME_PATTERN  # the CRD's own rule
 from finetune_trainer import contract
 
 from .errors import UserError
-
-NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +84,7 @@ def check_document(doc: dict[str, Any], path: pathlib.Path) -> Any:
             problems.append(
                 f"metadata.name: {name!r} must be a DNS label of at most "
                 f"{MAX_JOB_NAME_LENGTH} characters "
-                "(lowercase letters, digits, '-')"
+                "(starting with a letter; lowercase letters, digits, '-')"
             )
     spec = doc.get("spec")
     parsed = None

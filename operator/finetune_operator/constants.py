@@ -21,6 +21,8 @@ VALIDATOR_SUFFIX = "-validate"
 #: Longest FineTuneJob name: the Job's pods are named <job>-<index>-<5 chars> and the Service
 #: <job>-workers must be a DNS label (63).
 MAX_JOB_NAME_LENGTH = 48
+#: A FineTuneJob name is a DNS-1035 label: it names the <name>-workers Service.
+JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 # --- Labels / annotations written by the operator (beyond contract.LABEL_*) ------------------
 ANNOTATION_TEMPLATE_HASH = "finetune.dev/template-hash"

@@ -181,7 +181,7 @@ def finetunejob_crd() -> dict[str, Any]:
             "FieldValueInvalid",
         ),
         cel(
-            "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
+            f"self.metadata.name.matches('{c.JOB_NAME_PATTERN}')",
             "metadata.name must start with a letter and hold only lowercase letters, digits and '-' "
             "(a DNS-1035 label: it names the <name>-workers Service)",
             None,

@@ -48,7 +48,7 @@ BAD_MANIFESTS: list[tuple[str, Any, list[str]]] = [
     ("misspelled block", job(hyperparams={"epochs": 1}), ["spec.hyperparams", "Extra inputs"]),
     ("lora block with full", job(method={"type": "full", "lora": {"r": 8}}), ["method.lora is only allowed"]),
     ("too many nodes", job(resources={"nodes": 500}), ["spec.resources.nodes"]),
-    ("no output and no runtime", job(output=None), ["spec.output is required"]),
+    ("name starting with a digit", {**VALID_JOB, "metadata": {"name": "1job"}}, ["metadata.name", "starting with a letter"]),
 ]
 
 
