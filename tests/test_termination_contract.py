@@ -20,10 +20,10 @@ from finetune_operator import builders
 from finetune_operator import constants as c
 from finetune_operator.api import parse_job
 from finetune_operator.plan import Plan, decide
-from finetune_operator.resolve import JobMeta, OperatorConfig, Resolved, resolve
+from finetune_operator.resolve import JobMeta, Resolved, resolve
 from finetune_operator.views import pod_view
 
-from tests.operator.helpers import UID, VALIDATED, job, observed
+from tests.operator.helpers import CONFIG, DEFAULT_RUNTIME, UID, VALIDATED, job, observed
 from tests.support import pods as kubelet
 from tests.support.caches import CACHE_ROOT, cache_env
 from tests.support.ports import free_port
@@ -50,7 +50,7 @@ def spec_for(endpoint: str, bucket: str, nodes: int = 1) -> dict[str, Any]:
 
 
 def rendered(spec: dict[str, Any], name: str = "contract") -> Resolved:
-    r = resolve(JobMeta(name, "ns", UID, 1), parse_job(spec), None, False, OperatorConfig())
+    r = resolve(JobMeta(name, "ns", UID, 1), parse_job(spec), DEFAULT_RUNTIME, True, CONFIG)
     assert isinstance(r, Resolved), r
     return r
 

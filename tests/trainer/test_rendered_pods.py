@@ -22,10 +22,10 @@ from finetune_operator import builders
 from finetune_operator import constants as c
 from finetune_operator.api import parse_job
 from finetune_operator.plan import decide
-from finetune_operator.resolve import JobMeta, OperatorConfig, Resolved, resolve
+from finetune_operator.resolve import JobMeta, Resolved, resolve
 from finetune_operator.views import pod_view
 
-from tests.operator.helpers import UID, VALIDATED, job, observed
+from tests.operator.helpers import CONFIG, DEFAULT_RUNTIME, UID, VALIDATED, job, observed
 from tests.support import pods as kubelet
 from tests.support.caches import CACHE_ROOT, cache_env
 from tests.support.ports import free_port
@@ -58,7 +58,7 @@ def test_two_pods_from_the_rendered_job_train_and_report_to_the_operator(s3: S3S
     s3.upload_dir(tiny_llama, f"s3://{bucket}/model/")
     s3.upload_file(write_jsonl(tmp_path / "chat.jsonl", chat_rows(64)), f"s3://{bucket}/chat.jsonl")
     spec = two_node_spec(s3, bucket)
-    r = resolve(JobMeta(NAME, "team", UID, 1), parse_job(spec), None, False, OperatorConfig())
+    r = resolve(JobMeta(NAME, "team", UID, 1), parse_job(spec), DEFAULT_RUNTIME, True, CONFIG)
     assert isinstance(r, Resolved), r
     config_text = builders.build_configmap(r)["data"][ct.CONFIG_FILE_NAME]
     manifest = builders.build_job(r, 0, False)
