@@ -9,12 +9,14 @@ needs a status, the test writes it through the status subresource as the operato
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import pathlib
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -132,6 +134,17 @@ def _patch_status(cluster: ControlPlane, namespace: str, name: str, status: dict
                     "-p", json.dumps({"status": status}))
 
 
+@contextlib.contextmanager
+def _reaped(proc: subprocess.Popen[str]) -> Iterator[None]:
+    """A background ftctl that is killed if the test leaves before it exited."""
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_status_follows_progress_live_until_the_job_ends(crds: ControlPlane, kube_namespace: str,
                                                          tmp_path: pathlib.Path) -> None:
     """In a terminal, `ftctl status NAME` redraws a progress bar from .status.progress and exits
@@ -143,17 +156,13 @@ def test_status_follows_progress_live_until_the_job_ends(crds: ControlPlane, kub
     env = {**crds.env(), "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "160"}
     proc = subprocess.Popen([sys.executable, "-m", "ftctl", "status", "live", "-n", kube_namespace, "--interval", "0.3"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with _reaped(proc):
         for i, step in enumerate((20, 35, 50)):
             time.sleep(6.0 if i == 0 else 1.5)  # the first wait covers the CLI's start-up
             assert proc.poll() is None, "status exited before the job ended"
             _patch_status(crds, kube_namespace, "live", {"progress": {"step": step, "totalSteps": 50, "loss": 1.0 / step}})
         _patch_status(crds, kube_namespace, "live", {"phase": "Succeeded"})
         stdout, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0, stderr
     import re
 
@@ -174,15 +183,11 @@ def test_wait_returns_when_the_job_gets_there_and_fails_when_it_cannot(crds: Con
     _patch_status(crds, ns, "waits", {"phase": "Running"})
     proc = subprocess.Popen([sys.executable, "-m", "ftctl", "wait", "waits", "-n", ns, "--for", "phase=Succeeded", "--interval", "0.3", "--timeout", "60s"],
                             env=crds.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
+    with _reaped(proc):
         time.sleep(4.0)
         assert proc.poll() is None, "wait returned before the job got there"
         _patch_status(crds, ns, "waits", {"phase": "Succeeded"})
         stdout, stderr = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 0 and "finetunejob.finetune.dev/waits phase=Succeeded" in stdout, stderr
     _patch_status(crds, ns, "fails", {"phase": "Failed", "message": "worker 0 exited with code 3 (model or dataset error)",
                                       "conditions": [{"type": "Validated", "status": "True", "reason": "ValidationPassed", "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
