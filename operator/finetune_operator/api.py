@@ -140,6 +140,23 @@ _METHOD_RULES: list[Any] = [
     ),
 ]
 
+# Twins of DatasetSource's own validator (the trainer's config model): the API server refuses
+# what the trainer would refuse later.
+_DATASET_RULES: list[Any] = [
+    cel(
+        "!has(self.labels) || (has(self.format) && self.format in ['classification', 'image-classification'])",
+        "dataset.labels is only allowed with dataset.format classification or image-classification",
+        ".labels",
+        "FieldValueForbidden",
+    ),
+    cel(
+        "!has(self.augmentation) || (has(self.format) && self.format == 'image-classification')",
+        "dataset.augmentation is only allowed with dataset.format image-classification",
+        ".augmentation",
+        "FieldValueForbidden",
+    ),
+]
+
 _SPEC_RULES: list[Any] = [
     cel(
         "!(has(self.method) && has(self.method.type) && self.method.type == 'qlora' && has(self.resources) && has(self.resources.gpusPerNode) && self.resources.gpusPerNode == 0)",
@@ -167,7 +184,7 @@ class FineTuneJobSpec(_Model):
         "(a job without either fails: every job runs under a platform team's preset)",
     )
     model: ModelSource
-    dataset: DatasetSource
+    dataset: Annotated[DatasetSource, Field(json_schema_extra={"x-kubernetes-validations": _DATASET_RULES})]
     method: Annotated[Method, Field(json_schema_extra={"x-kubernetes-validations": _METHOD_RULES})] = Method()
     hyperparameters: Hyperparameters = Hyperparameters()
     resources: Resources = Resources()
@@ -319,6 +336,12 @@ class Progress(_Model):
     eval_loss: float | None = None
     eval_accuracy: Annotated[float, Field(ge=0, le=1)] | None = Field(default=None, description="Validation accuracy (classification)")
     eval_f1: Annotated[float, Field(ge=0, le=1)] | None = Field(default=None, description="Validation macro-F1 (classification, >2 labels)")
+    eval_exact_match: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        default=None, description="Fraction of greedy outputs equal to their targets on a validation sample (seq2seq)"
+    )
+    eval_rouge_l: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        default=None, description="Mean ROUGE-L F-measure of greedy outputs on a validation sample (seq2seq)"
+    )
     tokens_per_second: float | None = None
     eta_seconds: Annotated[int, Field(ge=0)] | None = None
     eta: Annotated[str, Field(max_length=32)] | None = Field(default=None, description="etaSeconds for people (1h05m)")

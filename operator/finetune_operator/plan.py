@@ -440,7 +440,14 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
         steps = summary.get("steps")
         if isinstance(steps, int) and not isinstance(steps, bool) and steps >= 0:
             progress.update(step=steps, total_steps=steps)
-        for key, field in (("loss", "loss"), ("evalLoss", "eval_loss"), ("evalAccuracy", "eval_accuracy"), ("evalF1", "eval_f1")):
+        for key, field in (
+            ("loss", "loss"),
+            ("evalLoss", "eval_loss"),
+            ("evalAccuracy", "eval_accuracy"),
+            ("evalF1", "eval_f1"),
+            ("evalExactMatch", "eval_exact_match"),
+            ("evalRougeL", "eval_rouge_l"),
+        ):
             value = summary.get(key)
             if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                 progress[field] = float(value)

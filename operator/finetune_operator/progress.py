@@ -29,12 +29,16 @@ _ALIASES = {
     "eval_loss": ("evalLoss", "eval_loss"),
     "eval_accuracy": ("evalAccuracy", "eval_accuracy"),
     "eval_f1": ("evalF1", "eval_f1"),
+    "eval_exact_match": ("evalExactMatch", "eval_exact_match"),
+    "eval_rouge_l": ("evalRougeL", "eval_rouge_l"),
     "tokens_per_second": ("tokensPerSecond", "tokens_per_second"),
     "eta_seconds": ("etaSeconds", "eta_seconds"),
     "stage": ("stage", "phase", "state"),
     "trained_tokens": ("trainedTokens", "trained_tokens", "tokens"),
 }
 _INTS = {"step", "total_steps", "eta_seconds", "trained_tokens"}
+#: Scores between 0 and 1; a value outside is dropped (the status schema would refuse it).
+_RATIOS = ("eval_accuracy", "eval_f1", "eval_exact_match", "eval_rouge_l")
 
 
 def _snake(name: str) -> str:
@@ -66,10 +70,10 @@ def parse_progress(data: Any) -> Progress | None:
         out["percent"] = 100.0 * out["step"] / out["total_steps"]
     if "percent" in out:
         out["percent"] = round(min(max(out["percent"], 0.0), 100.0), 1)
-    for key in ("loss", "eval_loss", "eval_accuracy", "eval_f1"):
+    for key in ("loss", "eval_loss", *_RATIOS):
         if key in out:
             out[key] = round(out[key], 4)
-    for key in ("eval_accuracy", "eval_f1"):
+    for key in _RATIOS:
         if key in out and not 0.0 <= out[key] <= 1.0:
             del out[key]
     if "tokens_per_second" in out:

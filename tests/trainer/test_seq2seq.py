@@ -4,6 +4,9 @@
   token, every target token counted once, the mean over all targets of the batch);
 - LoRA and full runs: the loss falls, and the saved adapter / model, reloaded with peft /
   transformers, reproduces the trainer's logits;
+- the generation scores (exact match, ROUGE-L of greedy outputs on the validation sample) the
+  trainer reports equal what transformers' `generate` and the `rouge-score` package give for the
+  reloaded model on the same examples;
 - packing is refused for the format.
 """
 
@@ -104,6 +107,7 @@ def test_lora_t5_learns_and_adapter_reloads(tiny_t5: pathlib.Path, tmp_path: pat
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0, losses
     assert manifest["method"]["resolvedTargetModules"] == ["k", "o", "q", "v", "wi", "wo"]  # all-linear, lm_head left out
     assert manifest["metrics"]["evalLoss"] < losses[0]
+    assert 0.0 <= manifest["metrics"]["evalExactMatch"] <= manifest["metrics"]["evalRougeL"] <= 1.0
     adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["task_type"] == "SEQ_2_SEQ_LM"
     model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(str(tiny_t5)), str(out / "adapter")).eval()
@@ -112,13 +116,47 @@ def test_lora_t5_learns_and_adapter_reloads(tiny_t5: pathlib.Path, tmp_path: pat
         _assert_reproduces(model, manifest["outputCheck"])  # the base alone does not: the adapter carries the training
 
 
+def _reference_generation_scores(model: Any, tiny_t5: pathlib.Path) -> tuple[float, float, int]:
+    """Exact match and ROUGE-L of `model`'s greedy outputs on the trainer's validation sample,
+    computed with transformers' generate and Google's rouge-score (not the trainer's code)."""
+    from finetune_trainer.config import parse_config
+    from finetune_trainer.generation import GENERATION_SAMPLE
+    from rouge_score import rouge_scorer
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_t5))
+    seed = parse_config({"model": {"uri": "/m"}, "dataset": {"uri": "/d"}, "output": {"uri": "/o"}}).hyperparameters.seed
+    examples, _ = data.tokenize(data.read_rows([REWRITE], "seq2seq"), "seq2seq", tok, 32, decoder_start_id=model.config.decoder_start_token_id)
+    sample = data.split(examples, 0.1, seed)[1][:GENERATION_SAMPLE]
+    longest = max(len(ex.labels) for ex in sample if isinstance(ex.labels, list))
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    exact = rouge = 0.0
+    for ex in sample:
+        assert isinstance(ex.labels, list)
+        with torch.no_grad():
+            ids = model.generate(input_ids=torch.tensor([ex.input_ids]), max_new_tokens=longest, do_sample=False, num_beams=1)[0]
+        prediction = tok.decode(ids, skip_special_tokens=True).strip()
+        reference = tok.decode(ex.labels, skip_special_tokens=True).strip()
+        exact += prediction == reference
+        rouge += scorer.score(reference, prediction)["rougeL"].fmeasure
+    return exact / len(sample), rouge / len(sample), len(sample)
+
+
 @pytest.mark.slow
 def test_full_t5_learns_and_model_reloads(tiny_t5: pathlib.Path, tmp_path: pathlib.Path, work_env: dict[str, str]) -> None:
     from transformers import AutoModelForSeq2SeqLM
 
     losses, manifest, out = _run(tiny_t5, tmp_path, work_env, {"type": "full"}, 0.003)
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0, losses
-    _assert_reproduces(AutoModelForSeq2SeqLM.from_pretrained(str(out / "model")).eval(), manifest["outputCheck"])
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(out / "model")).eval()
+    _assert_reproduces(model, manifest["outputCheck"])
+    metrics = manifest["metrics"]
+    exact, rouge, n = _reference_generation_scores(model, tiny_t5)
+    assert n == 30  # 10% of 300 rows: the whole split is the sample
+    assert metrics["evalRougeL"] == pytest.approx(rouge, abs=1e-5) and metrics["evalExactMatch"] == pytest.approx(exact, abs=1e-5)
+    assert metrics["evalRougeL"] > 0.3, metrics  # the model writes much of the target after 30 steps
+    history = read_metrics_history(out / contract.METRICS_HISTORY_NAME)
+    assert history[-1]["final"] and history[-1]["evalRougeL"] == metrics["evalRougeL"]
 
 
 def test_packing_is_refused_for_seq2seq(tiny_t5: pathlib.Path, tmp_path: pathlib.Path, work_env: dict[str, str]) -> None:

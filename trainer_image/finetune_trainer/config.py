@@ -73,6 +73,17 @@ UNPACKED_FORMATS: Final = frozenset({"seq2seq", "image-classification"})
 ColumnName = Annotated[str, Field(min_length=1, max_length=256)]
 
 
+class ImageAugmentation(_Model):
+    """Random changes to each training image each time it is loaded (validation images never)."""
+
+    horizontal_flip: bool = Field(default=False, description="Mirror the image left-right with probability 0.5")
+    random_crop: Annotated[float, Field(gt=0.0, lt=1.0)] | None = Field(
+        default=None,
+        description="Crop to a random area between this fraction of the image and all of it (aspect ratio kept, random position) "
+        "before the image processor resizes it",
+    )
+
+
 class DatasetSource(_Model):
     """Training data: JSON Lines, Parquet or CSV files in one of six formats."""
 
@@ -91,6 +102,7 @@ class DatasetSource(_Model):
         "When absent, the labels found in the data (integers keep their value, names are sorted)",
     )
     validation_split: Annotated[float, Field(ge=0.0, le=0.5)] = 0.05
+    augmentation: ImageAugmentation | None = Field(default=None, description="image-classification: training-time augmentation (off when absent)")
     secret_ref: SecretRef | None = None
     endpoint: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] | None = Field(
         default=None, description="S3-compatible endpoint for an s3:// dataset; else output.endpoint, else AWS_ENDPOINT_URL"
@@ -102,9 +114,11 @@ class DatasetSource(_Model):
         unknown = sorted(set(self.columns or {}) - set(fields))
         if unknown:
             raise ValueError(f"columns: {', '.join(unknown)} is not a field of format {self.format} (its fields: {', '.join(fields)})")
+        if self.augmentation is not None and self.format != "image-classification":
+            raise ValueError(f"dataset.augmentation is only allowed with dataset.format image-classification, not {self.format}")
         if self.labels is not None:
             if self.format not in LABELLED_FORMATS:
-                raise ValueError(f"labels is only allowed with format classification or image-classification, not {self.format}")
+                raise ValueError(f"dataset.labels is only allowed with dataset.format classification or image-classification, not {self.format}")
             if len(set(self.labels)) != len(self.labels):
                 raise ValueError("labels must not repeat a name")
         return self

@@ -84,6 +84,8 @@ class Example:
     position_ids: list[int] | None = None
     decoder_input_ids: list[int] | None = None
     pixels: Callable[[], torch.Tensor] | None = None
+    #: Images only: the local file `pixels` loads.
+    image: str | None = None
 
 
 # --- parsing ---------------------------------------------------------------------------------
@@ -282,7 +284,9 @@ def tokenize(
     """
     if fmt == "image-classification":
         assert labels is not None
-        image_examples = [Example([], label_id(r.data["label"], labels), r.source, pixels=tokenizer.loader(r.data["image"])) for r in rows]
+        image_examples = [
+            Example([], label_id(r.data["label"], labels), r.source, pixels=tokenizer.loader(r.data["image"]), image=r.data["image"]) for r in rows
+        ]
         return image_examples, TokenStats(rows=len(rows))
     if fmt == "seq2seq" and decoder_start_id is None:
         raise DataError("model.uri: the model's config has no decoder_start_token_id (is it an encoder-decoder model?)")

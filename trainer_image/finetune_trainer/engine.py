@@ -54,6 +54,11 @@ class Engine(Protocol):
         """Forward pass without gradients (evaluation); `labels` in the batch are ignored."""
         ...
 
+    def generate(self, batch: dict[str, torch.Tensor], *, max_new_tokens: int) -> torch.Tensor:
+        """Greedy decoding of an encoder-decoder batch (its `input_ids` and `attention_mask`):
+        the generated ids, decoder start token first. Every rank calls it the same number of times."""
+        ...
+
     def save(self, directory: pathlib.Path) -> None:
         """Write optimizer, scheduler and trainable weights (every rank calls this)."""
         ...
@@ -162,6 +167,23 @@ def _model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[
     return out
 
 
+def _generate(module: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device, max_new_tokens: int, *, synced: bool) -> torch.Tensor:
+    was_training = module.training
+    module.eval()
+    try:
+        out: torch.Tensor = module.generate(  # type: ignore[operator]
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            synced_gpus=synced,
+        )
+    finally:
+        module.train(was_training)
+    return out.cpu()
+
+
 class TorchEngine:
     """AdamW + linear schedule on the trainable parameters; DDP across ranks.
 
@@ -226,6 +248,11 @@ class TorchEngine:
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with self._autocast():
             return self._module(**_model_inputs(batch, self.env.device)).logits  # type: ignore[no-any-return]
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, torch.Tensor], *, max_new_tokens: int) -> torch.Tensor:
+        with self._autocast():
+            return _generate(self._module, batch, self.env.device, max_new_tokens, synced=False)
 
     def save(self, directory: pathlib.Path) -> None:
         if self.env.is_main:
@@ -361,6 +388,12 @@ class DeepSpeedEngine:
     @torch.no_grad()
     def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.engine(**_model_inputs(batch, self.engine.device)).logits  # type: ignore[no-any-return]
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, torch.Tensor], *, max_new_tokens: int) -> torch.Tensor:
+        # ZeRO-3: a rank that finishes early keeps taking part in the others' forward passes.
+        synced = self.zero_stage == 3 and self.env.world_size > 1
+        return _generate(self._module, batch, self.engine.device, max_new_tokens, synced=synced)
 
     def save(self, directory: pathlib.Path) -> None:
         self.engine.save_checkpoint(str(directory), tag=DEEPSPEED_TAG, save_latest=False, exclude_frozen_parameters=True)

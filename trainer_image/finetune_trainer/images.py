@@ -6,19 +6,28 @@ processor: resize to `config.image_size` (224 when the config has none), scale t
 normalise with mean 0.5 and std 0.5 per channel (transformers' `ViTImageProcessor` with those
 settings). Either way it is saved with the output, so the trained model reloads with
 `AutoImageProcessor.from_pretrained(<output>/adapter or model)`. Images are converted to RGB.
-No augmentation is applied.
+
+Augmentation (`dataset.augmentation`, off by default) changes training images only, each time one
+is loaded, before the processor: a left-right mirror with probability 0.5 (`horizontalFlip`) and
+a crop to a random area fraction in [randomCrop, 1] of the image, aspect ratio kept, at a random
+position (`randomCrop`), which the processor then resizes. Draws come from one generator per rank
+seeded with `hyperparameters.seed` and the rank, so a run is repeatable; a resumed run draws anew.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
 import pathlib
+import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from .data import Problems, Row
+from .config import ImageAugmentation
+from .data import Example, Problems, Row
 from .errors import DataError
 
 PROCESSOR_FILE = "preprocessor_config.json"
@@ -37,20 +46,53 @@ class ImageInputs:
     def __init__(self, processor: Any) -> None:
         self.processor = processor
 
-    def pixels(self, path: str) -> torch.Tensor:
-        """The preprocessed [3, H, W] tensor of one image."""
+    def pixels(self, path: str, augment: Augmenter | None = None) -> torch.Tensor:
+        """The preprocessed [3, H, W] tensor of one image (changed by `augment` first, if given)."""
         from PIL import Image
 
         with Image.open(path) as im:
             rgb = im.convert("RGB")
+        if augment is not None:
+            rgb = augment(rgb)
         out: torch.Tensor = self.processor(images=rgb, return_tensors="pt")["pixel_values"][0]
         return out
 
-    def loader(self, path: str) -> Callable[[], torch.Tensor]:
-        return functools.partial(self.pixels, path)
+    def loader(self, path: str, augment: Augmenter | None = None) -> Callable[[], torch.Tensor]:
+        return functools.partial(self.pixels, path, augment)
 
     def save_pretrained(self, dest: str) -> None:
         self.processor.save_pretrained(dest)
+
+
+class Augmenter:
+    """`dataset.augmentation` applied to a PIL image, with its own random generator."""
+
+    def __init__(self, settings: ImageAugmentation, seed: int) -> None:
+        self.settings = settings
+        self.rng = random.Random(seed)
+
+    def __call__(self, image: Any) -> Any:
+        s = self.settings
+        if s.random_crop is not None:
+            side = math.sqrt(self.rng.uniform(s.random_crop, 1.0))  # area fraction -> side fraction
+            w, h = max(1, round(image.width * side)), max(1, round(image.height * side))
+            left, top = self.rng.randint(0, image.width - w), self.rng.randint(0, image.height - h)
+            image = image.crop((left, top, left + w, top + h))
+        if s.horizontal_flip and self.rng.random() < 0.5:
+            from PIL import ImageOps
+
+            image = ImageOps.mirror(image)
+        return image
+
+
+def augmented(examples: list[Example], inputs: ImageInputs, settings: ImageAugmentation, seed: int) -> list[Example]:
+    """The training examples, each loading its image through one shared Augmenter."""
+    augment = Augmenter(settings, seed)
+    out = []
+    for ex in examples:
+        assert ex.image is not None, "augmentation needs image examples"
+        out.append(dataclasses.replace(ex, pixels=inputs.loader(ex.image, augment)))
+    return out
 
 
 def load_image_inputs(model_dir: pathlib.Path, trust_remote_code: bool = False) -> ImageInputs:

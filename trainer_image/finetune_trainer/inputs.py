@@ -11,7 +11,7 @@ import pathlib
 from typing import Any
 
 from .config import LABELLED_FORMATS, TrainerConfig
-from .data import Example, Row, TokenStats, label_names, read_rows, tokenize
+from .data import Example, Row, TokenStats, label_names, read_rows, split, tokenize
 from .recipes import decoder_start_token_id
 
 
@@ -29,6 +29,17 @@ class Prepared:
         if self.labels is not None:
             out["labels"] = self.labels
         return out
+
+    def split(self, cfg: TrainerConfig, inputs: Any, rank: int) -> tuple[list[Example], list[Example]]:
+        """(training, validation) examples: the seeded split, then `dataset.augmentation` on the
+        training images only (validation measures the images as they are)."""
+        seed = cfg.hyperparameters.seed
+        train_set, val_set = split(self.examples, cfg.dataset.validation_split, seed)
+        if cfg.dataset.augmentation is not None:
+            from .images import augmented
+
+            train_set = augmented(train_set, inputs, cfg.dataset.augmentation, seed=seed * 1000 + rank)
+        return train_set, val_set
 
 
 def prepare(cfg: TrainerConfig, files: list[pathlib.Path], model_dir: pathlib.Path, inputs: Any, scratch: pathlib.Path) -> Prepared:

@@ -39,6 +39,8 @@ class Progress:
     eval_loss: float | None = None
     eval_accuracy: float | None = None  # classification only
     eval_f1: float | None = None  # classification with more than two labels (macro-F1)
+    eval_exact_match: float | None = None  # seq2seq: greedy outputs equal to their targets
+    eval_rouge_l: float | None = None  # seq2seq: mean ROUGE-L F-measure of greedy outputs
     learning_rate: float | None = None
     tokens_per_second: float | None = None
     eta_seconds: float | None = None
@@ -129,6 +131,8 @@ class TrainerMetrics:
         self.eval_loss = gauge("eval_loss", "Loss on the validation split (absent until the first evaluation)")
         self.eval_accuracy = gauge("eval_accuracy", "Accuracy on the validation split (classification; absent until the first evaluation)")
         self.eval_f1 = gauge("eval_f1", "Macro-F1 on the validation split (classification with more than two labels)")
+        self.eval_exact_match = gauge("eval_exact_match", "Fraction of greedy outputs equal to their targets on a validation sample (seq2seq)")
+        self.eval_rouge_l = gauge("eval_rouge_l", "Mean ROUGE-L F-measure of greedy outputs on a validation sample (seq2seq)")
         self.learning_rate = gauge("learning_rate", "Learning rate of the last step")
         self.tokens_per_second = gauge("tokens_per_second", "Trained tokens per second, all ranks together")
         self.progress = gauge("progress_ratio", "Fraction of planned steps done (0-1)")
@@ -153,6 +157,10 @@ class TrainerMetrics:
             self.eval_accuracy.labels(**lab).set(p.eval_accuracy)
         if p.eval_f1 is not None:
             self.eval_f1.labels(**lab).set(p.eval_f1)
+        if p.eval_exact_match is not None:
+            self.eval_exact_match.labels(**lab).set(p.eval_exact_match)
+        if p.eval_rouge_l is not None:
+            self.eval_rouge_l.labels(**lab).set(p.eval_rouge_l)
         if p.learning_rate is not None:
             self.learning_rate.labels(**lab).set(p.learning_rate)
         if p.tokens_per_second is not None:

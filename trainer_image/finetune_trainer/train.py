@@ -30,11 +30,11 @@ from .data import (
     pack,
     packing_isolated,
     real_tokens,
-    split,
 )
 from .distributed import DistEnv
 from .engine import DeepSpeedSetup, Engine, batch_targets, loss_sum, make_engine, shifted_labels
 from .errors import Preempted, SetupError
+from .generation import generation_scores
 from .inputs import prepare
 from .metrics import NullMetrics, Progress, TrainerMetrics
 from .output import write_final_output
@@ -127,7 +127,7 @@ def _train(cfg: TrainerConfig, env: DistEnv, metrics: TrainerMetrics | NullMetri
     tokenizer = load_inputs(model_dir, cfg)  # a tokenizer, or the image processor for images
     prepared = prepare(cfg, files, model_dir, tokenizer, work)
     rows, labels, token_stats = prepared.rows, prepared.labels, prepared.stats
-    train_set, val_set = split(prepared.examples, cfg.dataset.validation_split, hp.seed)
+    train_set, val_set = prepared.split(cfg, tokenizer, env.rank)
     task = task_for(cfg, labels)
 
     recipe = recipe_for(cfg, env)
@@ -167,6 +167,7 @@ def _train(cfg: TrainerConfig, env: DistEnv, metrics: TrainerMetrics | NullMetri
     position = state.position
     eval_every = hp.eval_every_steps
     num_labels = len(task.labels) if task.classifier else 0
+    scorer = _Scorer(tokenizer, hp.max_seq_length) if task.kind == "seq2seq" else None
     model.train()
     while state.step < total_steps:
         step_started = time.monotonic()
@@ -192,7 +193,7 @@ def _train(cfg: TrainerConfig, env: DistEnv, metrics: TrainerMetrics | NullMetri
         )
         evaluated = bool(val_set and eval_every and state.step % eval_every == 0 and state.step < total_steps)
         if evaluated:
-            progress = _with_eval(progress, evaluate(engine, val_set, hp.batch_size, env, tokenizer.pad_token_id, num_labels))
+            progress = _with_eval(progress, evaluate(engine, val_set, hp.batch_size, env, tokenizer.pad_token_id, num_labels, scorer))
         if evaluated or state.step % hp.logging_steps == 0 or state.step == total_steps:
             state.history.append(_history_row(progress, with_eval=evaluated))
         metrics.update(progress, stepped.tokens)
@@ -207,7 +208,7 @@ def _train(cfg: TrainerConfig, env: DistEnv, metrics: TrainerMetrics | NullMetri
 
     # --- final evaluation, save, upload ---------------------------------------------------------
     if val_set:
-        progress = _with_eval(progress, evaluate(engine, val_set, hp.batch_size, env, tokenizer.pad_token_id, num_labels))
+        progress = _with_eval(progress, evaluate(engine, val_set, hp.batch_size, env, tokenizer.pad_token_id, num_labels, scorer))
         state.history.append({**_history_row(progress, with_eval=True), "final": True})
     progress.phase = "Uploading"
     metrics.update(progress)
@@ -217,6 +218,8 @@ def _train(cfg: TrainerConfig, env: DistEnv, metrics: TrainerMetrics | NullMetri
         "evalLoss": progress.eval_loss,
         **({"evalAccuracy": progress.eval_accuracy} if progress.eval_accuracy is not None else {}),
         **({"evalF1": progress.eval_f1} if progress.eval_f1 is not None else {}),
+        **({"evalExactMatch": progress.eval_exact_match} if progress.eval_exact_match is not None else {}),
+        **({"evalRougeL": progress.eval_rouge_l} if progress.eval_rouge_l is not None else {}),
         "trainedTokens": state.tokens_seen,
         "tokensPerSecond": train_tokens_per_second,
         "epochs": progress.epoch,
@@ -241,7 +244,7 @@ def _train(cfg: TrainerConfig, env: DistEnv, metrics: TrainerMetrics | NullMetri
 
 
 def _with_eval(p: Progress, ev: EvalResult) -> Progress:
-    return dataclasses.replace(p, eval_loss=ev.loss, eval_accuracy=ev.accuracy, eval_f1=ev.f1)
+    return dataclasses.replace(p, eval_loss=ev.loss, eval_accuracy=ev.accuracy, eval_f1=ev.f1, eval_exact_match=ev.exact_match, eval_rouge_l=ev.rouge_l)
 
 
 def _after(pos: Position, per_epoch: int) -> Position:
@@ -254,7 +257,13 @@ def _after(pos: Position, per_epoch: int) -> Position:
 def _history_row(p: Progress, *, with_eval: bool) -> dict[str, Any]:
     row: dict[str, Any] = {"step": p.step, "epoch": p.epoch, "loss": p.loss, "learningRate": p.learning_rate, "tokensPerSecond": p.tokens_per_second}
     if with_eval:
-        for key, value in (("evalLoss", p.eval_loss), ("evalAccuracy", p.eval_accuracy), ("evalF1", p.eval_f1)):
+        for key, value in (
+            ("evalLoss", p.eval_loss),
+            ("evalAccuracy", p.eval_accuracy),
+            ("evalF1", p.eval_f1),
+            ("evalExactMatch", p.eval_exact_match),
+            ("evalRougeL", p.eval_rouge_l),
+        ):
             if value is not None:
                 row[key] = value
     return row
@@ -343,7 +352,19 @@ class EvalResult:
     loss: float
     accuracy: float | None = None
     f1: float | None = None  # macro-F1, for more than two classes
+    exact_match: float | None = None  # seq2seq: greedy output equals the target (generation.py)
+    rouge_l: float | None = None  # seq2seq: mean ROUGE-L F-measure of the greedy output
 
+
+@dataclasses.dataclass(frozen=True)
+class _Scorer:
+    """What scoring generated text needs: the tokenizer to decode and the longest output."""
+
+    tokenizer: Any
+    max_new_tokens: int
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
 
 def classification_scores(confusion: torch.Tensor) -> tuple[float, float | None]:
@@ -366,9 +387,12 @@ def classification_scores(confusion: torch.Tensor) -> tuple[float, float | None]
 
 
 @torch.no_grad()
-def evaluate(engine: Engine, val_set: list[Example], batch_size: int, env: DistEnv, pad_id: int, num_labels: int = 0) -> EvalResult:
+def evaluate(
+    engine: Engine, val_set: list[Example], batch_size: int, env: DistEnv, pad_id: int, num_labels: int = 0, scorer: _Scorer | None = None
+) -> EvalResult:
     """Mean loss over the validation split (per token for causal LM, per example for classifiers),
-    plus accuracy and macro-F1 for classifiers.
+    plus accuracy and macro-F1 for classifiers, and exact match and ROUGE-L of greedy outputs on
+    a sample for seq2seq (`scorer`).
 
     Every rank runs the same number of forward passes (ZeRO-3 gathers parameters collectively):
     a rank with fewer batches repeats one and does not count it.
@@ -392,6 +416,9 @@ def evaluate(engine: Engine, val_set: list[Example], batch_size: int, env: DistE
     module.train()
     reduced = distributed.all_reduce_sum([*sums.tolist(), *confusion.flatten().tolist()])
     loss = reduced[0] / max(reduced[1], 1.0)
+    if scorer is not None:
+        exact, rouge, scored = generation_scores(engine, val_set, batch_size, env, pad_id, scorer.decode, scorer.max_new_tokens)
+        return EvalResult(loss, exact_match=round(exact, 6) if scored else None, rouge_l=round(rouge, 6) if scored else None)
     if not num_labels:
         return EvalResult(loss)
     accuracy, f1 = classification_scores(torch.tensor(reduced[2:], dtype=torch.float64).reshape(num_labels, num_labels))
