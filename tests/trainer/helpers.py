@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import random
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -107,7 +109,21 @@ def run_trainer(
         cmd = [sys.executable, "-m", "torch.distributed.run", *torchrun, "-m", "finetune_trainer", *args]
     else:
         cmd = [sys.executable, "-m", "finetune_trainer", *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=str(CACHE_ROOT))
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(CACHE_ROOT)) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # torchrun starts each worker in a session of its own: killing the launcher alone
+            # would leave a hung pair of workers burning the machine's cores for the rest of the run.
+            import psutil
+
+            tree = [proc.pid, *(p.pid for p in psutil.Process(proc.pid).children(recursive=True))]
+            for pid in tree:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            stdout, stderr = proc.communicate()
+            raise subprocess.TimeoutExpired(cmd, timeout, stdout, stderr) from None
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 def summary_of(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:

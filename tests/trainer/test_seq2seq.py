@@ -167,3 +167,30 @@ def test_packing_is_refused_for_seq2seq(tiny_t5: pathlib.Path, tmp_path: pathlib
     proc = run_trainer(["train", "--config", str(cfg)], trainer_env(work_env))
     assert proc.returncode == contract.EXIT_CONFIG_ERROR
     assert summary_of(proc)["message"] == "hyperparameters.packing: format seq2seq always trains unpacked; leave packing unset or false"
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_t5_scores_generation_on_two_ranks(tiny_t5: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """ZeRO-3 partitions the weights: every generate step gathers them collectively, so the two
+    ranks (each decoding its share of the sample) must take part in each other's steps, also
+    when one rank has a batch fewer: 21 validation examples, 11 and 10 per rank, in batches of 5."""
+    rows = [json.loads(line) for line in REWRITE.read_text().splitlines()][:105]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path / "ds.json", {
+        "jobName": "t5-zero3",
+        "model": {"uri": str(tiny_t5)},
+        "dataset": {"uri": str(tmp_path / "rows.jsonl"), "format": "seq2seq", "validationSplit": 0.2},
+        "method": {"type": "full", "deepspeed": {"zeroStage": 3}},
+        "hyperparameters": {"maxSteps": 6, "learningRate": 0.003, "batchSize": 5, "maxSeqLength": 32, "warmupRatio": 0.0, "evalEverySteps": 3},
+        "checkpoint": {"everySteps": 100},
+        "output": {"uri": str(out)},
+    })
+    env = trainer_env({"FINETUNE_WORK_DIR": str(tmp_path / "work")}, threads=1)
+    proc = run_trainer(["train", "--config", str(cfg)], env, torchrun=["--standalone", "--nproc-per-node", "2"], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "ZeRO-3: weights loaded partitioned (zero.Init)" in proc.stderr
+    summary = summary_of(proc)
+    assert summary["status"] == "Succeeded" and 0.0 <= summary["evalExactMatch"] <= summary["evalRougeL"] <= 1.0, summary
+    evaluated = [r for r in read_metrics_history(out / contract.METRICS_HISTORY_NAME) if "evalRougeL" in r]
+    assert [r["step"] for r in evaluated] == [3, 6], evaluated  # mid-run and final evaluations both decoded
