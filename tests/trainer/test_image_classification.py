@@ -5,7 +5,8 @@ JPEG), as a `<label>/<file>` layout for the ViT and as labels.jsonl rows for the
 must reach an accuracy well above chance (1/3), reported in metrics.jsonl and the summary; the
 saved model / adapter reloads with its new 3-label head and reproduces the trainer's logits.
 The ViT has no preprocessor_config.json (the trainer's plain resize/normalise is used and saved);
-the ResNet brings its own processor and a 1000-label head that the new labels replace.
+the ResNet brings its own processor and a 1000-label head that the new labels replace, and trains
+with the example's augmentation (flips and crops of the training images).
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, pathlib.Path]:
 
 
 def _train(name: str, model: pathlib.Path, dataset: pathlib.Path, method: dict[str, Any], hp: dict[str, Any],
-           tmp_path: pathlib.Path, work_env: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any], pathlib.Path]:
+           tmp_path: pathlib.Path, work_env: dict[str, str], augmentation: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any], pathlib.Path]:
     out = tmp_path / f"out-{name}"
+    extra = {"augmentation": augmentation} if augmentation else {}
     cfg = write_config(tmp_path / f"{name}.json", {
         "jobName": name, "model": {"uri": str(model)},
-        "dataset": {"uri": str(dataset), "format": "image-classification", "validationSplit": 0.15},
+        "dataset": {"uri": str(dataset), "format": "image-classification", "validationSplit": 0.15, **extra},
         "method": method,
         "hyperparameters": {"batchSize": 32, "warmupRatio": 0.1, "evalEverySteps": 40, **hp},
         "checkpoint": {"everySteps": 1000},
@@ -85,7 +87,8 @@ def test_tiny_resnet_lora_learns_shapes_and_adapter_reloads(shapes: dict[str, pa
 
     resnet = build_tiny_resnet(CACHE_ROOT / "models" / "tiny-resnet-8-16")
     summary, manifest, out = _train("resnet", resnet, shapes["jsonl"], {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0}},
-                                    {"maxSteps": 60, "learningRate": 0.01}, tmp_path, work_env)
+                                    {"maxSteps": 60, "learningRate": 0.01}, tmp_path, work_env,
+                                    augmentation={"horizontalFlip": True, "randomCrop": 0.7})  # as examples/image-classification.yaml
     assert summary["evalAccuracy"] >= 0.8, summary
     assert manifest["method"]["resolvedTargetModules"] == ["convolution"]  # LoRA on the convolutions, head saved whole
     adapter = out / "adapter"
