@@ -196,14 +196,17 @@ def _decide(obs: Observed) -> Plan:
         spec = parse_job(obs.spec)
     except InvalidResource as err:
         return _fail(obs, nxt, c.REASON_INVALID_SPEC, str(err))
-    resolved = resolve(obs.meta, spec, obs.runtime, obs.runtime_found, obs.config)
+    runtime, found, generation = obs.runtime, obs.runtime_found, obs.runtime_generation
+    if _started_before_runtime_copies(obs, spec):
+        runtime, found, generation = ClusterFineTuneRuntimeSpec(), True, None
+    resolved = resolve(obs.meta, spec, runtime, found, obs.config)
     if isinstance(resolved, Problem):
         if resolved.waiting:
             nxt.set(phase=c.PHASE_PENDING, message=resolved.message)
             nxt.condition(c.COND_VALIDATED, False, resolved.reason, resolved.message)
             return _plan(obs, nxt)
         return _fail(obs, nxt, resolved.reason, resolved.message)
-    _keep_runtime(obs, nxt)
+    _keep_runtime(obs, nxt, runtime, generation)
     nxt.set(workers=Workers(ready=_ready(obs), total=resolved.nodes).model_dump())
 
     validated = prev.condition(c.COND_VALIDATED)
@@ -214,17 +217,28 @@ def _decide(obs: Observed) -> Plan:
     return _training_step(obs, nxt, spec, resolved)
 
 
-def _keep_runtime(obs: Observed, nxt: _Next) -> None:
+def _started_before_runtime_copies(obs: Observed, spec: FineTuneJobSpec) -> bool:
+    """A job that passed validation under an operator that took no runtime copies and named no
+    runtime: it was admitted with no preset's limits, and its pods may hold GPUs now. Judging it
+    by today's default runtime would fail it (or change its image) mid-run, so it keeps the terms
+    it started under: a copy with no limits and the operator's default image."""
+    if spec.runtime_ref is not None or obs.status.runtime is not None:
+        return False
+    validated = obs.status.condition(c.COND_VALIDATED)
+    return validated is not None and validated.status == "True"
+
+
+def _keep_runtime(obs: Observed, nxt: _Next, runtime: ClusterFineTuneRuntimeSpec | None, generation: int | None) -> None:
     """The runtime a job resolved against is copied into its status the first time it resolves,
     and that copy serves the job for its whole life: tightening a preset's limits, editing its
     image or output, or deleting it (a `helm upgrade` that renames presets) changes nothing for a
     job that already started. The image is recorded as resolved (the operator's default trainer
     image where the runtime names none), so a later operator setting does not change it either."""
     name = obs.config.runtime_name(obs.spec)
-    if obs.runtime is None or name is None or (obs.status.runtime is not None and obs.status.runtime.name == name):
+    if runtime is None or name is None or (obs.status.runtime is not None and obs.status.runtime.name == name):
         return
-    spec = obs.runtime if obs.runtime.image else obs.runtime.model_copy(update={"image": obs.config.default_image})
-    nxt.set(runtime=RuntimeSnapshot(name=name, generation=obs.runtime_generation, spec=spec))
+    spec = runtime if runtime.image else runtime.model_copy(update={"image": obs.config.default_image})
+    nxt.set(runtime=RuntimeSnapshot(name=name, generation=generation, spec=spec))
 
 
 def _name_taken(obs: Observed, nxt: _Next) -> Plan:

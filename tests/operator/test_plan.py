@@ -439,6 +439,22 @@ def test_a_started_job_resolves_against_its_copy_of_the_runtime() -> None:
     assert again.status.phase == "Validating" and again.status.runtime == copy
 
 
+def test_a_job_started_before_runtime_copies_keeps_the_terms_it_started_under() -> None:
+    """Upgrade: a job that passed validation under an operator that took no runtime copies, with
+    no runtimeRef, is not judged by today's default runtime (which would fail it mid-run): it gets
+    a copy with no limits and the operator's default image. A job not yet validated is judged."""
+    tight = parse_runtime({"image": "r/t:2", "maxTotalGpus": 4})
+    spec = minimal_spec(resources={"nodes": 2, "gpusPerNode": 4})
+    started = decide(observed(spec, RUNNING_STATUS, job_view=job(), pods=(pod("job-0", index=0), pod("job-1", index=1)), runtime=tight, runtime_found=True, runtime_generation=5))
+    assert started.status.phase == "Running" and cond(started, "Failed") is None, started.status
+    copy = started.status.runtime
+    assert copy is not None and copy.name == "default" and copy.generation is None
+    assert copy.spec.max_total_gpus is None and copy.spec.image == OperatorConfig().default_image
+    assert not started.delete and not started.events
+    fresh = decide(observed(spec, runtime=tight, runtime_found=True))
+    assert fresh.status.phase == "Failed" and cond(fresh, "Failed").reason == c.REASON_RUNTIME_LIMIT_EXCEEDED
+
+
 def test_spec_failure_is_reevaluated_after_an_edit() -> None:
     runtime = parse_runtime({"image": "r/t:1", "allowedMethods": ["full"]})
     spec = minimal_spec(runtimeRef={"name": "rt"})
