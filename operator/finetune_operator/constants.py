@@ -133,6 +133,9 @@ EVENT_PHASE_CHANGED = "PhaseChanged"
 
 #: Validation pods run again after exit 4 (a source that did not answer) before the job fails.
 MAX_VALIDATION_RETRIES = 3
+#: A training Job without pods is looked at again this often, and its FailedCreate events (the
+#: Job controller's reason, e.g. a quota or a missing ServiceAccount) are read at most this often.
+FAILED_CREATE_SECONDS = 10.0
 
 # --- Defaults -------------------------------------------------------------------------------------
 DEFAULT_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"

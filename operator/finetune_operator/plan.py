@@ -514,7 +514,7 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
                 nxt.condition(c.COND_RUNNING, False, c.REASON_WORKERS_STARTING, f"{ready}/{r.nodes} workers running")
                 plan = _plan(obs, nxt, apply=apply)
             # No pod event will come while the Job controller cannot create them: look again.
-            return _wake(_with_suspend(plan, suspend_job), min(FAILED_CREATE_RECHECK_SECONDS, late or FAILED_CREATE_RECHECK_SECONDS))
+            return _wake(_with_suspend(plan, suspend_job), min(c.FAILED_CREATE_SECONDS, late or c.FAILED_CREATE_SECONDS))
         nxt.set(phase=c.PHASE_INITIALIZING, message=_workers_message(attempt, ready, r.nodes))
         nxt.condition(c.COND_RUNNING, False, c.REASON_WORKERS_STARTING, f"{ready}/{r.nodes} workers running")
         tokens = (nxt.data.get("progress") or {}).get("trained_tokens")
@@ -581,10 +581,6 @@ def _startup_deadline(obs: Observed, nxt: _Next, r: Resolved, job: JobView, atte
         + (f"; {_who(stuck[0])} cannot start: {cause}" if stuck else f"; {cause}" if cause else ""),
     )
     return _with_suspend(plan, (job.name, job.uid, True)) if not job.suspended else plan
-
-
-#: A Job without pods is looked at again this often (its FailedCreate events are read then).
-FAILED_CREATE_RECHECK_SECONDS = 10.0
 
 
 def _warn_on_new_reason(obs: Observed, plan: Plan, type_: str, reason: str, message: str) -> None:

@@ -190,8 +190,6 @@ def _ours(metadata: Mapping[str, Any], job: str) -> bool:
 
 
 _WORKLOADS = frozenset({"Job", "Pod"})  # children that use the ConfigMap and Service
-#: How often the Job controller's FailedCreate events are read for a Job that has no pods.
-FAILED_CREATE_SECONDS = 10.0
 #: API answers to a child's create/apply that retrying at once cannot change (reported on the job).
 REJECTED_STATUSES = frozenset({400, 403, 404, 422})
 
@@ -256,7 +254,7 @@ class Reconciler:
         #: 422: a quota, Pod Security, a missing ServiceAccount): said on the job until it goes in.
         self._rejected: dict[Key, str] = {}
         #: Per job whose Job has no pods: (when the Job controller's FailedCreate events were last
-        #: read, the newest message). Read at most every FAILED_CREATE_SECONDS, only in that state.
+        #: read, the newest message). Read at most every c.FAILED_CREATE_SECONDS, only in that state.
         self._failed_create: dict[Key, tuple[float, str | None]] = {}
         #: Unfinished jobs per runtime their status.runtime copy names (and the reverse): a
         #: runtime with users carries RUNTIME_FINALIZER. Built from the index once, then kept.
@@ -570,7 +568,7 @@ class Reconciler:
 
     async def _job_create_error(self, key: Key, job: JobView | None, pods: tuple[PodView, ...]) -> str | None:
         """Why the Job controller cannot create the current attempt's pods (its newest FailedCreate
-        event), read only while a running Job has none, at most every FAILED_CREATE_SECONDS."""
+        event), read only while a running Job has none, at most every c.FAILED_CREATE_SECONDS."""
         waiting = (
             job is not None
             and not (job.suspended or job.deleting or job.complete or job.failed)
@@ -581,11 +579,11 @@ class Reconciler:
             self._failed_create.pop(key, None)
             return None
         created = parse_time(job.created)
-        if created is not None and (self.clock() - created).total_seconds() < FAILED_CREATE_SECONDS:
+        if created is not None and (self.clock() - created).total_seconds() < c.FAILED_CREATE_SECONDS:
             return None  # pods normally appear within a second: no read for a Job that is new
         now = time.monotonic()
         checked = self._failed_create.get(key)
-        if checked is not None and now - checked[0] < FAILED_CREATE_SECONDS:
+        if checked is not None and now - checked[0] < c.FAILED_CREATE_SECONDS:
             return checked[1]
         try:
             message = await self.kube.failed_create(key[0], job.uid)
