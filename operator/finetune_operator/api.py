@@ -258,6 +258,18 @@ _RUNTIME_RULES: list[Any] = [
 ]
 
 
+class ValidatorSettings(_Model):
+    """The validation pod (CPU only; it reads the model's config, the dataset, and probes the output)."""
+
+    cpu: Quantity | None = Field(default=None, description=f"CPU request ({c.VALIDATOR_CPU} when absent)")
+    memory: Quantity | None = Field(
+        default=None, description=f"Memory request and limit ({c.VALIDATOR_MEMORY} when absent); raise it for datasets of millions of rows"
+    )
+    deadline_seconds: Annotated[int, Field(ge=60, le=86_400)] | None = Field(
+        default=None, description=f"activeDeadlineSeconds of the pod ({c.VALIDATOR_DEADLINE_SECONDS} when absent)"
+    )
+
+
 class ClusterFineTuneRuntimeSpec(_Model):
     """A preset owned by the platform team: image, resources, placement, limits, default output."""
 
@@ -297,6 +309,7 @@ class ClusterFineTuneRuntimeSpec(_Model):
     image_pull_secrets: Annotated[list[SecretRef], Field(max_length=16)] | None = Field(
         default=None, description="Secrets (in the job's namespace) for pulling the trainer image; set on the trainer and validation pods"
     )
+    validator: ValidatorSettings | None = Field(default=None, description="Resources and deadline of the validation pod")
 
     @model_validator(mode="after")
     def _limits(self) -> ClusterFineTuneRuntimeSpec:

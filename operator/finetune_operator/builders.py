@@ -413,7 +413,7 @@ def build_validator(r: Resolved, tries: int = 0) -> Manifest:
             "restartPolicy": "Never",
             "enableServiceLinks": False,
             "automountServiceAccountToken": False,
-            "activeDeadlineSeconds": c.VALIDATOR_DEADLINE_SECONDS,
+            "activeDeadlineSeconds": r.validator_deadline_seconds,
             "securityContext": _security_context_pod(),
             "containers": [
                 {
@@ -423,8 +423,8 @@ def build_validator(r: Resolved, tries: int = 0) -> Manifest:
                     "command": ["python", "-m", "finetune_trainer", "validate", "--config", ct.CONFIG_PATH],
                     "env": _common_env(r, 0),
                     "resources": {
-                        "requests": {"cpu": c.VALIDATOR_CPU, "memory": c.VALIDATOR_MEMORY},
-                        "limits": {"memory": c.VALIDATOR_MEMORY},
+                        "requests": {"cpu": r.validator_cpu, "memory": r.validator_memory},
+                        "limits": {"memory": r.validator_memory},
                     },
                     "volumeMounts": _mounts(r, shm=False),
                     "securityContext": _security_context_container(),

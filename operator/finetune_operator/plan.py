@@ -309,6 +309,16 @@ def _validation_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolv
             deletes = [Delete("Pod", pod.name, uid=pod.uid or None)]
         reason = c.REASON_VALIDATION_PENDING
         message = clip(f"validation pod {pod.name} failed with a retryable error ({detail}); trying again ({tries}/{c.MAX_VALIDATION_RETRIES})")
+    elif pod.phase == "Failed" and pod.oom:
+        # Not the user's data: the platform's sizing. The same limit gives the same result.
+        limit = f" (limit {pod.memory_limit})" if pod.memory_limit else ""
+        message = (
+            f"validation pod {pod.name} was killed for using more memory than it may{limit}: the runtime's validator.memory is "
+            f"too small for this model or dataset; a platform admin can raise it in ClusterFineTuneRuntime {r.runtime_name!r}, "
+            "then re-apply the job (delete and create it)"
+        )
+        nxt.condition(c.COND_VALIDATED, False, c.REASON_OUT_OF_MEMORY, message)
+        return _fail(obs, nxt, c.REASON_OUT_OF_MEMORY, message)
     elif pod.phase == "Failed":
         detail = _failure_text(pod) or pod.reason or "no message (see the pod's log)"
         code = f"exit code {pod.exit_code}, {_exit_meaning(pod.exit_code)}" if pod.exit_code is not None else "no exit code"

@@ -12,7 +12,12 @@ from typing import Any
 from finetune_trainer.config import OutputTarget, TrainerConfig
 
 from finetune_operator import constants as c
-from finetune_operator.api import ClusterFineTuneRuntimeSpec, FineTuneJobSpec, Toleration
+from finetune_operator.api import (
+    ClusterFineTuneRuntimeSpec,
+    FineTuneJobSpec,
+    Toleration,
+    ValidatorSettings,
+)
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,11 @@ class Resolved:
     startup_deadline_seconds: int | None = None
     #: ephemeral-storage of /workspace (request, limit and emptyDir sizeLimit); None: unbounded.
     workspace_size: str | None = None
+    #: The ClusterFineTuneRuntime the job runs under (for messages).
+    runtime_name: str = ""
+    validator_cpu: str = c.VALIDATOR_CPU
+    validator_memory: str = c.VALIDATOR_MEMORY
+    validator_deadline_seconds: int = c.VALIDATOR_DEADLINE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -150,6 +160,7 @@ def resolve(
         if is_local_path(uri):
             return Problem(c.REASON_INVALID_SPEC, f"{field}: local paths only work with ftctl run --local; use pvc:// or s3://")
 
+    v = rt.validator or ValidatorSettings()
     trainer_config = TrainerConfig(
         job_name=meta.name,
         namespace=meta.namespace,
@@ -178,6 +189,10 @@ def resolve(
         termination_grace_seconds=rt.termination_grace_period_seconds or c.TERMINATION_GRACE_SECONDS,
         startup_deadline_seconds=rt.startup_deadline_seconds,
         workspace_size=str(rt.workspace_size) if rt.workspace_size is not None else None,
+        runtime_name=name,
+        validator_cpu=str(v.cpu) if v.cpu is not None else c.VALIDATOR_CPU,
+        validator_memory=str(v.memory) if v.memory is not None else c.VALIDATOR_MEMORY,
+        validator_deadline_seconds=v.deadline_seconds or c.VALIDATOR_DEADLINE_SECONDS,
         image_pull_policy=config.image_pull_policy,
         trainer_config=trainer_config,
     )

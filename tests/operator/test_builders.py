@@ -245,6 +245,21 @@ def test_runtime_grace_period_and_workspace_size_reach_the_pods() -> None:
     assert pod["terminationGracePeriodSeconds"] == c.TERMINATION_GRACE_SECONDS and "ephemeral-storage" not in str(pod)
 
 
+def test_runtime_validator_settings_size_the_validation_pod() -> None:
+    runtime = {**RUNTIME, "validator": {"cpu": "2", "memory": "12Gi", "deadlineSeconds": 7200}}
+    r = resolved(minimal_spec(runtimeRef={"name": "rt"}, resources={"nodes": 1, "gpusPerNode": 1}), runtime)
+    assert isinstance(r, Resolved)
+    pod = builders.build_validator(r)["spec"]
+    (ctr,) = pod["containers"]
+    assert ctr["resources"] == {"requests": {"cpu": "2", "memory": "12Gi"}, "limits": {"memory": "12Gi"}}
+    assert pod["activeDeadlineSeconds"] == 7200
+    plain = resolved(minimal_spec(runtimeRef={"name": "rt"}, resources={"nodes": 1, "gpusPerNode": 1}), RUNTIME)
+    assert isinstance(plain, Resolved)
+    pod = builders.build_validator(plain)["spec"]
+    assert pod["containers"][0]["resources"]["limits"] == {"memory": c.VALIDATOR_MEMORY}
+    assert pod["activeDeadlineSeconds"] == c.VALIDATOR_DEADLINE_SECONDS
+
+
 def test_runtime_pull_secrets_reach_both_pods_and_its_tolerations_the_validator() -> None:
     """A private registry and all-tainted GPU nodes: the trainer and validation pods carry the
     runtime's imagePullSecrets; the validation pod tolerates the runtime's taints (else it never

@@ -399,6 +399,15 @@ def test_suspend_resume_and_queue(spec_over: dict[str, Any], job_suspended: bool
         assert cond(plan, "Suspended").status == "True"
 
 
+def test_a_validation_pod_out_of_memory_names_the_runtime_setting_not_the_data() -> None:
+    v = pod("job-validate", component="validator", index=None, phase="Failed", ready=False, exit_code=137, oom=True, memory_limit="2Gi")
+    plan = decide(observed(status={"phase": "Validating"}, validator=v))
+    failed = cond(plan, "Failed")
+    assert plan.status.phase == "Failed" and failed.reason == c.REASON_OUT_OF_MEMORY
+    assert "(limit 2Gi)" in failed.message and "validator.memory" in failed.message and "'default'" in failed.message
+    assert cond(plan, "Validated").reason == c.REASON_OUT_OF_MEMORY and not any(m["kind"] == "Job" for m in plan.apply)
+
+
 def test_suspended_before_validation_creates_nothing() -> None:
     plan = decide(observed(minimal_spec(suspend=True)))
     assert plan.status.phase == "Suspended" and not plan.apply
