@@ -133,6 +133,12 @@ EVENT_PHASE_CHANGED = "PhaseChanged"
 
 #: Validation pods run again after exit 4 (a source that did not answer) before the job fails.
 MAX_VALIDATION_RETRIES = 3
+#: A pod being deleted that is still there this long after its deletion deadline (deletion time
+#: plus grace period) has a kubelet that cannot confirm (node lost or partitioned): while the
+#: group restarts, it is deleted with grace 0 so the restart does not wait for good
+#: (--unconfirmed-deletion-seconds).
+UNCONFIRMED_DELETION_SECONDS = 60.0
+REASON_POD_DELETION_FORCED = "PodDeletionForced"
 #: A training Job without pods is looked at again this often, and its FailedCreate events (the
 #: Job controller's reason, e.g. a quota or a missing ServiceAccount) are read at most this often.
 FAILED_CREATE_SECONDS = 10.0

@@ -85,7 +85,11 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     # Every write asks the fence first (refused once this replica is past its Lease's renew
     # deadline); the identity names this replica in the API server's audit log.
     kube = Kube(concurrency=workers, fence=memo.get("fence"), identity=str(memo.get("identity") or ""))
-    config = OperatorConfig(default_image=str(options.get("default_image", c.DEFAULT_IMAGE)), default_runtime=options.get("default_runtime") or None)
+    config = OperatorConfig(
+        default_image=str(options.get("default_image", c.DEFAULT_IMAGE)),
+        default_runtime=options.get("default_runtime") or None,
+        unconfirmed_deletion_seconds=float(options.get("unconfirmed_deletion_seconds", c.UNCONFIRMED_DELETION_SECONDS)),
+    )
     memo["reconciler"] = Reconciler(kube, config, concurrency=workers)
 
 

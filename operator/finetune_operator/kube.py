@@ -255,6 +255,8 @@ class Kube:
         body: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": item.propagation}
         if item.uid:
             body["preconditions"] = {"uid": item.uid}  # never the object that took the name since
+        if item.grace_seconds is not None:
+            body["gracePeriodSeconds"] = item.grace_seconds
         status, data = await self._run("DELETE", path, body)
         self._check(status, data, f"delete {item.kind} {namespace}/{item.name}", ok=(404, 409))
 

@@ -104,6 +104,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=float(env("FINETUNE_OPERATOR_PROGRESS_SECONDS", "15")),
         help="how often rank 0's /progress of each running job is read into its status",
     )
+    p.add_argument(
+        "--unconfirmed-deletion-seconds",
+        type=float,
+        default=float(env("FINETUNE_OPERATOR_UNCONFIRMED_DELETION_SECONDS", str(c.UNCONFIRMED_DELETION_SECONDS))),
+        help="a restarting attempt's pod still there this long past its grace period (its node unreachable) is deleted with grace 0",
+    )
     p.add_argument("--api-workers", type=int, default=int(env("FINETUNE_OPERATOR_API_WORKERS", "32")), help="concurrent API requests")
     p.add_argument("--log-level", default=env("FINETUNE_OPERATOR_LOG_LEVEL", "INFO"))
     return p.parse_args(argv)

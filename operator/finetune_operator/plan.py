@@ -70,6 +70,9 @@ class Delete:
     propagation: str = "Background"
     #: The UID of the object observed: the delete is refused if the name now holds another one.
     uid: str | None = None
+    #: gracePeriodSeconds of the delete (0: the API server removes the pod without waiting for
+    #: its kubelet); None: the object's own.
+    grace_seconds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -351,8 +354,23 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
     # A Job from an earlier attempt: wait until it is gone, then create the next one.
     if job is not None and (job.attempt != attempt or job.deleting):
         deletes = [] if job.deleting else [Delete("Job", job.name, "Foreground", job.uid or None)]
-        nxt.set(phase=c.PHASE_INITIALIZING, message=f"waiting for attempt {job.attempt} to be removed")
-        return _plan(obs, nxt, delete=deletes)
+        message = f"waiting for attempt {job.attempt} to be removed"
+        unconfirmed, wait_s = _unconfirmed_deletions(obs, job.attempt)
+        if unconfirmed:
+            # Their kubelet is gone (a node lost or partitioned): it would never confirm, and the
+            # Foreground delete would wait for good. Said first, then done (the executor writes
+            # this status before it deletes).
+            who = ", ".join(f"{p.name} (node {p.node or '?'})" for p in unconfirmed)
+            message = clip(
+                f"{message}: {who} not confirmed gone {obs.config.unconfirmed_deletion_seconds:.0f}s past the grace period (node unreachable?); "
+                "removed without waiting for the kubelet"
+            )
+            deletes += [Delete("Pod", p.name, uid=p.uid or None, grace_seconds=0) for p in unconfirmed]
+        nxt.set(phase=c.PHASE_INITIALIZING, message=message)
+        plan = _plan(obs, nxt, delete=deletes)
+        if unconfirmed:
+            plan.events.append(Event("Warning", c.REASON_POD_DELETION_FORCED, message))
+        return _wake(plan, wait_s)
 
     if job is None:
         suspend = bool(spec.suspend or spec.queue_name)
@@ -560,6 +578,24 @@ def _count_disruptions(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, job: Jo
         f"({spec.max_disruptions}); see the Warning events of the pods (kubectl get events) for what took them",
     )
     return _with_suspend(plan, (job.name, job.uid, True)) if not job.suspended else plan
+
+
+def _unconfirmed_deletions(obs: Observed, attempt: int | None) -> tuple[list[PodView], float | None]:
+    """Pods of `attempt` still there `unconfirmed_deletion_seconds` past their deletion deadline (a
+    live kubelet kills the container at the deadline and confirms at once), and the seconds until
+    the next one would be, for a wake-up (None when no pod of the attempt is being deleted)."""
+    overdue: list[PodView] = []
+    soonest: float | None = None
+    for p in obs.pods:
+        deadline = parse_time(p.deletion_deadline) if p.attempt == attempt else None
+        if deadline is None:
+            continue
+        left = (deadline - obs.now).total_seconds() + obs.config.unconfirmed_deletion_seconds
+        if left <= 0:
+            overdue.append(p)
+        else:
+            soonest = left if soonest is None else min(soonest, left)
+    return sorted(overdue, key=lambda p: p.name), soonest
 
 
 def _wake(plan: Plan, seconds: float | None) -> Plan:

@@ -38,6 +38,8 @@ class OperatorConfig:
     image_pull_policy: str = "IfNotPresent"
     #: ClusterFineTuneRuntime of jobs without spec.runtimeRef; None: such jobs fail (RuntimeRequired).
     default_runtime: str | None = None
+    #: Seconds past its deletion deadline after which a restarting attempt's pod is deleted with grace 0.
+    unconfirmed_deletion_seconds: float = c.UNCONFIRMED_DELETION_SECONDS
 
     def runtime_name(self, spec: dict[str, Any]) -> str | None:
         """The runtime a FineTuneJob spec (as stored) resolves against."""

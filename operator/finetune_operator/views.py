@@ -44,6 +44,10 @@ class PodView:
     oom: bool = False
     #: The main container's memory limit as written in the pod ("8Gi"), for the OOM message.
     memory_limit: str | None = None
+    #: metadata.deletionTimestamp: the time by which a live kubelet has removed the pod (the
+    #: delete's time plus its grace period); None while the pod is not being deleted.
+    deletion_deadline: str | None = None
+    node: str | None = None
 
 
 #: Container waiting reasons that do not clear by themselves (the kubelet retries, with backoff,
@@ -148,6 +152,8 @@ def pod_view(body: dict[str, Any]) -> PodView:
         blocked=_blocked(status),
         oom=oom,
         memory_limit=str(limit) if limit is not None else None,
+        deletion_deadline=meta.get("deletionTimestamp"),
+        node=(body.get("spec") or {}).get("nodeName"),
     )
 
 

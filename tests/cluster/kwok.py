@@ -14,6 +14,8 @@ from typing import Any
 RESULT = "kwok.finetune.dev/result"
 EXIT_CODE = "kwok.finetune.dev/exit-code"
 DELAY = "kwok.finetune.dev/delay"
+#: On a pod: its kubelet never confirms a deletion (a lost node); see kwok-stages.yaml.
+UNREACHABLE = "kwok.finetune.dev/unreachable"
 
 SUCCEEDED = "Succeeded"
 FAILED = "Failed"

@@ -168,6 +168,8 @@ class OperatorProcess:
             **self.cluster.env(self.kubeconfig),
             "FINETUNE_OPERATOR_TRAINER_IMAGE": TEST_IMAGE,
             "FINETUNE_OPERATOR_DEFAULT_RUNTIME": DEFAULT_RUNTIME,
+            # pods of a lost node are let go after 5 s past their grace, not 60 (kwok pods go at once otherwise)
+            "FINETUNE_OPERATOR_UNCONFIRMED_DELETION_SECONDS": "5",
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }

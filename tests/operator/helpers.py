@@ -86,6 +86,8 @@ def pod(
     blocked: str | None = None,
     oom: bool = False,
     memory_limit: str | None = None,
+    deletion_deadline: datetime | None = None,
+    node: str | None = None,
 ) -> PodView:
     return PodView(
         name=name,
@@ -107,6 +109,8 @@ def pod(
         blocked=blocked,
         oom=oom,
         memory_limit=memory_limit,
+        deletion_deadline=deletion_deadline.isoformat().replace("+00:00", "Z") if deletion_deadline else None,
+        node=node,
     )
 
 

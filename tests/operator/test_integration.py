@@ -224,6 +224,35 @@ def test_failed_worker_restarts_the_group_then_fails_past_max_restarts(kube: Kub
     assert failures == failures_before + 1, (failures_before, failures)
 
 
+def test_a_group_restart_lets_go_of_a_pod_whose_node_never_confirms_its_deletion(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
+    """Rank 1's node is lost (its kubelet never confirms a deletion): when rank 0 fails, the
+    Foreground delete of attempt 0 would wait for that pod for good. The operator says so, deletes
+    the pod with grace 0 once its grace period (30 s, the runtime's) and 5 s more have passed,
+    and attempt 1 starts."""
+    ns, runtime = kube_namespace, f"lost-{kube_namespace}"
+    body = {"apiVersion": ct.API_VERSION, "kind": ct.KIND_RUNTIME, "metadata": {"name": runtime},
+            "spec": {"terminationGracePeriodSeconds": 30, "resources": {"nodes": 2, "gpusPerNode": 1, "cpu": "1", "memory": "1Gi"}}}
+    kube.custom.create_cluster_custom_object(ct.GROUP, ct.VERSION, ct.PLURAL_RUNTIME, body)
+    try:
+        start_running(kube, ns, "lost", {**minimal_spec(runtimeRef={"name": runtime}), "resources": {}})
+        rank0, rank1 = sorted(kube.trainer_pods(ns, "lost", 0), key=lambda p: p.metadata.name)
+        kube.core.patch_namespaced_pod(rank1.metadata.name, ns, {"metadata": {"annotations": {kwok.UNREACHABLE: "true"}}})
+        kube.set_result(ns, rank0.metadata.name, kwok.FAILED, exit_code=ct.EXIT_TRAINING_ERROR)
+        # the pod is named (status first, then a Warning, then the delete) ...
+        def said() -> list[Any]:
+            events = kube.core.list_namespaced_event(ns, field_selector="involvedObject.name=lost").items
+            return [e for e in events if e.type == "Warning" and e.reason == c.REASON_POD_DELETION_FORCED]
+
+        (event,) = kube.wait(said, "a Warning naming the pod of the lost node", 90)
+        assert rank1.metadata.name in event.message and "removed without waiting for the kubelet" in event.message, event.message
+        # ... then it is gone, and attempt 1 runs
+        pods = kube.wait_running_pods(ns, "lost", 2, attempt=1, timeout=90)
+        assert rank1.metadata.name not in {p.metadata.name for p in pods}
+        assert kube.wait_phase(ns, "lost", "Running")["restarts"] == 1
+    finally:
+        kube.custom.delete_cluster_custom_object(ct.GROUP, ct.VERSION, ct.PLURAL_RUNTIME, runtime)
+
+
 def test_eviction_is_a_disruption_not_a_failure(kube: Kube, ftop: OperatorProcess, kube_namespace: str) -> None:
     ns = kube_namespace
     start_running(kube, ns, "evicted")

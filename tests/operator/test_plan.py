@@ -408,6 +408,23 @@ def test_a_validation_pod_out_of_memory_names_the_runtime_setting_not_the_data()
     assert cond(plan, "Validated").reason == c.REASON_OUT_OF_MEMORY and not any(m["kind"] == "Job" for m in plan.apply)
 
 
+def test_a_restart_does_not_wait_for_good_on_pods_of_an_unreachable_node() -> None:
+    """The old attempt's Job is being deleted (Foreground): a pod whose kubelet confirms nothing
+    60 s past its deletion deadline is deleted with grace 0, said in the status and a Warning
+    first; one still inside that window is waited for, with a wake-up when it would be due."""
+    now = T0 + timedelta(minutes=10)
+    lost = pod("job-0", index=0, deleting=True, deletion_deadline=now - timedelta(seconds=61), node="gpu-7", uid="u-0")
+    fresh = pod("job-1", index=1, deleting=True, deletion_deadline=now - timedelta(seconds=20), node="gpu-8", uid="u-1")
+    status = {**RUNNING_STATUS, "attempt": 1, "restarts": 1}
+    plan = decide(observed(status=status, job_view=job(attempt=0, deleting=True), pods=(lost, fresh), now=now))
+    assert plan.delete == [Delete("Pod", "job-0", uid="u-0", grace_seconds=0)], plan.delete
+    assert plan.status.phase == "Initializing" and "job-0 (node gpu-7)" in (plan.status.message or "") and "job-1" not in (plan.status.message or "")
+    assert [(e.type, e.reason) for e in plan.events] == [("Warning", c.REASON_POD_DELETION_FORCED)]
+    assert plan.requeue_after == pytest.approx(40.0)  # job-1 would be due in 60 - 20 s
+    early = decide(observed(status=status, job_view=job(attempt=0, deleting=True), pods=(fresh,), now=now))
+    assert early.delete == [] and not early.events and early.requeue_after == pytest.approx(40.0)
+
+
 def test_suspended_before_validation_creates_nothing() -> None:
     plan = decide(observed(minimal_spec(suspend=True)))
     assert plan.status.phase == "Suspended" and not plan.apply
