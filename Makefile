@@ -74,7 +74,7 @@ crds: install ## Regenerate crds/ from the pydantic models in operator/finetune_
 	$(PY) -m finetune_operator.crdgen crds/
 
 .PHONY: chart-crds
-chart-crds: install ## Copy crds/ into charts/finetune-operator/crds (tests fail when they drift)
+chart-crds: install ## Copy crds/ into charts/finetune-operator/files/crds (templates/crds.yaml; tests fail when they drift)
 	$(PY) hack/sync_chart_crds.py
 
 .PHONY: chart-lint

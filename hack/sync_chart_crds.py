@@ -7,7 +7,10 @@ created, naming the field (unknown fields too, as the operator's models forbid t
 Run: .venv/bin/python hack/sync_chart_crds.py [--check]
 
 Every CustomResourceDefinition document of crds/<file>.yaml goes, unchanged, into
-charts/finetune-operator/crds/<file>.yaml, which Helm installs before the templates.
+charts/finetune-operator/files/crds/<file>.yaml, which templates/crds.yaml renders as release
+objects (`crds.enabled`, `crds.keep`), so that `helm upgrade` applies schema and CEL changes.
+The chart has no `crds/` folder any more (Helm installs that folder once and never upgrades it,
+and its CRDs would collide with the templated ones): a leftover one is drift, and is removed.
 """
 
 from __future__ import annotations
@@ -17,20 +20,25 @@ import difflib
 import json
 import pathlib
 import re
+import shutil
 import sys
 
 import yaml
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SOURCE = REPO / "crds"
-TARGET = REPO / "charts" / "finetune-operator" / "crds"
+CHART = REPO / "charts" / "finetune-operator"
+TARGET = CHART / "files" / "crds"
+#: where earlier charts kept the CRDs (Helm's install-only `crds/` folder); must not come back
+LEGACY_TARGET = CHART / "crds"
 VALUES_SCHEMA = REPO / "charts" / "finetune-operator" / "values.schema.json"
 RUNTIME_CRD = SOURCE / "finetune.dev_clusterfinetuneruntimes.yaml"
-HEADER = "# Copied from crds/{name} by `make chart-crds`. Do not edit: change crds/ and re-run.\n"
+HEADER = ("# Copied from crds/{name} by `make chart-crds`; templates/crds.yaml renders it.\n"
+          "# Do not edit: change crds/ and re-run.\n")
 
 
 def chart_files() -> dict[str, str]:
-    """File name -> the text the chart's crds/ folder must hold."""
+    """File name -> the text the chart's files/crds/ folder must hold."""
     out = {}
     for path in sorted(SOURCE.glob("*.yaml")):
         # Split on document markers and keep the CRD chunks byte for byte.
@@ -93,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             sys.stdout.writelines(difflib.unified_diff(
                 current.get(name, "").splitlines(True), wanted.get(name, "").splitlines(True),
-                f"charts/finetune-operator/crds/{name}", f"from crds/{name}"))
+                f"{TARGET.relative_to(REPO)}/{name}", f"from crds/{name}"))
         elif name in wanted:
             TARGET.mkdir(parents=True, exist_ok=True)
             (TARGET / name).write_text(wanted[name])
@@ -101,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             (TARGET / name).unlink()
             print(f"removed {TARGET.relative_to(REPO)}/{name} (no longer in crds/)")
+    if LEGACY_TARGET.is_dir():
+        drift = True
+        if args.check:
+            print(f"{LEGACY_TARGET.relative_to(REPO)}/ exists: Helm would install it besides templates/crds.yaml")
+        else:
+            shutil.rmtree(LEGACY_TARGET)
+            print(f"removed {LEGACY_TARGET.relative_to(REPO)}/ (the CRDs are in {TARGET.relative_to(REPO)}/)")
     schema_text = values_schema_text()
     if VALUES_SCHEMA.read_text() != schema_text:
         drift = True
@@ -110,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             VALUES_SCHEMA.write_text(schema_text)
             print(f"wrote {VALUES_SCHEMA.relative_to(REPO)} (definitions.runtimeSpec)")
     if args.check and drift:
-        print("charts/finetune-operator/crds/ drifted from crds/: run `make chart-crds`", file=sys.stderr)
+        print(f"{TARGET.relative_to(REPO)}/ drifted from crds/: run `make chart-crds`", file=sys.stderr)
         return 1
     if not drift:
         print("chart CRDs match crds/")

@@ -45,12 +45,15 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 
 def render_text(values: dict[str, Any] | None = None, *, include_crds: bool = False,
-                release: str = RELEASE, namespace: str = NAMESPACE) -> str:
+                release: str = RELEASE, namespace: str = NAMESPACE, api_versions: list[str] | None = None) -> str:
+    """`helm template`; `api_versions` as the cluster would serve them (`--api-versions`)."""
     with tempfile.TemporaryDirectory() as d:
         args = ["template", release, str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION,
                 *_values_args(values, pathlib.Path(d))]
-        if include_crds:
+        if include_crds:  # the chart has no crds/ folder any more (templates/crds.yaml); kept for callers
             args.append("--include-crds")
+        for api in api_versions or []:
+            args += ["--api-versions", api]
         proc = helm(*args, check=False)
     if proc.returncode != 0:
         raise AssertionError(f"helm template failed:\n{proc.stderr}")

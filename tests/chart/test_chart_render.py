@@ -159,19 +159,55 @@ def test_chart_crds_are_in_sync_with_crds_dir() -> None:
 
 
 def test_rendered_crds_and_objects_equal_crds_dir() -> None:
-    """What `helm install` creates (crds/ folder + templates) is exactly what crds/ holds."""
+    """What `helm install` creates from templates/crds.yaml is exactly what crds/ holds, plus the
+    release's labels and the keep annotation on the metadata."""
     source = [d for p in sorted((REPO / "crds").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
     assert any(d["kind"] == "CustomResourceDefinition" for d in source)
-    rendered = render(include_crds=True)
+    rendered = render()
     for doc in source:
         matches = [r for r in rendered if r["kind"] == doc["kind"] and r["metadata"]["name"] == doc["metadata"]["name"]]
         assert len(matches) == 1, f"{doc['kind']} {doc['metadata']['name']} missing from the chart"
         got = matches[0]
-        if doc["kind"] == "CustomResourceDefinition":
-            assert got == doc, f"CRD {doc['metadata']['name']} differs from crds/"
-        else:  # templated objects carry the chart's labels on top
-            assert {k: v for k, v in got.items() if k != "metadata"} == {k: v for k, v in doc.items() if k != "metadata"}
-            assert doc["metadata"].get("labels", {}).items() <= got["metadata"].get("labels", {}).items()
+        assert {k: v for k, v in got.items() if k != "metadata"} == {k: v for k, v in doc.items() if k != "metadata"}, \
+            f"{doc['kind']} {doc['metadata']['name']} differs from crds/"
+        assert set(got["metadata"]) <= {"name", "labels", "annotations"}
+    assert not (CHART / "crds").exists(), "Helm installs a chart's crds/ folder once and never upgrades it"
+
+
+def test_crds_carry_the_release_labels_and_keep_by_default() -> None:
+    crds = by_kind(render(), "CustomResourceDefinition")
+    assert sorted(c["metadata"]["name"] for c in crds) == ["clusterfinetuneruntimes.finetune.dev", "finetunejobs.finetune.dev"]
+    for crd in crds:
+        meta = crd["metadata"]
+        assert meta["annotations"]["helm.sh/resource-policy"] == "keep"
+        # Helm adopts an existing object only with these; crds/ says managed-by finetune-operator
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+        assert meta["labels"]["app.kubernetes.io/instance"] == "ftop"
+
+
+def test_crds_keep_false_drops_the_annotation_and_enabled_false_renders_no_crd() -> None:
+    for crd in by_kind(render({"crds": {"keep": False}}), "CustomResourceDefinition"):
+        assert "helm.sh/resource-policy" not in crd["metadata"].get("annotations", {})
+    docs = render({"crds": {"enabled": False}})
+    assert not by_kind(docs, "CustomResourceDefinition")
+    assert one(docs, "Deployment") and len(by_kind(docs, "ClusterFineTuneRuntime")) == 3
+
+
+def test_presets_are_a_post_install_hook_until_the_cluster_serves_their_kind() -> None:
+    """Helm maps every release object to an API before creating any: on a cluster without the
+    CRD the presets wait for it as a hook; once the kind is served they are release objects.
+    Both forms carry the ownership metadata that lets the later upgrade adopt the hook's objects."""
+    fresh = by_kind(render(), "ClusterFineTuneRuntime")
+    served = by_kind(render(api_versions=["finetune.dev/v1alpha1/ClusterFineTuneRuntime"]), "ClusterFineTuneRuntime")
+    assert len(fresh) == len(served) == 3
+    for preset in fresh:
+        assert preset["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
+    for preset in served:
+        assert "helm.sh/hook" not in preset["metadata"]["annotations"]
+    for preset in fresh + served:
+        assert preset["metadata"]["annotations"]["meta.helm.sh/release-name"] == "ftop"
+        assert preset["metadata"]["annotations"]["meta.helm.sh/release-namespace"] == NAMESPACE
+        assert preset["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
 
 
 def test_presets_are_valid_runtimes() -> None:

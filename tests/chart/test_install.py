@@ -2,7 +2,10 @@
 
 Run: .venv/bin/python -m pytest tests/chart/test_install.py   (builds/starts the control plane)
 
-1. `helm install` succeeds: CRDs established, Deployment, ServiceAccount, RBAC, presets.
+1. `helm install` succeeds: Deployment, ServiceAccount, RBAC, presets. The releases here leave
+   the CRDs out (`crds.enabled=false`; they are applied from crds/ as tests/operator does): two
+   releases cannot both own them, nor adopt those another test applied. Installing, upgrading,
+   adopting and keeping the CRDs through the chart is tests/chart/test_crd_upgrade.py.
 2. `kubectl auth can-i` (the harness-built kubectl), asked both as admin impersonating the
    chart's ServiceAccount and with the ServiceAccount's own token: Secrets are denied in every
    namespace; what the operator needs is allowed.
@@ -92,10 +95,19 @@ class Release:
         return answer == "yes"
 
 
+def apply_crds(cluster: ControlPlane) -> None:
+    """The CRDs from crds/, as tests/operator and tests/cli apply them (no release owns them)."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
+                    "crd/finetunejobs.finetune.dev", "crd/clusterfinetuneruntimes.finetune.dev")
+
+
 @contextlib.contextmanager
 def installed(cluster: ControlPlane, values: dict[str, Any]) -> Iterator[Release]:
+    """A release without the CRDs (applied first from crds/), so that releases can overlap."""
+    apply_crds(cluster)
     suffix = uuid.uuid4().hex[:6]
-    release = Release(cluster, f"ftop-{suffix}", f"ftop-system-{suffix}", values)
+    release = Release(cluster, f"ftop-{suffix}", f"ftop-system-{suffix}", {"crds": {"enabled": False}, **values})
     proc = cluster.helm("install", release.name, str(CHART), "-n", release.namespace, "--create-namespace",
                         "-f", str(release.values_file), check=False)
     assert proc.returncode == 0, f"helm install failed:\n{proc.stdout}\n{proc.stderr}"
@@ -126,6 +138,7 @@ def test_helm_install_creates_everything(kube_cluster: ControlPlane, release: Re
     assert f"ServiceAccount/{release.service_account}" in kinds
     assert f"ClusterRole/{release.service_account}-jobs" in kinds
     assert f"Service/{release.service_account}-metrics" in kinds
+    assert not [k for k in kinds if k.startswith("CustomResourceDefinition/")], "crds.enabled=false"
     for crd in ("finetunejobs.finetune.dev", "clusterfinetuneruntimes.finetune.dev"):
         assert _wait(f"CRD {crd} established", functools.partial(_established, kube_cluster, crd))
     presets = [v["name"] for v in release.values["runtimePresets"]["presets"]]

@@ -38,6 +38,9 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
      "gpus"),
     ("env var without name", {"extraEnv": [{"value": "x"}]}, "name"),
     ("rbac.create as a string", {"rbac": {"create": "yes"}}, "create"),
+    ("crds.enabled as a string", {"crds": {"enabled": "yes"}}, "enabled"),
+    ("crds.keep as a string", {"crds": {"keep": "true"}}, "keep"),
+    ("unknown key under crds", {"crds": {"install": True}}, "install"),
 ]
 
 
