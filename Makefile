@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed ## Create .venv with the operator, trainer, CLI and test dependencies
 
 .PHONY: test
-test: install cluster-build prometheus ## Run the test suite except the real-node tests and the chaos suite (builds/starts what the tests need)
+test: install cluster-build kueue-build prometheus ## Run the test suite except the real-node tests and the chaos suite (builds/starts what the tests need, Kueue included)
 	$(PY) -m pytest --ignore=tests/e2e --ignore=tests/chaos $(PYTEST_ARGS)
 
 .PHONY: chaos
@@ -56,6 +56,10 @@ lint: install ## ruff + mypy --strict (layering is checked by tests/operator/tes
 .PHONY: cluster-build
 cluster-build: ## Build etcd/kube-*/kubectl/kwok/helm from Go modules into ~/.cache/finetune-operator (skips what is built)
 	bash hack/build-control-plane.sh
+
+.PHONY: kueue-build
+kueue-build: ## Build Kueue's manager (sigs.k8s.io/kueue v0.17.0) + copy its CRDs/webhooks into ~/.cache/finetune-operator (skips what is built)
+	bash hack/build-kueue.sh
 
 .PHONY: cluster-up
 cluster-up: install cluster-build ## Start a background control plane; writes .cluster/admin.kubeconfig

@@ -162,6 +162,14 @@ AUDIT_POLICY = {
 }
 
 
+class CommandError(subprocess.CalledProcessError):
+    """A tool (kubectl, helm) that failed: its message says what the tool said, not only its code."""
+
+    def __str__(self) -> str:
+        said = (self.stderr or self.output or "").strip()
+        return f"{super().__str__()}\n{said[-2000:]}" if said else super().__str__()
+
+
 class ControlPlane:
     """A control plane rooted in ``state_dir`` (PKI, etcd data, logs, kubeconfig, state.json)."""
 
@@ -668,9 +676,7 @@ class ControlPlane:
             timeout=timeout,
         )
         if check and proc.returncode != 0:
-            raise subprocess.CalledProcessError(
-                proc.returncode, proc.args, output=proc.stdout, stderr=proc.stderr
-            )
+            raise CommandError(proc.returncode, proc.args, output=proc.stdout, stderr=proc.stderr)
         return proc
 
     def api_client(self, kubeconfig: Path | None = None) -> Any:
