@@ -25,7 +25,9 @@ ALL_ON: dict[str, Any] = {
 }
 
 
-@pytest.mark.parametrize("values", [None, ALL_ON], ids=["defaults", "all-features"])
+@pytest.mark.parametrize("values", [None, ALL_ON, {**ALL_ON, "replicaCount": 2, "watchNamespaces": ["team-a"],
+                                                "networkPolicy": {"enabled": True}, "global": {"x": 1}}],
+                         ids=["defaults", "all-features", "replicas-networkpolicy-global"])
 def test_helm_lint_strict_passes(values: dict[str, Any] | None, tmp_path: Any) -> None:
     args = ["lint", "--strict", str(CHART), "--namespace", NAMESPACE]
     if values:

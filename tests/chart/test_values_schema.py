@@ -41,6 +41,14 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("crds.enabled as a string", {"crds": {"enabled": "yes"}}, "enabled"),
     ("crds.keep as a string", {"crds": {"keep": "true"}}, "keep"),
     ("unknown key under crds", {"crds": {"install": True}}, "install"),
+    ("networkPolicy.enabled as a string", {"networkPolicy": {"enabled": "yes"}}, "enabled"),
+    ("metricsFrom as a map", {"networkPolicy": {"metricsFrom": {"namespaceSelector": {}}}}, "metricsFrom"),
+    ("metricsFrom peer misspelled", {"networkPolicy": {"metricsFrom": [{"namespaceSelecter": {}}]}}, "namespaceSelecter"),
+    ("trainer namespace not a DNS label", {"networkPolicy": {"trainerNamespaces": ["Team_A"]}}, "trainerNamespaces"),
+    ("negative UID", {"podSecurityContext": {"runAsUser": -1}}, "runAsUser"),
+    ("UID as a string", {"podSecurityContext": {"runAsUser": "65532"}}, "runAsUser"),
+    ("securityContext not a map", {"securityContext": "restricted"}, "securityContext"),
+    ("global not a map", {"global": "x"}, "global"),
 ]
 
 

@@ -80,3 +80,51 @@ app.kubernetes.io/instance: {{ .Release.Name }}
     fieldRef:
       fieldPath: metadata.name
 {{- end -}}
+
+{{/* The trainer pods' metrics/progress port (finetune_trainer.contract.METRICS_PORT). */}}
+{{- define "finetune-operator.trainerMetricsPort" -}}9400{{- end -}}
+
+{{/* NetworkPolicy for the trainer pods of one tenant namespace (dict "ctx" $ "namespace" NS);
+docs/chart.md shows the same object for namespaces the chart does not know. */}}
+{{- define "finetune-operator.trainerNetworkPolicy" -}}
+{{- $ctx := .ctx -}}
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {{ include "finetune-operator.fullname" $ctx }}-trainers
+  namespace: {{ .namespace }}
+  labels:
+    {{- include "finetune-operator.labels" $ctx | nindent 4 }}
+spec:
+  podSelector:
+    matchLabels:
+      app.kubernetes.io/managed-by: finetune-operator
+      finetune.dev/component: trainer
+  policyTypes: [Ingress]
+  ingress:
+    # The operator reads rank 0's /progress.
+    - from:
+        - namespaceSelector:
+            matchLabels:
+              kubernetes.io/metadata.name: {{ $ctx.Release.Namespace }}
+          podSelector:
+            matchLabels:
+              {{- include "finetune-operator.selectorLabels" $ctx | nindent 14 }}
+      ports:
+        - port: {{ include "finetune-operator.trainerMetricsPort" $ctx }}
+          protocol: TCP
+    {{- with $ctx.Values.networkPolicy.metricsFrom }}
+    # Prometheus scrapes every rank.
+    - from:
+        {{- toYaml . | nindent 8 }}
+      ports:
+        - port: {{ include "finetune-operator.trainerMetricsPort" $ctx }}
+          protocol: TCP
+    {{- end }}
+    # The ranks of a job talk to each other on every port (rendezvous, NCCL).
+    - from:
+        - podSelector:
+            matchLabels:
+              app.kubernetes.io/managed-by: finetune-operator
+              finetune.dev/component: trainer
+{{- end -}}
