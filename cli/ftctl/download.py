@@ -118,35 +118,77 @@ def _num(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def download_run(storage: Storage, dest: pathlib.Path, *, title: str) -> DownloadResult:
-    """Download every file the run's manifest lists into `dest`, verifying each sha256."""
+def download_run(storage: Storage, dest: pathlib.Path, *, title: str,
+                 manifest_sha256: str | None = None) -> DownloadResult:
+    """Download every file the run's manifest lists into `dest`, verifying each sha256.
+
+    `manifest_sha256` (a job's status.output.sha256) pins the manifest itself: a manifest
+    replaced after the job finished is refused before any file is fetched. Each file is written
+    to `<file>.part` and renamed once its size and sha256 match, so `dest` never holds a partial
+    or unverified file under its real name; a `.part` is removed when its file fails.
+    """
+    raw = storage.read_bytes(contract.MANIFEST_NAME)
+    if manifest_sha256:
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest != manifest_sha256.lower():
+            raise CommandFailed(
+                f"{storage.location.uri}{contract.MANIFEST_NAME}: sha256 {digest[:12]}.. does not "
+                f"match the job's status.output.sha256 {manifest_sha256[:12]}..; the output was "
+                "overwritten after the job finished"
+            )
     try:
-        manifest = json.loads(storage.read_bytes(contract.MANIFEST_NAME))
-    except json.JSONDecodeError as err:
+        manifest = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CommandFailed(f"{storage.location.uri}{contract.MANIFEST_NAME} is not JSON: {err}") from None
+    if not isinstance(manifest, dict):
+        raise CommandFailed(f"{storage.location.uri}{contract.MANIFEST_NAME} is not a JSON object")
     files = manifest_files(manifest)
     dest.mkdir(parents=True, exist_ok=True)
     total = 0
     for f in files:
-        target = dest / f.path
-        storage.download(f.path, target)
-        size = target.stat().st_size
-        digest = sha256_of(target)
+        total += _fetch_verified(storage, f, dest / f.path)
+    _write_atomic(dest / contract.MANIFEST_NAME, json.dumps(manifest, indent=2).encode() + b"\n")
+    rows: list[dict[str, Any]] = []
+    png: pathlib.Path | None = None
+    if storage.exists(contract.METRICS_HISTORY_NAME):
+        data = storage.read_bytes(contract.METRICS_HISTORY_NAME)
+        _write_atomic(dest / contract.METRICS_HISTORY_NAME, data)
+        rows = read_metrics(data.decode(errors="replace"))
+        candidate = dest / "loss.png"
+        if plot_loss(rows, candidate, title):
+            png = candidate
+    return DownloadResult(dest, files, total, manifest, png, len(rows))
+
+
+def part_path(target: pathlib.Path) -> pathlib.Path:
+    return target.with_name(target.name + ".part")
+
+
+def _fetch_verified(storage: Storage, f: ManifestFile, target: pathlib.Path) -> int:
+    """Download one file to `<target>.part`, check it, rename it to `target`; its size."""
+    part = part_path(target)
+    try:
+        storage.download(f.path, part)
+        size = part.stat().st_size
+        digest = sha256_of(part)
         if size != f.size or digest != f.sha256:
             raise CommandFailed(
                 f"{f.path}: checksum mismatch (manifest sha256 {f.sha256[:12]}.. size {f.size}, "
                 f"downloaded sha256 {digest[:12]}.. size {size}); the download is incomplete or "
                 "the object was changed after the run"
             )
-        total += size
-    (dest / contract.MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-    rows: list[dict[str, Any]] = []
-    png: pathlib.Path | None = None
-    if storage.exists(contract.METRICS_HISTORY_NAME):
-        text = storage.read_bytes(contract.METRICS_HISTORY_NAME).decode()
-        (dest / contract.METRICS_HISTORY_NAME).write_text(text)
-        rows = read_metrics(text)
-        candidate = dest / "loss.png"
-        if plot_loss(rows, candidate, title):
-            png = candidate
-    return DownloadResult(dest, files, total, manifest, png, len(rows))
+        part.replace(target)
+    except BaseException:  # also Ctrl-C: never leave a .part behind
+        part.unlink(missing_ok=True)
+        raise
+    return size
+
+
+def _write_atomic(target: pathlib.Path, data: bytes) -> None:
+    part = part_path(target)
+    try:
+        part.write_bytes(data)
+        part.replace(target)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise

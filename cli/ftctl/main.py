@@ -4,12 +4,13 @@ Run: `ftctl --help` (console script from pyproject.toml), or `python -m ftctl --
 
   ftctl validate job.yaml            schema check + model/dataset pre-flight
   ftctl submit job.yaml              create the FineTuneJob in the cluster
-  ftctl list [-A]                    jobs with phase, progress, loss, ETA
-  ftctl status NAME                  details and a live progress bar until the job ends
+  ftctl list [-A] [-l SEL] [-o wide|json|yaml]   jobs with phase, progress, loss, ETA
+  ftctl status NAME [-o json|yaml]   details and a live progress bar until the job ends
+  ftctl describe NAME                status, conditions, events and pods on one screen
   ftctl wait NAME [--for phase=Succeeded] [--timeout 30m]   until the job gets there
   ftctl suspend NAME / resume NAME   hold a job (pods removed, progress kept) or let it go on
   ftctl delete NAME                  delete a job (its pods, Job, ConfigMap and Service go with it)
-  ftctl logs NAME [-f]               logs of the rank-0 trainer pod
+  ftctl logs NAME [-f] [--rank N] [--attempt K] [--previous] [--since 10m]   trainer logs
   ftctl download NAME DIR            adapter + manifest (sha256 checked) + loss.png
   ftctl run --local job.yaml         train the same manifest on this machine, no cluster
 
@@ -41,7 +42,7 @@ app = typer.Typer(
     name="ftctl",
     help="Submit, follow and fetch FineTuneJobs, or run one on this machine.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, PowerShell)
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
@@ -97,6 +98,24 @@ def _main(
     """Submit, follow and fetch FineTuneJobs, or run one on this machine."""
 
 
+OutputOpt = Annotated[str, typer.Option("--output", "-o", help="text, json or yaml")]
+
+
+def _print_object(obj: Any, fmt: str) -> None:
+    """Machine-readable output: plain JSON or YAML on stdout (no colour, no wrapping)."""
+    if fmt == "json":
+        typer.echo(json.dumps(obj, indent=2, sort_keys=False))
+    else:
+        import yaml
+
+        typer.echo(yaml.safe_dump(obj, sort_keys=False).rstrip("\n"))
+
+
+def _check_output(fmt: str, allowed: tuple[str, ...]) -> None:
+    if fmt not in allowed:
+        raise UserError(f"--output: {fmt!r} is not one of {', '.join(allowed)}")
+
+
 def _cluster(kubeconfig: str | None, context: str | None) -> Any:
     from .kube import Cluster
 
@@ -148,6 +167,12 @@ def submit(
     from . import manifest
 
     job = manifest.load(file, set_)
+    if namespace and job.namespace and namespace != job.namespace:
+        # as kubectl: a manifest pinned to a namespace is never silently moved to another
+        raise UserError(
+            f'the namespace from the provided object "{job.namespace}" does not match the namespace '
+            f'"{namespace}". You must pass \'--namespace={job.namespace}\' to perform this operation.'
+        )
     cluster = _cluster(kubeconfig, context)
     ns = namespace or job.namespace or cluster.default_namespace
     body = dict(job.document)
@@ -163,19 +188,31 @@ def submit(
 def list_jobs(
     namespace: NamespaceOpt = None,
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="every namespace")] = False,
+    selector: Annotated[
+        str | None, typer.Option("--selector", "-l", help="label selector, e.g. -l team=a,tier!=dev")
+    ] = None,
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="text, wide (more columns), json or yaml (a List of the whole objects)")
+    ] = "text",
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
 ) -> None:
     """List FineTuneJobs with phase, progress, loss, tokens/s and ETA."""
     from .views import jobs_table
 
+    _check_output(output, ("text", "wide", "json", "yaml"))
     cluster = _cluster(kubeconfig, context)
     ns = None if all_namespaces else (namespace or cluster.default_namespace)
-    jobs = cluster.list_jobs(ns)
-    if not jobs:
-        out.print(f"no FineTuneJobs in {'any namespace' if ns is None else 'namespace ' + ns}")
+    jobs = cluster.list_jobs(ns, selector)
+    if output in ("json", "yaml"):
+        jobs.sort(key=lambda j: (j["metadata"].get("namespace", ""), j["metadata"]["name"]))
+        _print_object({"apiVersion": "v1", "kind": "List", "items": jobs}, output)
         return
-    out.print(jobs_table(jobs, all_namespaces=all_namespaces))
+    if not jobs:
+        where = "any namespace" if ns is None else "namespace " + ns
+        err.print(f"no FineTuneJobs in {where}" + (f" matching {selector!r}" if selector else ""))
+        return
+    out.print(jobs_table(jobs, all_namespaces=all_namespaces, wide=output == "wide"))
 
 
 # --- status ---------------------------------------------------------------------------------
@@ -188,20 +225,26 @@ def status(
         bool, typer.Option("--watch/--once", help="keep a live progress bar until the job ends")
     ] = True,
     interval: Annotated[float, typer.Option(min=0.2, help="refresh interval in seconds")] = 2.0,
-    output: Annotated[str, typer.Option("--output", "-o", help="'text' or 'json' (the raw status)")] = "text",
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="text, or json / yaml: the whole FineTuneJob, printed once")
+    ] = "text",
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
 ) -> None:
-    """Show a job's phase, workers, conditions and a live progress bar from .status.progress."""
+    """Show a job's phase, workers, conditions and a live progress bar from .status.progress.
+
+    On a terminal it redraws until the job ends and exits 1 if it ended Failed. When stdout is
+    not a terminal (a pipe, a file, CI) it prints once and exits 1 if the job is Failed, else 0.
+    `--once` prints once and exits 0; so does `-o json|yaml`.
+    """
     from .views import TERMINAL_PHASES, phase_of, status_view
 
-    if output not in ("text", "json"):
-        raise UserError(f"--output: {output!r} is not one of text, json")
+    _check_output(output, ("text", "json", "yaml"))
     cluster = _cluster(kubeconfig, context)
     ns = namespace or cluster.default_namespace
     job = cluster.get_job(ns, name)
-    if output == "json":
-        out.print_json(json.dumps(job.get("status") or {}))
+    if output != "text":
+        _print_object(job, output)
         return
     if not watch or phase_of(job) in TERMINAL_PHASES or not out.is_terminal:
         out.print(status_view(job))
@@ -220,6 +263,37 @@ def _exit_for_phase(phase: str, watched: bool) -> None:
         raise typer.Exit(1)
 
 
+# --- describe -------------------------------------------------------------------------------
+@app.command()
+@clean_errors
+def describe(
+    name: Annotated[str, typer.Argument(help="FineTuneJob name")],
+    namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+) -> None:
+    """Everything about one job on one screen, like `kubectl describe`: phase, message,
+    attempt/restarts, progress; its conditions; its events (oldest first); its pods (attempt,
+    rank, phase, node)."""
+    from .views import describe_view
+
+    cluster = _cluster(kubeconfig, context)
+    ns = namespace or cluster.default_namespace
+    job = cluster.get_job(ns, name)
+    # the job itself is required; its events and pods are shown when this user may list them
+    events: list[Any] | str
+    pods: list[Any] | str
+    try:
+        events = cluster.job_events(ns, job)
+    except UserError as e:
+        events = str(e)
+    try:
+        pods = cluster.job_pods(ns, name)
+    except UserError as e:
+        pods = str(e)
+    out.print(describe_view(job, pods, events))
+
+
 # --- wait, delete, suspend, resume -------------------------------------------------------------
 def _parse_for(condition: str) -> tuple[str, str, str]:
     """`phase=Succeeded` or `condition=Validated` (status True) or `condition=Running=False`."""
@@ -232,12 +306,15 @@ def _parse_for(condition: str) -> tuple[str, str, str]:
     raise UserError(f"--for: {condition!r} is not phase=<Phase> or condition=<Type>[=True|False]")
 
 
-def _duration(text: str) -> float:
+def _duration(text: str, option: str = "--timeout") -> float:
     units = {"s": 1, "m": 60, "h": 3600}
     try:
-        return float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+        seconds = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
     except ValueError:
-        raise UserError(f"--timeout: {text!r} is not a duration (e.g. 90s, 30m, 2h)") from None
+        seconds = -1.0
+    if not seconds >= 0:  # also NaN
+        raise UserError(f"{option}: {text!r} is not a duration (e.g. 90s, 30m, 2h)")
+    return seconds
 
 
 @app.command()
@@ -326,26 +403,50 @@ def logs(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="stream new lines")] = False,
     tail: Annotated[int | None, typer.Option(min=0, help="only the last N lines")] = None,
     validator: Annotated[
-        bool, typer.Option("--validator", help="logs of the validation pod instead of rank 0")
+        bool, typer.Option("--validator", help="logs of the validation pod instead of a trainer")
     ] = False,
+    rank: Annotated[int, typer.Option(min=0, help="the trainer pod of this rank (Job completion index)")] = 0,
+    attempt: Annotated[
+        int | None, typer.Option(min=0, help="the pod of this attempt (default: the newest)")
+    ] = None,
+    previous: Annotated[
+        bool, typer.Option("--previous", "-p", help="the pod's previous container instance (after a restart)")
+    ] = False,
+    since: Annotated[str | None, typer.Option(help="only lines newer than this (90s, 10m, 2h)")] = None,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
 ) -> None:
-    """Print the logs of the job's rank-0 trainer pod (or of its validation pod)."""
+    """Print the logs of one trainer pod: rank 0 of the newest attempt unless --rank/--attempt
+    say otherwise (or of the validation pod)."""
     from finetune_trainer import contract
 
+    from .kube import pick_trainer_pod, pod_attempt, pod_rank
+
+    if validator and (rank or attempt is not None):
+        raise UserError("--validator cannot be combined with --rank or --attempt")
+    since_seconds = None if since is None else max(1, round(_duration(since, "--since")))
     cluster = _cluster(kubeconfig, context)
     ns = namespace or cluster.default_namespace
     cluster.get_job(ns, name)  # a clean "not found" for a wrong name
     if validator:
         pods = cluster.job_pods(ns, name, contract.COMPONENT_VALIDATOR)
         pod = max(pods, key=lambda p: p.metadata.creation_timestamp) if pods else None
+        if pod is None:
+            raise UserError(f"FineTuneJob {ns}/{name} has no validation pod yet (see: ftctl status {name})")
     else:
-        pod = cluster.rank0_pod(ns, name)
-    if pod is None:
-        what = "validation" if validator else "rank-0 trainer"
-        raise UserError(f"FineTuneJob {ns}/{name} has no {what} pod yet (see: ftctl status {name})")
-    for line in cluster.pod_logs(ns, pod.metadata.name, follow=follow, tail=tail):
+        pods = cluster.job_pods(ns, name, contract.COMPONENT_TRAINER)
+        pod = pick_trainer_pod(pods, rank=rank, attempt=attempt)
+        if pod is None:
+            what = f"rank-{rank} trainer pod" + (f" in attempt {attempt}" if attempt is not None else "")
+            if not pods:
+                raise UserError(f"FineTuneJob {ns}/{name} has no {what} yet (see: ftctl status {name})")
+            have = sorted({(pod_attempt(p), pod_rank(p)) for p in pods}, key=lambda x: (x[0] or 0, x[1] or 0))
+            listed = ", ".join(f"attempt {a} rank {r}" for a, r in have)
+            raise UserError(f"FineTuneJob {ns}/{name} has no {what} (its trainer pods: {listed})")
+    err.print(f"pod/{pod.metadata.name} (attempt {pod_attempt(pod)}, rank {pod_rank(pod)})"
+              if not validator else f"pod/{pod.metadata.name}", style="dim")
+    for line in cluster.pod_logs(ns, pod.metadata.name, follow=follow, tail=tail,
+                                 previous=previous, since_seconds=since_seconds):
         print(line)
 
 
@@ -366,6 +467,7 @@ def download(
     from .download import download_run
     from .storage import Storage, parse_location
 
+    manifest_sha256: str | None = None
     if "://" in name or name.startswith(("/", ".")):
         output_uri, title = name, name
     else:
@@ -375,8 +477,10 @@ def download(
         output_uri, job_endpoint = _job_output(cluster, job)
         endpoint = endpoint or job_endpoint
         title = f"{ns}/{name}"
+        # the trainer reported the manifest's own sha256: the manifest read now must be that one
+        manifest_sha256 = ((job.get("status") or {}).get("output") or {}).get("sha256") or None
     storage = Storage(parse_location(output_uri), endpoint)
-    result = download_run(storage, directory, title=title)
+    result = download_run(storage, directory, title=title, manifest_sha256=manifest_sha256)
     table = Table(box=None, header_style="bold")
     table.add_column("file")
     table.add_column("bytes", justify="right")
@@ -384,8 +488,9 @@ def download(
     for f in result.files:
         table.add_row(f.path, f"{f.size:,}", f.sha256[:16] + "…")
     out.print(table)
+    pinned = " (its own sha256 matches the job's status)" if manifest_sha256 else ""
     out.print(f"[green]✓[/] {len(result.files)} files, {result.total_bytes:,} bytes, every sha256 "
-              f"matches {storage.location.uri}manifest.json -> {directory}")
+              f"matches {storage.location.uri}manifest.json{pinned} -> {directory}")
     if result.loss_png:
         out.print(f"loss curve ({result.metrics_rows} logged steps): {result.loss_png}")
 

@@ -55,3 +55,49 @@ def test_status_view_shows_message_conditions_and_output_verbatim() -> None:
     for shown in ("Failed", "dataset line 7: missing field 'label' [x]", "1/2 ready", "qlora",
                   "s3://b/p/manifest.json", "DataError: bad [row] 7"):
         assert shown in text, shown
+
+
+def _v1pod(name: str, *, rank: int | None, attempt: int, created: int, component: str = "trainer") -> Any:
+    from kubernetes import client
+
+    annotations = {} if rank is None else {"batch.kubernetes.io/job-completion-index": str(rank)}
+    labels = {"finetune.dev/component": component, "finetune.dev/attempt": str(attempt)}
+    return client.V1Pod(
+        metadata=client.V1ObjectMeta(name=name, labels=labels, annotations=annotations,
+                                     creation_timestamp=dt.datetime(2026, 1, 1, 12, created, tzinfo=dt.timezone.utc)),
+        spec=client.V1PodSpec(containers=[], node_name="node-a"),
+        status=client.V1PodStatus(phase="Running", container_statuses=[client.V1ContainerStatus(
+            name="trainer", image="i", image_id="", ready=True, restart_count=2)]))
+
+
+def test_pick_trainer_pod_by_rank_and_attempt() -> None:
+    from ftctl.kube import pick_trainer_pod
+
+    pods = [_v1pod("a0r0", rank=0, attempt=0, created=0), _v1pod("a1r1", rank=1, attempt=1, created=5),
+            _v1pod("a1r0-old", rank=0, attempt=1, created=4), _v1pod("a1r0", rank=0, attempt=1, created=6)]
+    assert pick_trainer_pod(pods, rank=0).metadata.name == "a1r0"  # newest attempt, newest pod
+    assert pick_trainer_pod(pods, rank=1).metadata.name == "a1r1"
+    assert pick_trainer_pod(pods, rank=0, attempt=0).metadata.name == "a0r0"
+    assert pick_trainer_pod(pods, rank=1, attempt=0) is None
+    assert pick_trainer_pod(pods, rank=2) is None
+
+
+def test_describe_view_lists_events_oldest_first_and_pods_by_attempt_and_rank() -> None:
+    from ftctl.views import describe_view
+
+    j = job("d", {"phase": "Running", "message": "attempt 1", "attempt": 1, "restarts": 1,
+                  "progress": {"step": 10, "totalSteps": 40},
+                  "conditions": [{"type": "Validated", "status": "True", "reason": "ValidationPassed"}]})
+    events = [{"type": "Warning", "reason": "Late", "message": "second", "lastTimestamp": "2026-01-01T12:05:00Z"},
+              {"type": "Normal", "reason": "Early", "message": "first", "lastTimestamp": "2026-01-01T12:01:00Z", "count": 3}]
+    pods = [_v1pod("t-1", rank=1, attempt=1, created=3), _v1pod("t-0", rank=0, attempt=1, created=3),
+            _v1pod("old", rank=0, attempt=0, created=1), _v1pod("v", rank=None, attempt=0, created=0, component="validator")]
+    text = text_of(describe_view(j, pods, events))
+    assert "step 10/40" in text and "1 (restarts 1)" in text and "ValidationPassed" in text
+    assert text.index("Early") < text.index("Late") and "(x3)" in text
+    order = [line.split()[0] for line in text[text.index("Pods"):].splitlines()[2:] if line.strip()]
+    assert order == ["old", "v", "t-0", "t-1"]
+    assert "node-a" in text and " 2 " in text  # node and container restarts
+    empty = text_of(describe_view(job("e"), [], "not allowed to list events in namespace 'x'"))
+    assert "Conditions: <none>" in empty and "Pods: <none>" in empty
+    assert "Events: not allowed to list events" in empty
