@@ -8,10 +8,8 @@ and checks at that moment that no manifest is in the bucket (the stale one is al
 
 from __future__ import annotations
 
-import contextlib
 import json
 import pathlib
-import socket
 import subprocess
 import sys
 import threading
@@ -21,6 +19,7 @@ import pytest
 from finetune_trainer import contract
 from finetune_trainer.storage import sha256_file
 
+from tests.support.proxy import TriggerProxy
 from tests.support.s3 import S3Server
 
 from .helpers import (
@@ -38,77 +37,34 @@ pytestmark = pytest.mark.slow
 STALE_MANIFEST = {"apiVersion": "finetune.dev/manifest-v1", "jobName": "earlier", "files": [{"path": "adapter/adapter_model.safetensors", "sha256": "0" * 64, "size": 1}]}
 
 
-class OutageProxy:
+class OutageProxy(TriggerProxy):
     """127.0.0.1:port -> the S3 server. After a request containing `trigger` arrives, every
     connection (open or new) is dropped until `end_outage()`."""
 
     def __init__(self, upstream: tuple[str, int], trigger: bytes) -> None:
-        self.upstream = upstream
-        self.trigger = trigger
         self.outage = False
         self.started = threading.Event()
         self.dropped = 0
-        self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        super().__init__(upstream, trigger)
 
     def end_outage(self) -> None:
         with self._lock:
             self.outage = False
 
-    def close(self) -> None:
-        self._listener.close()
-        self._drop_all()
+    def admit(self) -> bool:
+        if self.outage:
+            self.dropped += 1
+        return not self.outage
 
-    def _drop_all(self) -> None:
+    def on_trigger(self) -> bool:
+        if self.started.is_set():
+            return False
         with self._lock:
-            socks, self._open = list(self._open), set()
-        for s in socks:
-            _close(s)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                if self.outage:
-                    self.dropped += 1
-                    _close(client)
-                    continue
-                upstream = socket.create_connection(self.upstream)
-                self._open |= {client, upstream}
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
-        try:
-            while chunk := src.recv(1 << 16):
-                if from_client and not self.started.is_set() and self.trigger in chunk:
-                    with self._lock:
-                        self.outage = True
-                        self.dropped += 1
-                    self.started.set()
-                    self._drop_all()
-                    return
-                dst.sendall(chunk)
-        except OSError:
-            pass
-        _close(src)
-        _close(dst)
-
-
-def _close(s: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        s.shutdown(socket.SHUT_RDWR)
-    s.close()
+            self.outage = True
+            self.dropped += 1
+        self.started.set()
+        self.drop_all()
+        return True
 
 
 def _config(tmp_path: pathlib.Path, tiny_llama: pathlib.Path, output: dict[str, Any]) -> pathlib.Path:

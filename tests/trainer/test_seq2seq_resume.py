@@ -16,7 +16,6 @@ import json
 import pathlib
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ import pytest
 from finetune_trainer import contract
 
 from tests.support.caches import CACHE_ROOT
+from tests.support.proxy import TriggerProxy
 from tests.support.s3 import S3Server
 
 from .helpers import REPO, run_trainer, summary_of, trainer_env, write_config, write_jsonl
@@ -45,63 +45,27 @@ def tiny_t5() -> pathlib.Path:
     return build_tiny_t5(CACHE_ROOT / "models" / "tiny-t5-d32-l2")
 
 
-class HoldingProxy:
+class HoldingProxy(TriggerProxy):
     """127.0.0.1:port -> the S3 server, byte for byte, except the first request containing
     `trigger`: nothing of it is forwarded, its connection is held open until `close()` and then
     dropped. `held` is set when that request arrives."""
 
     def __init__(self, upstream: tuple[str, int], trigger: bytes) -> None:
-        self.upstream = upstream
-        self.trigger = trigger
         self.held = threading.Event()
         self._closing = threading.Event()
-        self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(upstream, trigger)
 
     def close(self) -> None:
         self._closing.set()
-        self._listener.close()
+        super().close()
+
+    def on_trigger(self) -> bool:
         with self._lock:
-            socks, self._open = list(self._open), set()
-        for s in socks:
-            _close(s)
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(self.upstream)
-            with self._lock:
-                self._open |= {client, upstream}
-            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
-        try:
-            while chunk := src.recv(1 << 16):
-                if from_client and self.trigger in chunk:
-                    with self._lock:
-                        hold = not self.held.is_set()
-                        self.held.set()
-                    if hold:
-                        self._closing.wait()
-                        break
-                dst.sendall(chunk)
-        except OSError:
-            pass
-        _close(src)
-        _close(dst)
-
-
-def _close(s: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        s.shutdown(socket.SHUT_RDWR)
-    s.close()
+            hold = not self.held.is_set()
+            self.held.set()
+        if hold:
+            self._closing.wait()
+        return hold
 
 
 def _kill_job(launcher: subprocess.Popen[bytes]) -> list[list[str]]:
