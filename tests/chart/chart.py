@@ -44,9 +44,17 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
                           timeout=120)
 
 
+#: What `render` tells helm the cluster serves unless told otherwise: the Prometheus Operator's API
+#: (the monitoring objects are rendered only where it is served).
+MONITORING_API = "monitoring.coreos.com/v1"
+
+
 def render_text(values: dict[str, Any] | None = None, *, include_crds: bool = False,
                 release: str = RELEASE, namespace: str = NAMESPACE, api_versions: list[str] | None = None) -> str:
-    """`helm template`; `api_versions` as the cluster would serve them (`--api-versions`)."""
+    """`helm template`; `api_versions` as the cluster would serve them (`--api-versions`; default:
+    the Prometheus Operator's API)."""
+    if api_versions is None:
+        api_versions = [MONITORING_API]
     with tempfile.TemporaryDirectory() as d:
         args = ["template", release, str(CHART), "--namespace", namespace, "--kube-version", KUBE_VERSION,
                 *_values_args(values, pathlib.Path(d))]

@@ -369,3 +369,12 @@ def test_the_rbac_table_in_docs_is_what_the_chart_grants() -> None:
             documented |= {(r, v) for r in resources for v in verbs}
     granted = {(r, v) for _, r, v in _triples(_rules(render()))}
     assert documented == granted, {"documented, not granted": documented - granted, "granted, not documented": granted - documented}
+
+
+def test_monitoring_objects_only_where_the_prometheus_operator_is_served() -> None:
+    """Without monitoring.coreos.com/v1 an install would fail on an unknown kind: the PodMonitor,
+    ServiceMonitor and PrometheusRule are left out (NOTES.txt says so at install)."""
+    served = {d["kind"] for d in render(ALL_ON)}
+    assert {"PodMonitor", "ServiceMonitor", "PrometheusRule"} <= served
+    bare = {d["kind"] for d in render(ALL_ON, api_versions=[])}
+    assert not {"PodMonitor", "ServiceMonitor", "PrometheusRule"} & bare and "Deployment" in bare

@@ -204,6 +204,7 @@ def monitor_scrape_configs(cp: ControlPlane) -> list[dict[str, Any]]:
     """Prometheus scrape configs equivalent to the chart's PodMonitor and ServiceMonitor (as
     rendered by ``helm template``), discovering targets through the test API server."""
     rendered = cp.helm("template", RELEASE, str(CHART), "-n", SYSTEM_NS, "--kube-version", KUBE_VERSION,
+                       "--api-versions", "monitoring.coreos.com/v1",  # as on a cluster with the Prometheus Operator
                        "--set", "metrics.podMonitor.enabled=true,metrics.serviceMonitor.enabled=true").stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     tls = {"ca_file": str(cp.pki.ca_crt), "cert_file": str(cp.pki.admin_crt), "key_file": str(cp.pki.admin_key)}
