@@ -378,3 +378,10 @@ def test_monitoring_objects_only_where_the_prometheus_operator_is_served() -> No
     assert {"PodMonitor", "ServiceMonitor", "PrometheusRule"} <= served
     bare = {d["kind"] for d in render(ALL_ON, api_versions=[])}
     assert not {"PodMonitor", "ServiceMonitor", "PrometheusRule"} & bare and "Deployment" in bare
+
+
+def test_dashboard_goes_to_its_namespace_with_the_sidecars_folder_annotation() -> None:
+    values = {"metrics": {"dashboard": {"enabled": True, "namespace": "monitoring", "annotations": {"grafana_folder": "ML training"}}}}
+    cm = next(d for d in by_kind(render(values), "ConfigMap") if d["metadata"]["name"].endswith("-dashboard"))
+    assert cm["metadata"]["namespace"] == "monitoring" and cm["metadata"]["annotations"] == {"grafana_folder": "ML training"}
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
