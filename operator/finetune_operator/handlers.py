@@ -85,12 +85,17 @@ async def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> Non
     # Every write asks the fence first (refused once this replica is past its Lease's renew
     # deadline); the identity names this replica in the API server's audit log.
     kube = Kube(concurrency=workers, fence=memo.get("fence"), identity=str(memo.get("identity") or ""))
-    config = OperatorConfig(
+    memo["reconciler"] = Reconciler(kube, operator_config(options), concurrency=workers)
+
+
+def operator_config(options: dict[str, Any]) -> OperatorConfig:
+    """The operator-wide settings from its parsed command line (`vars(parse_args())`)."""
+    return OperatorConfig(
         default_image=str(options.get("default_image", c.DEFAULT_IMAGE)),
         default_runtime=options.get("default_runtime") or None,
         unconfirmed_deletion_seconds=float(options.get("unconfirmed_deletion_seconds", c.UNCONFIRMED_DELETION_SECONDS)),
+        default_image_pull_secrets=tuple(n.strip() for n in str(options.get("image_pull_secrets") or "").split(",") if n.strip()),
     )
-    memo["reconciler"] = Reconciler(kube, config, concurrency=workers)
 
 
 @kopf.on.cleanup()

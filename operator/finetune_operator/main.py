@@ -105,6 +105,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="how often rank 0's /progress of each running job is read into its status",
     )
     p.add_argument(
+        "--image-pull-secrets",
+        default=env("FINETUNE_OPERATOR_IMAGE_PULL_SECRETS", ""),
+        help="comma-separated imagePullSecrets (in each job's namespace) of trainer and validation pods whose runtime names none",
+    )
+    p.add_argument(
         "--unconfirmed-deletion-seconds",
         type=float,
         default=float(env("FINETUNE_OPERATOR_UNCONFIRMED_DELETION_SECONDS", str(c.UNCONFIRMED_DELETION_SECONDS))),

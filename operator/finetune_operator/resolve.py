@@ -38,6 +38,9 @@ class OperatorConfig:
     image_pull_policy: str = "IfNotPresent"
     #: ClusterFineTuneRuntime of jobs without spec.runtimeRef; None: such jobs fail (RuntimeRequired).
     default_runtime: str | None = None
+    #: imagePullSecrets of trainer and validation pods whose runtime names none (Secrets in each
+    #: job's namespace).
+    default_image_pull_secrets: tuple[str, ...] = ()
     #: Seconds past its deletion deadline after which a restarting attempt's pod is deleted with grace 0.
     unconfirmed_deletion_seconds: float = c.UNCONFIRMED_DELETION_SECONDS
 
@@ -187,7 +190,7 @@ def resolve(
         tolerations=tuple(rt.tolerations or ()),
         priority_class_name=rt.priority_class_name,
         service_account_name=rt.service_account_name,
-        image_pull_secrets=tuple(s.name for s in rt.image_pull_secrets or ()),
+        image_pull_secrets=tuple(s.name for s in rt.image_pull_secrets) if rt.image_pull_secrets else config.default_image_pull_secrets,
         termination_grace_seconds=rt.termination_grace_period_seconds or c.TERMINATION_GRACE_SECONDS,
         startup_deadline_seconds=rt.startup_deadline_seconds,
         workspace_size=str(rt.workspace_size) if rt.workspace_size is not None else None,

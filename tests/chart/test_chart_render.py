@@ -385,3 +385,17 @@ def test_dashboard_goes_to_its_namespace_with_the_sidecars_folder_annotation() -
     cm = next(d for d in by_kind(render(values), "ConfigMap") if d["metadata"]["name"].endswith("-dashboard"))
     assert cm["metadata"]["namespace"] == "monitoring" and cm["metadata"]["annotations"] == {"grafana_folder": "ML training"}
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+def test_trainer_pull_secrets_reach_the_operators_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chart's trainerImagePullSecrets become the operator's --image-pull-secrets, as its own
+    argument parser and settings read them."""
+    from finetune_operator.handlers import operator_config
+    from finetune_operator.main import parse_args
+
+    env = _operator_env(render({"trainerImagePullSecrets": ["site-registry", "mirror"]}))
+    assert env["FINETUNE_OPERATOR_IMAGE_PULL_SECRETS"] == "site-registry,mirror"
+    monkeypatch.setenv("FINETUNE_OPERATOR_IMAGE_PULL_SECRETS", env["FINETUNE_OPERATOR_IMAGE_PULL_SECRETS"])
+    args = parse_args([])
+    assert operator_config(vars(args)).default_image_pull_secrets == ("site-registry", "mirror")
+    assert "FINETUNE_OPERATOR_IMAGE_PULL_SECRETS" not in _operator_env(render())

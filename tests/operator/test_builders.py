@@ -245,6 +245,19 @@ def test_runtime_grace_period_and_workspace_size_reach_the_pods() -> None:
     assert pod["terminationGracePeriodSeconds"] == c.TERMINATION_GRACE_SECONDS and "ephemeral-storage" not in str(pod)
 
 
+def test_operator_wide_pull_secrets_serve_runtimes_that_name_none() -> None:
+    import dataclasses
+
+    config = dataclasses.replace(CONFIG, default_image_pull_secrets=("site-registry",))
+    spec = parse_job(minimal_spec(runtimeRef={"name": "rt"}, resources={"nodes": 1, "gpusPerNode": 1}))
+    plain = resolve(JobMeta("job", "ns", UID, 1), spec, parse_runtime(RUNTIME), True, config)
+    own = resolve(JobMeta("job", "ns", UID, 1), spec, parse_runtime({**RUNTIME, "imagePullSecrets": [{"name": "regcred"}]}), True, config)
+    assert isinstance(plain, Resolved) and isinstance(own, Resolved)
+    assert builders.build_validator(plain)["spec"]["imagePullSecrets"] == [{"name": "site-registry"}]
+    assert builders.build_job(plain, 0, False)["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "site-registry"}]
+    assert builders.build_job(own, 0, False)["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]  # the runtime's win
+
+
 def test_runtime_validator_settings_size_the_validation_pod() -> None:
     runtime = {**RUNTIME, "validator": {"cpu": "2", "memory": "12Gi", "deadlineSeconds": 7200}}
     r = resolved(minimal_spec(runtimeRef={"name": "rt"}, resources={"nodes": 1, "gpusPerNode": 1}), runtime)

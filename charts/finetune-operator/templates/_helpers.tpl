@@ -65,6 +65,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "finetune-operator.env" -}}
 - name: FINETUNE_OPERATOR_TRAINER_IMAGE
   value: {{ .Values.trainerImage | quote }}
+{{- with .Values.trainerImagePullSecrets }}
+- name: FINETUNE_OPERATOR_IMAGE_PULL_SECRETS
+  value: {{ join "," . | quote }}
+{{- end }}
 {{- with .Values.defaultRuntime }}
 - name: FINETUNE_OPERATOR_DEFAULT_RUNTIME
   value: {{ . | quote }}
