@@ -68,10 +68,16 @@ def test_alerts_fire_on_bad_jobs_and_only_on_them(tmp_path: pathlib.Path) -> Non
         # "done": reached its last step 40 minutes ago (uploading), not stalled
         {"series": "finetune_trainer_step{" + trainer.format(job="done", rank=0) + "}", "values": "0+4x25 100x45"},
         {"series": "finetune_trainer_total_steps{" + trainer.format(job="done", rank=0) + "}", "values": "100x70"},
-        # GPUs: "idle" at 2% on both GPUs of node 0, "healthy" at 90%
+        # GPUs: "idle" at 2% on both GPUs of node 0 all along, training (total_steps known) from
+        # minute 11 after a 10-minute download; "healthy" at 90%; "downloading" idle but still
+        # fetching its model for the whole hour (total_steps 0): not an idle-GPU alert
         {"series": "finetune_trainer_gpu_utilization_ratio{" + trainer.format(job="idle", rank=0) + ', gpu="0"}', "values": "0.02x70"},
         {"series": "finetune_trainer_gpu_utilization_ratio{" + trainer.format(job="idle", rank=0) + ', gpu="1"}', "values": "0.01x70"},
+        {"series": "finetune_trainer_total_steps{" + trainer.format(job="idle", rank=0) + "}", "values": "0x10 500x59"},
+        {"series": "finetune_trainer_step{" + trainer.format(job="idle", rank=0) + "}", "values": "0x10 0+1x59"},
         {"series": "finetune_trainer_gpu_utilization_ratio{" + trainer.format(job="healthy", rank=0) + ', gpu="0"}', "values": "0.9x70"},
+        {"series": "finetune_trainer_gpu_utilization_ratio{" + trainer.format(job="downloading", rank=0) + ', gpu="0"}', "values": "0x70"},
+        {"series": "finetune_trainer_total_steps{" + trainer.format(job="downloading", rank=0) + "}", "values": "0x70"},
         # the operator exports every reason at 0 from its start, and counted one failure at minute 50
         {"series": 'finetune_operator_job_failures_total{reason="RestartLimitExceeded"}', "values": "0x50 1x20"},
         {"series": 'finetune_operator_job_failures_total{reason="DataError"}', "values": "0x70"},
@@ -90,7 +96,14 @@ def test_alerts_fire_on_bad_jobs_and_only_on_them(tmp_path: pathlib.Path) -> Non
                     "The training step has not advanced; the job may hang in a collective or on storage. Check `ftctl logs stuck`.")]},
                 # 25 minutes after the last step: not yet stalled
                 {"eval_time": "35m", "alertname": "FineTuneJobStalled", "exp_alerts": []},
-                {"eval_time": "40m", "alertname": "FineTuneJobGPUsIdle", "exp_alerts": [_alert(
+                # training since minute 11: not at 20m (9 minutes in), fired by 27m (16 minutes in),
+                # the documented 15 minutes and not twice that; "downloading" never
+                {"eval_time": "20m", "alertname": "FineTuneJobGPUsIdle", "exp_alerts": []},
+                {"eval_time": "27m", "alertname": "FineTuneJobGPUsIdle", "exp_alerts": [_alert(
+                    {**sev, "namespace": "team-a", "job": "idle"},
+                    "GPUs of FineTuneJob team-a/idle below 5% for 15 minutes",
+                    "Mean GPU utilization is 1.5%. The job holds GPUs it does not use.")]},
+                {"eval_time": "65m", "alertname": "FineTuneJobGPUsIdle", "exp_alerts": [_alert(
                     {**sev, "namespace": "team-a", "job": "idle"},
                     "GPUs of FineTuneJob team-a/idle below 5% for 15 minutes",
                     "Mean GPU utilization is 1.5%. The job holds GPUs it does not use.")]},

@@ -28,10 +28,14 @@ tests/chart (which render this block through `helm template --show-only`).
         summary: "FineTuneJob {{`{{ $labels.namespace }}/{{ $labels.job }}`}} made no progress for {{ $r.stalledMinutes }} minutes"
         description: "The training step has not advanced; the job may hang in a collective or on storage. Check `ftctl logs {{`{{ $labels.job }}`}}`."
     - alert: FineTuneJobGPUsIdle
-      # GPUs of a running job stay almost unused (data loading, a dead rank, a stuck upload).
+      # GPUs of a training job stay almost unused (data loading, a dead rank, a stuck upload): the
+      # mean over the last gpuIdleMinutes is below gpuIdlePercent, and the job was past its
+      # download all that time (total_steps is 0 until the model and data are loaded), so it
+      # fires gpuIdleMinutes after training began at the earliest, never while downloading.
       expr: |
-        avg by (namespace, job) (avg_over_time(finetune_trainer_gpu_utilization_ratio[{{ $r.gpuIdleMinutes }}m])) * 100 < {{ $r.gpuIdlePercent }}
-      for: {{ $r.gpuIdleMinutes }}m
+        (avg by (namespace, job) (avg_over_time(finetune_trainer_gpu_utilization_ratio[{{ $r.gpuIdleMinutes }}m])) * 100 < {{ $r.gpuIdlePercent }})
+        and on (namespace, job)
+        (min by (namespace, job) (min_over_time(finetune_trainer_total_steps[{{ $r.gpuIdleMinutes }}m])) > 0)
       labels:
         severity: {{ $r.severity }}
       annotations:
