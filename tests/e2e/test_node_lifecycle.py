@@ -3,8 +3,8 @@
 leaves the machine as it found it: after a normal stop and after its owner was SIGKILLed (the
 next start sweeps what the dead one left).
 
-These tests start their own node, so they run before tests/e2e/test_real_node.py takes the
-machine's one node for the session (pytest runs the files in name order).
+These tests start their own node, so they run before the other files take the machine's one node
+for the session (tests/e2e/conftest.py puts them first).
 
 Run: .venv/bin/python -m pytest tests/e2e/test_node_lifecycle.py   (root)
 """
