@@ -32,7 +32,6 @@ class PodView:
     message: str | None
     reason: str | None
     disrupted: bool
-    deleting: bool
     pod_ip: str | None
     uid: str = ""
     #: The FineTuneJob UID the pod was made for ("" on children made before the label existed).
@@ -48,6 +47,10 @@ class PodView:
     #: delete's time plus its grace period); None while the pod is not being deleted.
     deletion_deadline: str | None = None
     node: str | None = None
+
+    @property
+    def deleting(self) -> bool:
+        return self.deletion_deadline is not None
 
 
 #: Container waiting reasons that do not clear by themselves (the kubelet retries, with backoff,
@@ -145,7 +148,6 @@ def pod_view(body: dict[str, Any]) -> PodView:
         message=message,
         reason=status.get("reason"),
         disrupted=disrupted,
-        deleting=meta.get("deletionTimestamp") is not None,
         pod_ip=status.get("podIP"),
         uid=meta.get("uid", ""),
         job_uid=labels.get(ct.LABEL_JOB_UID, ""),

@@ -103,13 +103,13 @@ def pod(
         message=message,
         reason="Evicted" if disrupted else None,
         disrupted=disrupted,
-        deleting=deleting,
         pod_ip=pod_ip,
         uid=uid or "",
         blocked=blocked,
         oom=oom,
         memory_limit=memory_limit,
-        deletion_deadline=deletion_deadline.isoformat().replace("+00:00", "Z") if deletion_deadline else None,
+        # a pod being deleted whose deadline a test does not name is well inside it
+        deletion_deadline=(deletion_deadline or T0 + timedelta(days=1)).isoformat().replace("+00:00", "Z") if deleting or deletion_deadline else None,
         node=node,
     )
 

@@ -413,8 +413,8 @@ def test_a_restart_does_not_wait_for_good_on_pods_of_an_unreachable_node() -> No
     60 s past its deletion deadline is deleted with grace 0, said in the status and a Warning
     first; one still inside that window is waited for, with a wake-up when it would be due."""
     now = T0 + timedelta(minutes=10)
-    lost = pod("job-0", index=0, deleting=True, deletion_deadline=now - timedelta(seconds=61), node="gpu-7", uid="u-0")
-    fresh = pod("job-1", index=1, deleting=True, deletion_deadline=now - timedelta(seconds=20), node="gpu-8", uid="u-1")
+    lost = pod("job-0", index=0, deletion_deadline=now - timedelta(seconds=61), node="gpu-7", uid="u-0")
+    fresh = pod("job-1", index=1, deletion_deadline=now - timedelta(seconds=20), node="gpu-8", uid="u-1")
     status = {**RUNNING_STATUS, "attempt": 1, "restarts": 1}
     plan = decide(observed(status=status, job_view=job(attempt=0, deleting=True), pods=(lost, fresh), now=now))
     assert plan.delete == [Delete("Pod", "job-0", uid="u-0", grace_seconds=0)], plan.delete
