@@ -32,19 +32,25 @@ def validator_name(job: str) -> str:
     return job + c.VALIDATOR_SUFFIX
 
 
+def workload_name(job: str) -> str:
+    """The Kueue Workload made for a FineTuneJob with a queue: the job's own name (Kueue names the
+    Workloads it makes itself job-<name>-<hash>, so the two never meet)."""
+    return job
+
+
 def master_addr(meta: JobMeta) -> str:
     """DNS name of the rank-0 pod: <job>-0.<job>-workers.<ns>.svc (Indexed Job hostname + subdomain)."""
     return f"{meta.name}-0.{service_name(meta.name)}.{meta.namespace}.svc"
 
 
 # --- shared pieces ------------------------------------------------------------------------------
-def owner_reference(meta: JobMeta) -> dict[str, Any]:
+def owner_reference(meta: JobMeta, controller: bool = True) -> dict[str, Any]:
     return {
         "apiVersion": ct.API_VERSION,
         "kind": ct.KIND_JOB,
         "name": meta.name,
         "uid": meta.uid,
-        "controller": True,
+        "controller": controller,
         "blockOwnerDeletion": True,
     }
 
@@ -127,13 +133,23 @@ def credential_env(r: Resolved) -> list[dict[str, Any]]:
     return env
 
 
-def _common_env(r: Resolved, attempt: int) -> list[dict[str, Any]]:
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    """An env var from the pod's own fields, written as the API server stores it (apiVersion
+    defaulted): Kueue compares a Job's containers with its Workload's exactly."""
+    return {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
+
+
+def _common_env(r: Resolved, attempt: int | None) -> list[dict[str, Any]]:
+    """`attempt` None: FINETUNE_ATTEMPT comes from the pod's attempt label, so the containers of
+    every attempt are the same (a Kueue Workload made once stays in sync with each attempt's Job)."""
     env = [
         {"name": ct.ENV_CONFIG_PATH, "value": ct.CONFIG_PATH},
         {"name": ct.ENV_JOB_NAME, "value": r.meta.name},
         {"name": ct.ENV_JOB_NAMESPACE, "value": r.meta.namespace},
         {"name": ct.ENV_METRICS_PORT, "value": str(ct.METRICS_PORT)},
-        {"name": ct.ENV_ATTEMPT, "value": str(attempt)},
+        {"name": ct.ENV_ATTEMPT, "value": str(attempt)}
+        if attempt is not None
+        else _field_env(ct.ENV_ATTEMPT, f"metadata.labels['{ct.LABEL_ATTEMPT}']"),
         # Read-only root filesystem: every cache goes to the writable workspace emptyDir.
         {"name": "HOME", "value": ct.WORK_DIR},
         {"name": "XDG_CACHE_HOME", "value": ct.CACHE_DIR},
@@ -250,7 +266,9 @@ def _resources(r: Resolved, gpus: int) -> dict[str, Any]:
         requests["memory"] = str(r.memory)
         limits["memory"] = str(r.memory)
     if gpus > 0:
-        limits[c.GPU_RESOURCE] = str(gpus)
+        # requested as the API server would default it (a limit without a request), so the
+        # stored container equals this one (Kueue compares them)
+        requests[c.GPU_RESOURCE] = limits[c.GPU_RESOURCE] = str(gpus)
     if r.workspace_size:
         # Scheduled onto a node with room for the downloads and checkpoints, and evicted (a
         # disruption) rather than filling the node's disk.
@@ -290,15 +308,12 @@ def pod_template(r: Resolved, attempt: int) -> Manifest:
     env = [
         {"name": ct.ENV_NNODES, "value": str(r.nodes)},
         {"name": ct.ENV_NPROC_PER_NODE, "value": str(nproc)},
-        {
-            "name": ct.ENV_NODE_RANK,
-            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{ct.ANNOTATION_JOB_COMPLETION_INDEX}']"}},
-        },
+        _field_env(ct.ENV_NODE_RANK, f"metadata.annotations['{ct.ANNOTATION_JOB_COMPLETION_INDEX}']"),
         {"name": ct.ENV_MASTER_ADDR, "value": master_addr(meta)},
         {"name": ct.ENV_MASTER_PORT, "value": str(ct.RENDEZVOUS_PORT)},
         {"name": ct.ENV_MASTER_ADDR_COMPAT, "value": master_addr(meta)},
         {"name": ct.ENV_MASTER_PORT_COMPAT, "value": str(ct.RENDEZVOUS_PORT)},
-        *_common_env(r, attempt),
+        *_common_env(r, None),
     ]
     threads = omp_threads(r.cpu, nproc)
     if threads is not None:
@@ -355,28 +370,36 @@ def template_hash(template: Manifest) -> str:
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def pod_failure_policy() -> dict[str, Any]:
+def pod_failure_policy(queued: bool = False) -> dict[str, Any]:
     """Disruptions (eviction, preemption, SIGTERM honoured after a checkpoint) don't fail the
-    attempt: the Job controller recreates that pod. Config/data errors fail the Job at once."""
-    return {
-        "rules": [
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
-            {"action": "Ignore", "onExitCodes": {"containerName": c.TRAINER_CONTAINER, "operator": "In", "values": [ct.EXIT_PREEMPTED]}},
-            {"action": "FailJob", "onExitCodes": {"containerName": c.TRAINER_CONTAINER, "operator": "In", "values": list(ct.NON_RETRYABLE_EXIT_CODES)}},
-        ]
-    }
+    attempt: the Job controller recreates that pod. Config/data errors fail the Job at once.
+
+    `queued` (Kueue): any other failure is ignored too, so the Job itself never fails. Kueue
+    finishes the Workload of a failed Job for good, and the group restart (the operator deletes
+    the Job on the first failed worker and makes the next attempt's) keeps the admission only while
+    the Workload is not finished."""
+    rules: list[dict[str, Any]] = [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "Ignore", "onExitCodes": {"containerName": c.TRAINER_CONTAINER, "operator": "In", "values": [ct.EXIT_PREEMPTED]}},
+        {"action": "FailJob", "onExitCodes": {"containerName": c.TRAINER_CONTAINER, "operator": "In", "values": list(ct.NON_RETRYABLE_EXIT_CODES)}},
+    ]
+    if queued:
+        rules.append({"action": "Ignore", "onExitCodes": {"containerName": c.TRAINER_CONTAINER, "operator": "NotIn", "values": [0]}})
+    return {"rules": rules}
 
 
 def build_job(r: Resolved, attempt: int, suspend: bool | None) -> Manifest:
     """The Indexed Job <job>: one pod per node, completions = parallelism = nodes.
 
     `suspend=None` leaves Job.spec.suspend out of the applied configuration, so a field owned by
-    Kueue (which unsuspends admitted Jobs) is not taken back.
+    Kueue (which unsuspends admitted Jobs) is not taken back. With a queue the Job names the
+    job's own Workload (build_workload), which every attempt's Job takes over in turn.
     """
     template = pod_template(r, attempt)
     extra = {ct.LABEL_ATTEMPT: str(attempt)}
     if r.spec.queue_name:
         extra[ct.LABEL_KUEUE_QUEUE] = r.spec.queue_name
+        extra[ct.LABEL_KUEUE_PREBUILT_WORKLOAD] = workload_name(r.meta.name)
     metadata = _metadata(r.meta, r.meta.name, ct.COMPONENT_TRAINER, extra)
     metadata["annotations"] = {c.ANNOTATION_TEMPLATE_HASH: template_hash(template)}
     spec: dict[str, Any] = {
@@ -385,7 +408,7 @@ def build_job(r: Resolved, attempt: int, suspend: bool | None) -> Manifest:
         "parallelism": r.nodes,
         # A failed worker fails the attempt; the operator restarts the whole group.
         "backoffLimit": 0,
-        "podFailurePolicy": pod_failure_policy(),
+        "podFailurePolicy": pod_failure_policy(queued=bool(r.spec.queue_name)),
         # Replace a disrupted pod only once it is gone, so ranks never overlap.
         "podReplacementPolicy": "Failed",
         "manualSelector": False,
@@ -394,6 +417,36 @@ def build_job(r: Resolved, attempt: int, suspend: bool | None) -> Manifest:
     if suspend is not None:
         spec["suspend"] = suspend
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
+
+
+def build_workload(r: Resolved, active: bool) -> Manifest:
+    """The Kueue Workload of a job with a queue, made before its first Job and kept for the job's
+    life: each attempt's Job names it (kueue.x-k8s.io/prebuilt-workload-name), so a group restart
+    keeps the admission instead of queueing again, and `active` (false while spec.suspend is
+    true) is how a suspend gives the quota back (Kueue then suspends the Job itself).
+
+    Owned by the FineTuneJob but not as its controller: Kueue makes each Job the controller.
+    The pod set is the training pod template; Kueue compares its containers with the Job's.
+    """
+    template = pod_template(r, 0)
+    # Kueue resets the Job's pod template labels and annotations to these whenever it stops the
+    # Job (evicted, deactivated): the operator's, less the attempt (the pods' Job tells it then).
+    metadata = {"labels": labels(r.meta, ct.COMPONENT_TRAINER), "annotations": template["metadata"]["annotations"]}
+    return {
+        "apiVersion": c.KUEUE_API_VERSION,
+        "kind": "Workload",
+        "metadata": {
+            "name": workload_name(r.meta.name),
+            "namespace": r.meta.namespace,
+            "labels": labels(r.meta, ct.COMPONENT_TRAINER),
+            "ownerReferences": [owner_reference(r.meta, controller=False)],
+        },
+        "spec": {
+            "queueName": r.spec.queue_name,
+            "active": active,
+            "podSets": [{"name": "main", "count": r.nodes, "template": {"metadata": metadata, "spec": template["spec"]}}],
+        },
+    }
 
 
 def build_validator(r: Resolved, tries: int = 0) -> Manifest:
@@ -444,5 +497,6 @@ def build_validator(r: Resolved, tries: int = 0) -> Manifest:
 
 
 def build_children(r: Resolved, attempt: int, suspend: bool | None) -> list[Manifest]:
-    """Everything the training step needs, in apply order."""
-    return [build_configmap(r), build_service(r), build_job(r, attempt, suspend)]
+    """Everything the training step needs, in apply order (with a queue, the Workload first)."""
+    workload = [build_workload(r, active=not r.spec.suspend)] if r.spec.queue_name else []
+    return [build_configmap(r), build_service(r), *workload, build_job(r, attempt, suspend)]

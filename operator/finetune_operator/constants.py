@@ -155,6 +155,11 @@ VALIDATOR_DEADLINE_SECONDS = 1800
 TERMINATION_GRACE_SECONDS = 120
 RUN_AS_USER = 1000
 GPU_RESOURCE = "nvidia.com/gpu"
+#: Kueue's Workload API (a job with spec.queueName gets one, made by the operator).
+KUEUE_API_VERSION = "kueue.x-k8s.io/v1beta2"
+#: How often a job waiting in a Kueue queue is looked at again (Workloads are read, not watched:
+#: the reason it waits is refreshed this often; admission itself arrives as a Job event).
+KUEUE_RECHECK_SECONDS = 30.0
 #: Size of the writable emptyDirs on a read-only root filesystem.
 WORKSPACE_VOLUME = "workspace"
 TMP_VOLUME = "tmp"

@@ -38,6 +38,7 @@ _PATHS = {
     "Pod": "/api/v1/namespaces/{ns}/pods/{name}",
     "Job": "/apis/batch/v1/namespaces/{ns}/jobs/{name}",
     "FineTuneJob": "/apis/" + ct.API_VERSION + "/namespaces/{ns}/" + ct.PLURAL_JOB + "/{name}",
+    "Workload": "/apis/" + c.KUEUE_API_VERSION + "/namespaces/{ns}/workloads/{name}",
 }
 _RUNTIMES_PATH = "/apis/" + ct.API_VERSION + "/" + ct.PLURAL_RUNTIME
 _EVENTS_PATH = "/api/v1/namespaces/{ns}/events"
@@ -249,6 +250,44 @@ class Kube:
             body["metadata"] = {"uid": uid}
         status, data = await self._run("PATCH", path, body, [("fieldManager", c.FIELD_MANAGER)], "application/merge-patch+json")
         self._check(status, data, f"suspend={suspend} Job {namespace}/{name}", ok=(404, 409))
+
+    async def workload(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Kueue Workload (None when there is none, or Kueue's API is not installed)."""
+        status, data = await self._run("GET", _PATHS["Workload"].format(ns=namespace, name=name), read=True)
+        if status == 404:
+            return None
+        self._check(status, data, f"get Workload {namespace}/{name}")
+        return data if isinstance(data, dict) else None
+
+    async def set_workload_active(self, namespace: str, name: str, uid: str, active: bool) -> None:
+        """Set spec.active of a Workload (a merge patch of that field, refused if the name now
+        holds another Workload)."""
+        body: dict[str, Any] = {"spec": {"active": active}}
+        if uid:
+            body["metadata"] = {"uid": uid}
+        path = _PATHS["Workload"].format(ns=namespace, name=name)
+        status, data = await self._run("PATCH", path, body, [("fieldManager", c.FIELD_MANAGER)], "application/merge-patch+json")
+        self._check(status, data, f"active={active} Workload {namespace}/{name}", ok=(404, 409))
+
+    async def drop_workload_owners(self, namespace: str, name: str, uids: tuple[str, ...]) -> bool:
+        """Remove the owner references with these UIDs from a Workload (read, then write on that
+        version: Kueue and the garbage collector write the same object). False on a conflict."""
+        path = _PATHS["Workload"].format(ns=namespace, name=name)
+        status, data = await self._run("GET", path, read=True)
+        if status == 404:
+            return True
+        self._check(status, data, f"get Workload {namespace}/{name}")
+        meta = data.get("metadata") or {}
+        refs = list(meta.get("ownerReferences") or [])
+        kept = [r for r in refs if r.get("uid") not in uids]
+        if kept == refs:
+            return True
+        body = {"metadata": {"ownerReferences": kept, "resourceVersion": meta.get("resourceVersion")}}
+        status, data = await self._run("PATCH", path, body, [("fieldManager", c.FIELD_MANAGER)], "application/merge-patch+json")
+        if status in (404, 409):
+            return status == 404
+        self._check(status, data, f"drop owners of Workload {namespace}/{name}")
+        return True
 
     async def delete(self, namespace: str, item: Delete) -> None:
         path = _PATHS[item.kind].format(ns=namespace, name=item.name)

@@ -29,7 +29,7 @@ from finetune_operator.api import (
     parse_job,
 )
 from finetune_operator.resolve import JobMeta, OperatorConfig, Problem, Resolved, resolve
-from finetune_operator.views import JobView, PodView, format_time, parse_time
+from finetune_operator.views import JobView, PodView, WorkloadView, format_time, parse_time
 
 ct = c.contract
 
@@ -61,11 +61,13 @@ class Observed:
     #: The Job controller's newest FailedCreate message while the Job has no pods (quota, Pod
     #: Security, a missing ServiceAccount or PriorityClass).
     job_create_error: str | None = None
+    #: The job's Kueue Workload (jobs with spec.queueName, once validated), if it exists.
+    workload: WorkloadView | None = None
 
 
 @dataclass(frozen=True)
 class Delete:
-    kind: str  # "Job" | "Pod" | "FineTuneJob"
+    kind: str  # "Job" | "Pod" | "FineTuneJob" | "Workload"
     name: str
     propagation: str = "Background"
     #: The UID of the object observed: the delete is refused if the name now holds another one.
@@ -96,6 +98,12 @@ class Plan:
     #: (start, GPUs) of the current attempt's running trainer pods: the GPU time not yet in
     #: status.gpuSeconds (exported live as finetune_operator_running_gpu_seconds).
     running_gpus: tuple[tuple[datetime, int], ...] = ()
+    #: (Workload name, Job UIDs): drop these Jobs (earlier attempts, deleted) from the Workload's
+    #: owners before the next attempt's Job is created, so Kueue lets that Job take it over at once.
+    workload_release: tuple[str, tuple[str, ...]] | None = None
+    #: (Workload name, Workload UID, value): set the Workload's spec.active (false gives the quota
+    #: back and Kueue suspends the Job: a user suspend, or a job that ended with its Job alive).
+    workload_active: tuple[str, str, bool] | None = None
 
 
 def clip(text: str, limit: int = c.MAX_MESSAGE_LENGTH) -> str:
@@ -162,7 +170,24 @@ def decide(obs: Observed) -> Plan:
     plan = _decide(obs)
     if obs.rejected and plan.status.phase not in c.TERMINAL_PHASES and (plan.apply or plan.delete):
         _report_rejection(obs, plan)
+    _workload_activity(obs, plan)
     return plan
+
+
+def _workload_activity(obs: Observed, plan: Plan) -> None:
+    """With a Kueue Workload, Kueue alone sets Job.spec.suspend (from the Workload's admission);
+    the operator says what it wants through the Workload: active while the job is meant to run,
+    inactive when the user suspends it or the job ended (Kueue then stops its pods and frees the
+    quota). A finished Workload (the Job completed or failed) is left as it is."""
+    wl = obs.workload
+    if wl is None:
+        return
+    plan.suspend_job = None
+    if wl.deleting or wl.finished:
+        return
+    want = not obs.spec.get("suspend") and plan.status.phase not in c.TERMINAL_PHASES
+    if wl.active != want:
+        plan.workload_active = (wl.name, wl.uid, want)
 
 
 def _report_rejection(obs: Observed, plan: Plan) -> None:
@@ -372,32 +397,51 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
             plan.events.append(Event("Warning", c.REASON_POD_DELETION_FORCED, message))
         return _wake(plan, wait_s)
 
+    wl = obs.workload if spec.queue_name else None
     if job is None:
+        if wl is not None and (wl.finished or wl.deleting):
+            # Kueue finished it (its Job failed, or drifted from it): it is never admitted again.
+            # A new one goes to the back of the queue; said, then done.
+            nxt.set(phase=c.PHASE_QUEUED, message=clip(f"{_held_message(spec)}: the Kueue Workload {wl.name} of an earlier attempt finished; making a new one"))
+            _suspension(nxt, spec, suspended=True)
+            return _wake(_plan(obs, nxt, delete=[] if wl.deleting else [Delete("Workload", wl.name, uid=wl.uid or None)]), 2.0)
         suspend = bool(spec.suspend or spec.queue_name)
         if suspend:
-            nxt.set(phase=c.PHASE_SUSPENDED if spec.suspend else c.PHASE_QUEUED, message=_held_message(spec))
+            nxt.set(phase=c.PHASE_SUSPENDED if spec.suspend else c.PHASE_QUEUED, message=_held_message(spec, wl))
         else:
             nxt.set(phase=c.PHASE_INITIALIZING, message=_workers_message(attempt, 0, r.nodes))
             nxt.condition(c.COND_RUNNING, False, c.REASON_WORKERS_STARTING, f"0/{r.nodes} workers running")
         _suspension(nxt, spec, suspended=suspend)
         # gpuSeconds is reported from here on, so the Job appearing costs no status write of its own.
         _gpu_seconds(obs, nxt, r)
-        return _plan(obs, nxt, apply=builders.build_children(r, attempt, suspend))
+        plan = _plan(obs, nxt, apply=builders.build_children(r, attempt, suspend))
+        if wl is not None and wl.job_owners:
+            # The earlier attempt's Job is gone but still the Workload's controller until the
+            # garbage collector notices (seconds); until then Kueue would ignore the Workload
+            # for the new Job, which would wait unadmitted.
+            plan.workload_release = (wl.name, wl.job_owners)
+        return plan
 
     # The Job of the current attempt exists. Its ConfigMap and Service are wanted all along (the
     # executor sends only what it has not already applied, so a deleted one comes back).
     apply: list[dict[str, Any]] = [] if job.complete else [builders.build_configmap(r), builders.build_service(r)]
+    if wl is not None and not job.complete and not wl.finished:
+        apply.append(builders.build_workload(r, active=not spec.suspend))
     desired = _desired_suspend(spec, job)
     suspend_job = (job.name, job.uid, desired) if desired is not None and desired != job.suspended else None
     suspended = job.suspended if desired is None else desired
+    if wl is not None and spec.suspend:
+        suspended = True  # the Workload is deactivated: Kueue stops the pods, then suspends the Job
     _gpu_seconds(obs, nxt, r)
 
     if suspended and not job.complete:
         phase = c.PHASE_SUSPENDED if spec.suspend else c.PHASE_QUEUED
-        nxt.set(phase=phase, message=_held_message(spec))
+        nxt.set(phase=phase, message=_held_message(spec, wl))
         _suspension(nxt, spec, suspended=True)
         nxt.clear(c.COND_RUNNING, c.REASON_SUSPENDED if spec.suspend else c.REASON_QUEUED)
-        return _with_suspend(_plan(obs, nxt, apply=apply), suspend_job)
+        plan = _with_suspend(_plan(obs, nxt, apply=apply), suspend_job)
+        # Workloads are read, not watched: why it waits is looked at again now and then.
+        return _wake(plan, c.KUEUE_RECHECK_SECONDS) if wl is not None and not spec.suspend else plan
     _suspension(nxt, spec, suspended=False)
 
     pods = [p for p in obs.pods if p.attempt == attempt and p.component == ct.COMPONENT_TRAINER]
@@ -637,8 +681,11 @@ def _warn_on_new_reason(obs: Observed, plan: Plan, type_: str, reason: str, mess
 
 
 # --- helpers ----------------------------------------------------------------------------------------
-def _held_message(spec: FineTuneJobSpec) -> str:
-    return "spec.suspend is true" if spec.suspend else f"waiting for admission by Kueue queue {spec.queue_name!r}"
+def _held_message(spec: FineTuneJobSpec, wl: WorkloadView | None = None) -> str:
+    if spec.suspend:
+        return "spec.suspend is true"
+    message = f"waiting for admission by Kueue queue {spec.queue_name!r}"
+    return clip(f"{message}: {wl.waiting}") if wl is not None and wl.waiting else message
 
 
 def _workers_message(attempt: int, ready: int, total: int) -> str:

@@ -27,7 +27,7 @@ import random
 import signal
 import time
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -45,7 +45,7 @@ from finetune_operator.kube import Kube, KubeError
 from finetune_operator.plan import Observed, Plan, decide
 from finetune_operator.progress import progress_url
 from finetune_operator.resolve import JobMeta, OperatorConfig
-from finetune_operator.views import JobView, PodView, parse_time
+from finetune_operator.views import JobView, PodView, WorkloadView, parse_time, workload_view
 
 ct = c.contract
 log = logging.getLogger(__name__)
@@ -98,7 +98,16 @@ class Indexes:
         return [v for v in (self.children.get(key) or ()) if isinstance(v, JobView)]
 
     def pod_views(self, key: Key) -> tuple[PodView, ...]:
-        return tuple(v for v in (self.pods.get(key) or ()) if isinstance(v, PodView))
+        pods = tuple(v for v in (self.pods.get(key) or ()) if isinstance(v, PodView))
+        if all(p.attempt is not None or p.component != ct.COMPONENT_TRAINER for p in pods):
+            return pods
+        # Kueue, when it stops a Job (eviction, a deactivated Workload), resets its pod template's
+        # labels to the Workload's, which cannot name the attempt (one Workload serves them all):
+        # such a pod's attempt is that of the Job that controls it.
+        attempts = {j.uid: j.attempt for j in self.job_views(key) if j.uid}
+        return tuple(
+            replace(p, attempt=attempts.get(p.owner_uid)) if p.attempt is None and p.component == ct.COMPONENT_TRAINER else p for p in pods
+        )
 
     def keys_using_runtime(self, name: str, config: OperatorConfig) -> list[Key]:
         """Jobs that name this runtime (or use it as the default) and have no copy of it yet."""
@@ -256,6 +265,8 @@ class Reconciler:
         #: Per job whose Job has no pods: (when the Job controller's FailedCreate events were last
         #: read, the newest message). Read at most every c.FAILED_CREATE_SECONDS, only in that state.
         self._failed_create: dict[Key, tuple[float, str | None]] = {}
+        #: Ended jobs (by FineTuneJob UID) whose Workload was seen holding no quota: not read again.
+        self._settled_workloads: dict[Key, str] = {}
         #: Unfinished jobs per runtime their status.runtime copy names (and the reverse): a
         #: runtime with users carries RUNTIME_FINALIZER. Built from the index once, then kept.
         self._users: dict[str, set[Key]] = {}
@@ -448,6 +459,7 @@ class Reconciler:
         self._taken.pop(key, None)
         self._rejected.pop(key, None)
         self._failed_create.pop(key, None)
+        self._settled_workloads.pop(key, None)
         self._seen.pop(key, None)
         self._written.pop(key, None)
         self._inputs.pop(key, None)
@@ -507,7 +519,8 @@ class Reconciler:
             await self._recheck_taken(key)
         taken = tuple(f"{kind} {child}" for kind, child in self._taken.get(key, ()))
         create_error = await self._job_create_error(key, job, pods)
-        inputs = (meta, rec["spec"], self._last_status(key, rec), raw, found, job, pods, leftovers, taken, self._rejected.get(key), create_error)
+        workload = await self._workload(key, rec)
+        inputs = (meta, rec["spec"], self._last_status(key, rec), raw, found, job, pods, leftovers, taken, self._rejected.get(key), create_error, workload)
         if progress is None and not force and self._inputs.get(key) == inputs:
             metrics.UNCHANGED.inc()
             return None
@@ -540,6 +553,7 @@ class Reconciler:
             taken=taken,
             rejected=self._rejected.get(key),
             job_create_error=create_error,
+            workload=workload,
         )
         t0 = time.perf_counter()
         plan = decide(observed)
@@ -592,6 +606,30 @@ class Reconciler:
             message = checked[1] if checked else None
         self._failed_create[key] = (now, message)
         return message
+
+    async def _workload(self, key: Key, rec: Mapping[str, Any]) -> WorkloadView | None:
+        """The Kueue Workload of a job with a queue, read (not watched: Kueue may not be
+        installed, and only queued jobs need it) once the job is past validation and until it
+        ended and its Workload no longer holds quota."""
+        if not (rec["spec"] or {}).get("queueName"):
+            return None
+        last = self._last_status(key, rec)
+        status = last if isinstance(last, FineTuneJobStatus) else parse_status(last)
+        validated = status.condition(c.COND_VALIDATED)
+        if validated is None or validated.status != "True":
+            return None
+        settled = self._settled_workloads.get(key)
+        if status.phase in c.TERMINAL_PHASES and settled is not None and settled == rec["uid"]:
+            return None
+        try:
+            body = await self.kube.workload(key[0], key[1])
+        except KubeError as err:
+            log.warning("could not read the Workload of %s/%s: %s", key[0], key[1], err)
+            return None
+        view = workload_view(body) if body is not None else None
+        if status.phase in c.TERMINAL_PHASES and (view is None or view.finished or not view.active):
+            self._settled_workloads[key] = rec["uid"]
+        return view
 
     def _known_children(self, key: Key) -> set[tuple[str, str]]:
         """Children that exist with the operator's labels for this job, as the watches show them."""
@@ -692,11 +730,18 @@ class Reconciler:
 
         # Workloads (the training Job, the validator pod) go out only once the ConfigMap and
         # Service they use are known to be ours: never a pod that mounts someone else's ConfigMap.
+        # A Job that names a Kueue Workload goes out only once that Workload is in and free of
+        # the earlier attempt's Job (else Kueue would not give it the admission).
         todo.sort(key=lambda item: item[0]["kind"] in _WORKLOADS)
         first = [m for m, _ in todo if m["kind"] not in _WORKLOADS]
+        if plan.workload_release is not None:
+            released = await self.kube.drop_workload_owners(meta.namespace, *plan.workload_release)
+        else:
+            released = True
         done = list(await asyncio.gather(*(send(m) for m in first)))
         later = [m for m, _ in todo if m["kind"] in _WORKLOADS]
-        done += list(await asyncio.gather(*(send(m) for m in later))) if not taken else [False] * len(later)
+        queue_ready = released and all(ok for m, ok in zip(first, done, strict=True) if m["kind"] == "Workload")
+        done += list(await asyncio.gather(*(send(m) for m in later))) if not taken and queue_ready else [False] * len(later)
         for (m, d), ok in zip(todo, done, strict=True):
             if ok:
                 applied[_child_key(m)] = d
@@ -723,6 +768,8 @@ class Reconciler:
         if plan.suspend_job is not None:
             # Never cached: whoever else set the field since, the observed Job says it differs.
             await self.kube.suspend_job(meta.namespace, *plan.suspend_job)
+        if plan.workload_active is not None:
+            await self.kube.set_workload_active(meta.namespace, *plan.workload_active)
         if not plan.delete and await self._write_status(meta, previous, plan) is False:
             return True  # the FineTuneJob is gone: nothing left to do
         if plan.status.phase == c.PHASE_FAILED and previous.phase != c.PHASE_FAILED:

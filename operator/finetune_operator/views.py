@@ -47,6 +47,8 @@ class PodView:
     #: delete's time plus its grace period); None while the pod is not being deleted.
     deletion_deadline: str | None = None
     node: str | None = None
+    #: UID of the Job that controls the pod ("" for the validation pod).
+    owner_uid: str = ""
 
     @property
     def deleting(self) -> bool:
@@ -156,6 +158,7 @@ def pod_view(body: dict[str, Any]) -> PodView:
         memory_limit=str(limit) if limit is not None else None,
         deletion_deadline=meta.get("deletionTimestamp"),
         node=(body.get("spec") or {}).get("nodeName"),
+        owner_uid=next((r.get("uid", "") for r in meta.get("ownerReferences") or [] if r.get("kind") == "Job" and r.get("controller")), ""),
     )
 
 
@@ -182,6 +185,54 @@ def job_view(body: dict[str, Any]) -> JobView:
         uid=meta.get("uid", ""),
         job_uid=labels.get(ct.LABEL_JOB_UID, ""),
         created=meta.get("creationTimestamp"),
+    )
+
+
+@dataclass(frozen=True)
+class WorkloadView:
+    """The Kueue Workload of a job with a queue (read, not watched)."""
+
+    name: str
+    uid: str
+    resource_version: str
+    #: spec.active (false: deactivated, Kueue keeps its Job suspended and holds no quota).
+    active: bool
+    #: UIDs of the Jobs in its ownerReferences (Kueue makes the Job it serves the controller; a
+    #: deleted attempt's stays until the garbage collector drops it).
+    job_owners: tuple[str, ...]
+    quota_reserved: bool
+    admitted: bool
+    finished: bool
+    #: Why it waits or was evicted, in Kueue's words ("Reason: message"), else None.
+    waiting: str | None = None
+    deleting: bool = False
+
+
+def workload_view(body: dict[str, Any]) -> WorkloadView:
+    meta = body.get("metadata") or {}
+    status = body.get("status") or {}
+    conds = {x.get("type"): x for x in status.get("conditions") or []}
+
+    def true(kind: str) -> bool:
+        return (conds.get(kind) or {}).get("status") == "True"
+
+    waiting = None
+    for kind, flag in (("Evicted", "True"), ("QuotaReserved", "False")):
+        cond = conds.get(kind) or {}
+        if cond.get("status") == flag and (cond.get("message") or cond.get("reason")):
+            waiting = f"{cond.get('reason') or kind}: {cond.get('message') or ''}".strip()
+            break
+    return WorkloadView(
+        name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
+        resource_version=str(meta.get("resourceVersion") or ""),
+        active=(body.get("spec") or {}).get("active") is not False,
+        job_owners=tuple(r.get("uid", "") for r in meta.get("ownerReferences") or [] if r.get("kind") == "Job"),
+        quota_reserved=true("QuotaReserved"),
+        admitted=true("Admitted"),
+        finished=true("Finished"),
+        waiting=waiting,
+        deleting=meta.get("deletionTimestamp") is not None,
     )
 
 

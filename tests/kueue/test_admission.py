@@ -112,6 +112,8 @@ def test_finetunejobs_quota_for_one(kube: Kube, kueue: Kueue, ftop: OperatorProc
         assert kube.job(ns, "beta").spec.suspend is True
         assert INSUFFICIENT in condition(wl, "QuotaReserved")["message"]
         assert st.get("phase") == "Queued", st
+        # Kueue's own reason, in the job's status
+        assert INSUFFICIENT in (st.get("message") or "") and "Kueue queue 'lq'" in st["message"], st
         suspended = kube.condition(ns, "beta", "Suspended")
         assert suspended.get("status") == "True" and suspended.get("reason") == "Queued", suspended
         # validator pods are plain Pods without the queue-name label: Kueue (pod integration off)
@@ -121,7 +123,6 @@ def test_finetunejobs_quota_for_one(kube: Kube, kueue: Kueue, ftop: OperatorProc
         assert not [w for w in workloads(kube, ns) if any(r["kind"] == "Pod" for r in w["metadata"].get("ownerReferences", []))]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12: a group restart makes a new Job, and Kueue a new Workload for it (the old one is deleted)")
 def test_group_restart_keeps_the_admission(kube: Kube, kueue: Kueue, ftop: OperatorProcess, kube_namespace: str) -> None:
     """A failed group restarts while another FineTuneJob waits in the same ClusterQueue: the
     restarted attempt must keep its admission (the same Workload), not queue a new one.
@@ -153,7 +154,6 @@ def test_group_restart_keeps_the_admission(kube: Kube, kueue: Kueue, ftop: Opera
         assert [w["metadata"]["uid"] for w in gammas] == [first_wl["metadata"]["uid"]], "attempt 1 runs under a new Workload"
 
 
-@pytest.mark.xfail(strict=True, reason="issue 12: the operator suspends the Job itself; Kueue unsuspends a Job whose Workload is admitted")
 def test_user_suspend_with_a_queue_holds_without_flip_flop(kube: Kube, kueue: Kueue, ftop: OperatorProcess, kube_namespace: str) -> None:
     """spec.suspend=true on a running, admitted FineTuneJob: the Job must stay suspended (no
     tug of war with Kueue) and the quota must be given back (the Workload inactive)."""
@@ -177,6 +177,39 @@ def test_user_suspend_with_a_queue_holds_without_flip_flop(kube: Kube, kueue: Ku
         assert flips <= 1 and samples[-1] is True, "the Job's suspend flip-flops between the operator and Kueue"
         assert st.get("phase") == "Suspended"
         assert wl is not None and not is_true(wl, "QuotaReserved"), "the suspended job still holds its quota"
+        assert not [p for p in kube.pods(ns, "job-name=eps") if p.status.phase in ("Pending", "Running") and not p.metadata.deletion_timestamp]
+
+        # resumed: the same Workload is admitted again and the same attempt runs (no restart counted)
+        kube.patch_spec(ns, "eps", {"suspend": False})
+        # (Kueue reset the Job's pod template labels to the Workload's when it stopped it: the
+        # new pod has no attempt label, and the operator takes its attempt from its Job)
+        Kube.wait(lambda: [p for p in kube.pods(ns, "job-name=eps") if p.status.phase == "Running"], "eps's pod running again", 90)
+        st = kube.wait_phase(ns, "eps", "Running")
+        assert st.get("restarts", 0) == 0 and st.get("attempt", 0) == 0, st
+        wl2 = workload_of(kube, ns, "Job", "eps")
+        assert wl2 is not None and wl2["metadata"]["uid"] == wl["metadata"]["uid"] and is_true(wl2, "Admitted")
+
+
+def test_a_job_that_fails_for_good_gives_its_quota_to_the_next(kube: Kube, kueue: Kueue, ftop: OperatorProcess, kube_namespace: str) -> None:
+    """maxRestarts reached: under Kueue the Job itself does not fail (retryable exits are
+    ignored by its podFailurePolicy, so its Workload survives restarts), so the operator must
+    stop it: the Workload is deactivated, Kueue suspends the Job, and the queued job runs."""
+    ns = kube_namespace
+    with cluster_queue(kube, ns, FTJ_QUOTA):
+        kube.create_ftj(ns, "zeta", ftj_spec(maxRestarts=0))
+        kube.pass_validation(ns, "zeta")
+        (pod,) = kube.wait_running_pods(ns, "zeta", 1, attempt=0)
+        kube.create_ftj(ns, "eta", ftj_spec())
+        kube.pass_validation(ns, "eta")
+        Kube.wait(lambda: condition(workload_of(kube, ns, "Job", "eta") or {}, "QuotaReserved").get("status") == "False", "eta queued", 60)
+        kube.set_result(ns, pod.metadata.name, kwok.FAILED, exit_code=1)
+        st = kube.wait_phase(ns, "zeta", "Failed")
+        assert kube.condition(ns, "zeta", "Failed").get("reason") == "RestartLimitExceeded", st
+        kube.wait_running_pods(ns, "eta", 1, attempt=0, timeout=90)
+        wl = workload_of(kube, ns, "Job", "zeta")
+        report("zeta's Workload after it failed", {"active": (wl or {}).get("spec", {}).get("active"), "conditions": conds(wl)})
+        assert wl is not None and wl["spec"]["active"] is False and not is_true(wl, "QuotaReserved")
+        Kube.wait(lambda: kube.job(ns, "zeta").spec.suspend is True, "zeta's Job suspended by Kueue (its pods stopped)", 30)
 
 
 # --- prototype: a prebuilt Workload kept across Jobs ------------------------------------------------

@@ -81,7 +81,7 @@ def test_builders_are_deterministic(path: pathlib.Path) -> None:
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_job_shape(path: pathlib.Path) -> None:
     r = resolved_example(path)
-    cm, svc, job, validator = children(r)
+    cm, svc, job, validator = (m for m in children(r) if m["kind"] != "Workload")
     name = r.meta.name
     assert [cm["metadata"]["name"], svc["metadata"]["name"], job["metadata"]["name"], validator["metadata"]["name"]] == [
         f"{name}-config",
@@ -118,8 +118,11 @@ def test_trainer_container(path: pathlib.Path) -> None:
     assert env[ct.ENV_MASTER_ADDR]["value"] == env[ct.ENV_MASTER_ADDR_COMPAT]["value"] == master
     assert env[ct.ENV_MASTER_PORT]["value"] == env[ct.ENV_MASTER_PORT_COMPAT]["value"] == str(ct.RENDEZVOUS_PORT)
     assert env[ct.ENV_CONFIG_PATH]["value"] == ct.CONFIG_PATH
-    assert env[ct.ENV_ATTEMPT]["value"] == "2"
-    assert job["metadata"]["labels"][ct.LABEL_ATTEMPT] == "2"
+    # the attempt reaches the trainer from the pod's own label: the containers of every attempt
+    # are the same (Kueue keeps one Workload across attempts only while they are)
+    assert env[ct.ENV_ATTEMPT]["valueFrom"]["fieldRef"]["fieldPath"] == f"metadata.labels['{ct.LABEL_ATTEMPT}']"
+    assert job["metadata"]["labels"][ct.LABEL_ATTEMPT] == job["spec"]["template"]["metadata"]["labels"][ct.LABEL_ATTEMPT] == "2"
+    assert builders.build_job(r, 0, None)["spec"]["template"]["spec"]["containers"] == pod["containers"]
     assert "RANK" not in env and "WORLD_SIZE" not in env
     assert ctr["command"] == ["python", "-m", "finetune_trainer.launch", "-m", "finetune_trainer", "train", "--config", ct.CONFIG_PATH]
     assert env[ct.ENV_TERMINATION_MESSAGE_PATH]["value"] == ct.TERMINATION_MESSAGE_PATH == ctr["terminationMessagePath"]

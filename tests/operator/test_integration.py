@@ -197,8 +197,9 @@ def test_failed_worker_restarts_the_group_then_fails_past_max_restarts(kube: Kub
     # group restart: a new Job (attempt 1) with all workers, FINETUNE_ATTEMPT=1
     kube.wait(lambda: (j := kube.job(ns, "flaky")) is not None and j.metadata.uid != first_uid and j, "the attempt-1 Job", 90)
     pods = kube.wait_running_pods(ns, "flaky", 2, attempt=1, timeout=90)
-    env = {e.name: e.value for e in pods[0].spec.containers[0].env}
-    assert env[ct.ENV_ATTEMPT] == "1"
+    env = {e.name: e for e in pods[0].spec.containers[0].env}
+    assert env[ct.ENV_ATTEMPT].value_from.field_ref.field_path == f"metadata.labels['{ct.LABEL_ATTEMPT}']"
+    assert all(p.metadata.labels[ct.LABEL_ATTEMPT] == "1" for p in pods)
     st = kube.wait_phase(ns, "flaky", "Running")
     assert st["restarts"] == 1 and st["attempt"] == 1
     # the counter moves with the status write that records the restart: up by exactly one

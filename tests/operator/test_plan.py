@@ -12,6 +12,7 @@ from finetune_operator import constants as c
 from finetune_operator.api import Progress, parse_runtime
 from finetune_operator.plan import Delete, decide
 from finetune_operator.resolve import OperatorConfig
+from finetune_operator.views import WorkloadView
 
 from tests.operator.helpers import T0, UID, VALIDATED, job, minimal_spec, observed, pod
 
@@ -294,8 +295,7 @@ def test_next_attempt_waits_for_the_old_job_then_recreates() -> None:
     created = decide(observed(status=status, job_view=None))
     job_manifest = created.apply[-1]
     assert job_manifest["kind"] == "Job" and job_manifest["metadata"]["labels"][ct.LABEL_ATTEMPT] == "1"
-    env = {e["name"]: e.get("value") for e in job_manifest["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env[ct.ENV_ATTEMPT] == "1"
+    assert job_manifest["spec"]["template"]["metadata"]["labels"][ct.LABEL_ATTEMPT] == "1"  # FINETUNE_ATTEMPT's source
 
 
 def test_restart_limit_fails_the_job() -> None:
@@ -559,3 +559,74 @@ def test_local_model_path_fails_the_job_before_any_pod() -> None:
     failed = cond(plan, "Failed")
     assert failed.reason == c.REASON_INVALID_SPEC
     assert failed.message == "spec.model.uri: local paths only work with ftctl run --local; use pvc:// or s3://"
+
+
+# --- Kueue: the job's own Workload -------------------------------------------------------------
+def workload(**over: Any) -> WorkloadView:
+    values: dict[str, Any] = dict(
+        name="job", uid="wl-uid", resource_version="7", active=True, job_owners=(), quota_reserved=True, admitted=True, finished=False
+    )
+    values.update(over)
+    return WorkloadView(**values)
+
+
+def test_queued_job_makes_its_workload_before_its_job() -> None:
+    plan = decide(observed(minimal_spec(queueName="q"), RUNNING_STATUS))
+    assert kinds(plan) == ["ConfigMap", "Service", "Workload", "Job"]
+    wl, jb = plan.apply[2], plan.apply[3]
+    assert jb["metadata"]["labels"][ct.LABEL_KUEUE_PREBUILT_WORKLOAD] == wl["metadata"]["name"]
+    assert wl["spec"]["queueName"] == "q" and wl["spec"]["active"] is True
+    assert wl["spec"]["podSets"][0]["count"] == 2
+    # the same containers: Kueue finishes (for good) a Workload whose Job differs from it
+    assert wl["spec"]["podSets"][0]["template"]["spec"]["containers"] == jb["spec"]["template"]["spec"]["containers"]
+    (owner,) = wl["metadata"]["ownerReferences"]
+    assert owner["kind"] == ct.KIND_JOB and owner["controller"] is False  # Kueue makes each Job the controller
+    # the Job never fails on a retryable exit (a failed Job finishes its Workload): the operator restarts it
+    rules = jb["spec"]["podFailurePolicy"]["rules"]
+    assert rules[-1] == {"action": "Ignore", "onExitCodes": {"containerName": "trainer", "operator": "NotIn", "values": [0]}}
+    assert [r["action"] for r in rules[:-1]] == ["Ignore", "Ignore", "FailJob"]
+    assert plan.workload_release is None
+
+
+def test_next_attempt_takes_over_the_workload_of_the_last() -> None:
+    status = {**RUNNING_STATUS, "phase": "Initializing", "attempt": 1, "restarts": 1}
+    plan = decide(observed(minimal_spec(queueName="q"), status, workload=workload(job_owners=("old-job-uid",))))
+    assert plan.workload_release == ("job", ("old-job-uid",))
+    assert kinds(plan)[-2:] == ["Workload", "Job"] and plan.apply[-1]["metadata"]["labels"][ct.LABEL_ATTEMPT] == "1"
+
+
+def test_a_finished_workload_is_made_again_before_the_next_job() -> None:
+    status = {**RUNNING_STATUS, "phase": "Initializing", "attempt": 1, "restarts": 1}
+    plan = decide(observed(minimal_spec(queueName="q"), status, workload=workload(finished=True)))
+    assert plan.delete == [Delete("Workload", "job", uid="wl-uid")] and not plan.apply
+    assert plan.status.phase == "Queued" and plan.requeue_after is not None
+    gone = decide(observed(minimal_spec(queueName="q"), status, workload=workload(finished=True, deleting=True)))
+    assert not gone.delete and not gone.apply
+
+
+def test_suspend_with_a_workload_deactivates_it_and_leaves_the_job_to_kueue() -> None:
+    pods = (pod("job-0", index=0), pod("job-1", index=1))
+    plan = decide(observed(minimal_spec(queueName="q", suspend=True), RUNNING_STATUS, job_view=job(), pods=pods, workload=workload()))
+    assert plan.status.phase == "Suspended" and plan.suspend_job is None
+    assert plan.workload_active == ("job", "wl-uid", False)
+    assert [m["spec"]["active"] for m in plan.apply if m["kind"] == "Workload"] == [False]
+    resumed = decide(observed(minimal_spec(queueName="q"), plan.status.to_wire(), job_view=job(suspended=True), workload=workload(active=False, quota_reserved=False, admitted=False)))
+    assert resumed.workload_active == ("job", "wl-uid", True) and resumed.status.phase == "Queued"
+    assert resumed.requeue_after == c.KUEUE_RECHECK_SECONDS
+
+
+def test_queued_message_says_why_kueue_holds_the_job() -> None:
+    why = "Pending: couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in flavor a, 1 more needed"
+    plan = decide(observed(minimal_spec(queueName="q"), RUNNING_STATUS, job_view=job(suspended=True, active=0, ready=0), workload=workload(quota_reserved=False, admitted=False, waiting=why)))
+    assert plan.status.phase == "Queued" and plan.status.message == f"waiting for admission by Kueue queue 'q': {why}"
+
+
+@pytest.mark.parametrize("finished", [False, True])
+def test_a_job_that_ends_with_its_job_alive_gives_the_quota_back(finished: bool) -> None:
+    """maxRestarts reached: the Job is not failed (retryable exits are ignored under Kueue), so the
+    Workload is deactivated and Kueue stops the pods; a finished Workload holds no quota already."""
+    failed = (pod("job-0", index=0, phase="Failed", ready=False, exit_code=1), pod("job-1", index=1))
+    spec = minimal_spec(queueName="q", maxRestarts=0)
+    plan = decide(observed(spec, RUNNING_STATUS, job_view=job(), pods=failed, workload=workload(finished=finished)))
+    assert plan.status.phase == "Failed" and plan.suspend_job is None
+    assert plan.workload_active == (None if finished else ("job", "wl-uid", False))

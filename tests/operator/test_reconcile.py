@@ -21,6 +21,8 @@ from finetune_operator.reconcile import Indexes, Reconciler, ftj_record
 
 from tests.operator.helpers import CONFIG, RUNTIMES, UID, VALIDATED, job, minimal_spec, pod
 
+ct = c.contract
+
 KEY = ("ns", "job")
 
 
@@ -538,3 +540,27 @@ def test_a_namespace_being_deleted_is_no_refusal_to_report() -> None:
             handle.cancel()
 
     asyncio.run(go())
+
+
+def test_a_pod_without_its_attempt_label_takes_the_attempt_of_its_job() -> None:
+    """Kueue resets a stopped Job's pod template labels to its Workload's (which cannot name the
+    attempt): the pods it starts again belong to the attempt of the Job that controls them."""
+    from dataclasses import replace
+
+    from finetune_operator.views import pod_view
+
+    body = {
+        "metadata": {
+            "name": "job-0-x",
+            "labels": {ct.LABEL_MANAGED_BY: ct.MANAGED_BY, ct.LABEL_JOB_NAME: "job", ct.LABEL_COMPONENT: ct.COMPONENT_TRAINER},
+            "ownerReferences": [{"kind": "Job", "name": "job", "uid": "job-uid-2", "controller": True}],
+        },
+        "status": {"phase": "Running"},
+    }
+    unlabelled = pod_view(body)
+    assert unlabelled.attempt is None and unlabelled.owner_uid == "job-uid-2"
+    labelled = replace(unlabelled, name="job-1-y", attempt=2)
+    indexes = Indexes(jobs={}, runtimes={}, children={KEY: [job(attempt=2, uid="job-uid-2")]}, pods={KEY: [unlabelled, labelled]})
+    assert [p.attempt for p in indexes.pod_views(KEY)] == [2, 2]
+    stranger = replace(unlabelled, owner_uid="other")
+    assert [p.attempt for p in Indexes(jobs={}, runtimes={}, children={KEY: [job(attempt=2, uid="job-uid-2")]}, pods={KEY: [stranger]}).pod_views(KEY)] == [None]

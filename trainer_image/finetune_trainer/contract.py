@@ -93,6 +93,7 @@ MANAGED_BY = "finetune-operator"
 COMPONENT_TRAINER = "trainer"
 COMPONENT_VALIDATOR = "validator"
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+LABEL_KUEUE_PREBUILT_WORKLOAD = "kueue.x-k8s.io/prebuilt-workload-name"
 ANNOTATION_JOB_COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 # --- Trainer exit codes (read from the pod's terminated state) -------------------------------

@@ -154,7 +154,8 @@ def _train(cfg: TrainerConfig, env: DistEnv, metrics: TrainerMetrics | NullMetri
     # --- resume --------------------------------------------------------------------------------
     checkpoints = Checkpointer(output, cfg.checkpoint, work / "checkpoints")
     state = checkpoints.restore(engine) or TrainerState(0, Position(0, 0), 0, [])
-    attempt = os.environ.get(contract.ENV_ATTEMPT, "0")
+    # from the pod's attempt label (empty in a pod Kueue restarted from its Workload's template)
+    attempt = os.environ.get(contract.ENV_ATTEMPT) or "?"
     distributed.print0(
         f"training {recipe.name} on {env.world_size} process(es), {total_steps} steps "
         f"({steps_per_epoch}/epoch), checkpoint every {checkpoint_every}, starting at step {state.step}, attempt {attempt}"

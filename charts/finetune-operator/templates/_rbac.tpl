@@ -59,4 +59,10 @@ differ in any (apiGroup, resource, verb).
 - apiGroups: [""]
   resources: [events]
   verbs: [create, list]
+# Kueue: a job with spec.queueName gets a Workload made by the operator, read, kept across
+# the job's attempts (owner references of deleted attempts' Jobs dropped: patch), deactivated
+# on suspend, and made again when Kueue finished it. Harmless where Kueue is not installed.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [get, create, patch, delete]
 {{- end -}}
