@@ -388,17 +388,20 @@ def pod_failure_policy(queued: bool = False) -> dict[str, Any]:
     return {"rules": rules}
 
 
-def build_job(r: Resolved, attempt: int, suspend: bool | None) -> Manifest:
+def build_job(r: Resolved, attempt: int, suspend: bool | None, own_workload: bool = True) -> Manifest:
     """The Indexed Job <job>: one pod per node, completions = parallelism = nodes.
 
     `suspend=None` leaves Job.spec.suspend out of the applied configuration, so a field owned by
     Kueue (which unsuspends admitted Jobs) is not taken back. With a queue the Job names the
-    job's own Workload (build_workload), which every attempt's Job takes over in turn.
+    job's own Workload (build_workload), which every attempt's Job takes over in turn
+    (`own_workload` False: only the queue label, and Kueue makes a Workload for each Job).
     """
+    own_workload = own_workload and bool(r.spec.queue_name)
     template = pod_template(r, attempt)
     extra = {ct.LABEL_ATTEMPT: str(attempt)}
     if r.spec.queue_name:
         extra[ct.LABEL_KUEUE_QUEUE] = r.spec.queue_name
+    if own_workload:
         extra[ct.LABEL_KUEUE_PREBUILT_WORKLOAD] = workload_name(r.meta.name)
     metadata = _metadata(r.meta, r.meta.name, ct.COMPONENT_TRAINER, extra)
     metadata["annotations"] = {c.ANNOTATION_TEMPLATE_HASH: template_hash(template)}
@@ -408,7 +411,7 @@ def build_job(r: Resolved, attempt: int, suspend: bool | None) -> Manifest:
         "parallelism": r.nodes,
         # A failed worker fails the attempt; the operator restarts the whole group.
         "backoffLimit": 0,
-        "podFailurePolicy": pod_failure_policy(queued=bool(r.spec.queue_name)),
+        "podFailurePolicy": pod_failure_policy(queued=own_workload),
         # Replace a disrupted pod only once it is gone, so ranks never overlap.
         "podReplacementPolicy": "Failed",
         "manualSelector": False,
@@ -496,7 +499,8 @@ def build_validator(r: Resolved, tries: int = 0) -> Manifest:
     }
 
 
-def build_children(r: Resolved, attempt: int, suspend: bool | None) -> list[Manifest]:
+def build_children(r: Resolved, attempt: int, suspend: bool | None, own_workload: bool = True) -> list[Manifest]:
     """Everything the training step needs, in apply order (with a queue, the Workload first)."""
-    workload = [build_workload(r, active=not r.spec.suspend)] if r.spec.queue_name else []
-    return [build_configmap(r), build_service(r), *workload, build_job(r, attempt, suspend)]
+    own_workload = own_workload and bool(r.spec.queue_name)
+    workload = [build_workload(r, active=not r.spec.suspend)] if own_workload else []
+    return [build_configmap(r), build_service(r), *workload, build_job(r, attempt, suspend, own_workload)]

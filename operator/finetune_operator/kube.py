@@ -251,13 +251,15 @@ class Kube:
         status, data = await self._run("PATCH", path, body, [("fieldManager", c.FIELD_MANAGER)], "application/merge-patch+json")
         self._check(status, data, f"suspend={suspend} Job {namespace}/{name}", ok=(404, 409))
 
-    async def workload(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """A Kueue Workload (None when there is none, or Kueue's API is not installed)."""
+    async def workload(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, bool]:
+        """(the Kueue Workload or None, whether the cluster serves Kueue's Workload API): a 404
+        for the object names it in its details, one for an API not served does not."""
         status, data = await self._run("GET", _PATHS["Workload"].format(ns=namespace, name=name), read=True)
         if status == 404:
-            return None
+            details = data.get("details") if isinstance(data, dict) else None
+            return None, bool(isinstance(details, dict) and details.get("name"))
         self._check(status, data, f"get Workload {namespace}/{name}")
-        return data if isinstance(data, dict) else None
+        return (data if isinstance(data, dict) else None), True
 
     async def set_workload_active(self, namespace: str, name: str, uid: str, active: bool) -> None:
         """Set spec.active of a Workload (a merge patch of that field, refused if the name now

@@ -63,6 +63,9 @@ class Observed:
     job_create_error: str | None = None
     #: The job's Kueue Workload (jobs with spec.queueName, once validated), if it exists.
     workload: WorkloadView | None = None
+    #: Whether the cluster serves Kueue's Workload API (kueue.x-k8s.io/v1beta2). Without it a job
+    #: with a queue gets only the queue label on its Job (an older Kueue makes the Workload).
+    workload_api: bool = True
 
 
 @dataclass(frozen=True)
@@ -397,7 +400,8 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
             plan.events.append(Event("Warning", c.REASON_POD_DELETION_FORCED, message))
         return _wake(plan, wait_s)
 
-    wl = obs.workload if spec.queue_name else None
+    own_workload = bool(spec.queue_name) and obs.workload_api
+    wl = obs.workload if own_workload else None
     if job is None:
         if wl is not None and (wl.finished or wl.deleting):
             # Kueue finished it (its Job failed, or drifted from it): it is never admitted again.
@@ -407,14 +411,14 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
             return _wake(_plan(obs, nxt, delete=[] if wl.deleting else [Delete("Workload", wl.name, uid=wl.uid or None)]), 2.0)
         suspend = bool(spec.suspend or spec.queue_name)
         if suspend:
-            nxt.set(phase=c.PHASE_SUSPENDED if spec.suspend else c.PHASE_QUEUED, message=_held_message(spec, wl))
+            nxt.set(phase=c.PHASE_SUSPENDED if spec.suspend else c.PHASE_QUEUED, message=_held_message(spec, wl, obs.workload_api))
         else:
             nxt.set(phase=c.PHASE_INITIALIZING, message=_workers_message(attempt, 0, r.nodes))
             nxt.condition(c.COND_RUNNING, False, c.REASON_WORKERS_STARTING, f"0/{r.nodes} workers running")
         _suspension(nxt, spec, suspended=suspend)
         # gpuSeconds is reported from here on, so the Job appearing costs no status write of its own.
         _gpu_seconds(obs, nxt, r)
-        plan = _plan(obs, nxt, apply=builders.build_children(r, attempt, suspend))
+        plan = _plan(obs, nxt, apply=builders.build_children(r, attempt, suspend, own_workload))
         if wl is not None and wl.job_owners:
             # The earlier attempt's Job is gone but still the Workload's controller until the
             # garbage collector notices (seconds); until then Kueue would ignore the Workload
@@ -436,7 +440,7 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
 
     if suspended and not job.complete:
         phase = c.PHASE_SUSPENDED if spec.suspend else c.PHASE_QUEUED
-        nxt.set(phase=phase, message=_held_message(spec, wl))
+        nxt.set(phase=phase, message=_held_message(spec, wl, obs.workload_api))
         _suspension(nxt, spec, suspended=True)
         nxt.clear(c.COND_RUNNING, c.REASON_SUSPENDED if spec.suspend else c.REASON_QUEUED)
         plan = _with_suspend(_plan(obs, nxt, apply=apply), suspend_job)
@@ -681,10 +685,12 @@ def _warn_on_new_reason(obs: Observed, plan: Plan, type_: str, reason: str, mess
 
 
 # --- helpers ----------------------------------------------------------------------------------------
-def _held_message(spec: FineTuneJobSpec, wl: WorkloadView | None = None) -> str:
+def _held_message(spec: FineTuneJobSpec, wl: WorkloadView | None = None, workload_api: bool = True) -> str:
     if spec.suspend:
         return "spec.suspend is true"
     message = f"waiting for admission by Kueue queue {spec.queue_name!r}"
+    if not workload_api:
+        return f"{message}; this cluster does not serve Kueue's Workload API ({c.KUEUE_API_VERSION}): is Kueue installed?"
     return clip(f"{message}: {wl.waiting}") if wl is not None and wl.waiting else message
 
 

@@ -519,8 +519,8 @@ class Reconciler:
             await self._recheck_taken(key)
         taken = tuple(f"{kind} {child}" for kind, child in self._taken.get(key, ()))
         create_error = await self._job_create_error(key, job, pods)
-        workload = await self._workload(key, rec)
-        inputs = (meta, rec["spec"], self._last_status(key, rec), raw, found, job, pods, leftovers, taken, self._rejected.get(key), create_error, workload)
+        workload, workload_api = await self._workload(key, rec)
+        inputs = (meta, rec["spec"], self._last_status(key, rec), raw, found, job, pods, leftovers, taken, self._rejected.get(key), create_error, workload, workload_api)
         if progress is None and not force and self._inputs.get(key) == inputs:
             metrics.UNCHANGED.inc()
             return None
@@ -554,6 +554,7 @@ class Reconciler:
             rejected=self._rejected.get(key),
             job_create_error=create_error,
             workload=workload,
+            workload_api=workload_api,
         )
         t0 = time.perf_counter()
         plan = decide(observed)
@@ -607,29 +608,25 @@ class Reconciler:
         self._failed_create[key] = (now, message)
         return message
 
-    async def _workload(self, key: Key, rec: Mapping[str, Any]) -> WorkloadView | None:
-        """The Kueue Workload of a job with a queue, read (not watched: Kueue may not be
-        installed, and only queued jobs need it) once the job is past validation and until it
-        ended and its Workload no longer holds quota."""
+    async def _workload(self, key: Key, rec: Mapping[str, Any]) -> tuple[WorkloadView | None, bool]:
+        """(the Kueue Workload of a job with a queue, whether Kueue's Workload API is served).
+        Read, not watched (Kueue may not be installed, and only queued jobs need it), until the
+        job ended and its Workload holds no quota."""
         if not (rec["spec"] or {}).get("queueName"):
-            return None
+            return None, True
         last = self._last_status(key, rec)
-        status = last if isinstance(last, FineTuneJobStatus) else parse_status(last)
-        validated = status.condition(c.COND_VALIDATED)
-        if validated is None or validated.status != "True":
-            return None
-        settled = self._settled_workloads.get(key)
-        if status.phase in c.TERMINAL_PHASES and settled is not None and settled == rec["uid"]:
-            return None
+        phase = last.phase if isinstance(last, FineTuneJobStatus) else (last or {}).get("phase")
+        if phase in c.TERMINAL_PHASES and self._settled_workloads.get(key) == rec["uid"]:
+            return None, True
         try:
-            body = await self.kube.workload(key[0], key[1])
+            body, served = await self.kube.workload(key[0], key[1])
         except KubeError as err:
             log.warning("could not read the Workload of %s/%s: %s", key[0], key[1], err)
-            return None
+            return None, True
         view = workload_view(body) if body is not None else None
-        if status.phase in c.TERMINAL_PHASES and (view is None or view.finished or not view.active):
+        if phase in c.TERMINAL_PHASES and (view is None or view.finished or not view.active):
             self._settled_workloads[key] = rec["uid"]
-        return view
+        return view, served
 
     def _known_children(self, key: Key) -> set[tuple[str, str]]:
         """Children that exist with the operator's labels for this job, as the watches show them."""

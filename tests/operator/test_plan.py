@@ -630,3 +630,15 @@ def test_a_job_that_ends_with_its_job_alive_gives_the_quota_back(finished: bool)
     plan = decide(observed(spec, RUNNING_STATUS, job_view=job(), pods=failed, workload=workload(finished=finished)))
     assert plan.status.phase == "Failed" and plan.suspend_job is None
     assert plan.workload_active == (None if finished else ("job", "wl-uid", False))
+
+
+def test_without_kueues_workload_api_a_queued_job_gets_only_the_queue_label() -> None:
+    """Kueue not installed (or too old to serve kueue.x-k8s.io/v1beta2): no Workload of the
+    operator's, the Job carries the queue label only (and fails as any Job would), and the job
+    says what is missing."""
+    plan = decide(observed(minimal_spec(queueName="q"), RUNNING_STATUS, workload_api=False))
+    assert kinds(plan) == ["ConfigMap", "Service", "Job"]
+    labels = plan.apply[-1]["metadata"]["labels"]
+    assert labels[ct.LABEL_KUEUE_QUEUE] == "q" and ct.LABEL_KUEUE_PREBUILT_WORKLOAD not in labels
+    assert len(plan.apply[-1]["spec"]["podFailurePolicy"]["rules"]) == 3
+    assert plan.status.phase == "Queued" and "does not serve Kueue's Workload API (kueue.x-k8s.io/v1beta2)" in (plan.status.message or "")
