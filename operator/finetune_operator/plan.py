@@ -418,7 +418,11 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
         _suspension(nxt, spec, suspended=suspend)
         # gpuSeconds is reported from here on, so the Job appearing costs no status write of its own.
         _gpu_seconds(obs, nxt, r)
-        plan = _plan(obs, nxt, apply=builders.build_children(r, attempt, suspend, own_workload))
+        children = builders.build_children(r, attempt, suspend, own_workload)
+        # An existing Workload is never applied again: its pod set is immutable while admitted
+        # (an operator upgrade that changed the template would be refused). Its `active` is set
+        # by a patch of that field (decide's _workload_activity).
+        plan = _plan(obs, nxt, apply=[m for m in children if not (wl is not None and m["kind"] == "Workload")])
         if wl is not None and wl.job_owners:
             # The earlier attempt's Job is gone but still the Workload's controller until the
             # garbage collector notices (seconds); until then Kueue would ignore the Workload
@@ -429,8 +433,6 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
     # The Job of the current attempt exists. Its ConfigMap and Service are wanted all along (the
     # executor sends only what it has not already applied, so a deleted one comes back).
     apply: list[dict[str, Any]] = [] if job.complete else [builders.build_configmap(r), builders.build_service(r)]
-    if wl is not None and not job.complete and not wl.finished:
-        apply.append(builders.build_workload(r, active=not spec.suspend))
     desired = _desired_suspend(spec, job)
     suspend_job = (job.name, job.uid, desired) if desired is not None and desired != job.suspended else None
     suspended = job.suspended if desired is None else desired

@@ -9,9 +9,11 @@ import json
 import pathlib
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 import torch
+from finetune_trainer import contract
 from safetensors.torch import load_file
 
 from tests.support.ports import free_port
@@ -78,6 +80,71 @@ def test_two_torchrun_nodes_on_loopback_train_one_job(s3: S3Server, tiny_llama: 
     keys = s3.list_keys(f"s3://{bucket}/out/checkpoints/step-4/")
     assert {"out/checkpoints/step-4/rng-rank0.pt", "out/checkpoints/step-4/rng-rank1.pt", "out/checkpoints/step-4/manifest.json"} <= set(keys)
     _check_reload(tiny_llama, tmp_path / "out" / "adapter", manifest, classification=False)
+
+
+def _two_nodes(s3: S3Server, cfg: pathlib.Path, tmp_path: pathlib.Path, node_env: dict[int, dict[str, str]], timeout: float = 600) -> list[tuple[int, str, str]]:
+    """(returncode, stdout, stderr) of two torchrun "nodes" on loopback running `cfg`."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    launchers = []
+    for node_rank in (0, 1):
+        env = trainer_env({
+            **s3.env(),
+            "PET_NNODES": "2", "PET_NPROC_PER_NODE": "1", "PET_NODE_RANK": str(node_rank),
+            "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port),
+            "FINETUNE_WORK_DIR": str(tmp_path / f"node{node_rank}"),
+            "FINETUNE_TERMINATION_MESSAGE_PATH": str(tmp_path / f"termination-{node_rank}"),
+            **node_env.get(node_rank, {}),
+        }, threads=1)
+        launchers.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "-m", "finetune_trainer", "train", "--config", str(cfg)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(CACHE_ROOT),
+        ))
+    results = []
+    for p in launchers:
+        out, err = p.communicate(timeout=timeout)
+        results.append((p.returncode, out, err))
+    return results
+
+
+def test_a_model_downloaded_once_reaches_the_other_node_from_the_first(s3: S3Server, tiny_llama: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """model.download Once: only rank 0 reads the model from its source; node 1 gets the files
+    over the job's network. Node 1's own model credentials are wrong, so any read of the model
+    it made would fail (403, exit 3): with PerNode it does, with Once the job trains."""
+    bucket = s3.create_bucket()
+    s3.upload_dir(tiny_llama, f"s3://{bucket}/model/")
+    s3.upload_file(write_jsonl(tmp_path / "chat.jsonl", chat_rows(64)), f"s3://{bucket}/chat.jsonl")
+    wrong = {contract.role_env("MODEL", "AWS_ACCESS_KEY_ID"): s3.access_key, contract.role_env("MODEL", "AWS_SECRET_ACCESS_KEY"): "wrong-secret"}
+    lora = {"type": "lora", "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "targetModules": ["q_proj", "v_proj"]}}
+
+    def config(name: str, download: str) -> pathlib.Path:
+        path = _chat_config(tmp_path, name, f"s3://{bucket}/model", f"s3://{bucket}/chat.jsonl", f"s3://{bucket}/{name}", lora, steps=2)
+        cfg = json.loads(path.read_text())
+        cfg["model"]["download"] = download
+        path.write_text(json.dumps(cfg))
+        return path
+
+    once = _two_nodes(s3, config("once", "Once"), tmp_path / "once", {1: wrong})
+    for rc, _out, err in once:
+        assert rc == 0, err[-4000:]
+    received = tmp_path / "once" / "node1" / "finetune" / "once" / "node-1" / "model-shared"
+    assert sorted(p.name for p in received.iterdir()) == sorted(p.name for p in tiny_llama.iterdir())
+    assert (received / "model.safetensors").read_bytes() == (tiny_llama / "model.safetensors").read_bytes()
+    assert not (tmp_path / "once" / "node1" / "finetune" / "once" / "node-1" / "model").exists()
+
+    def ended(run: pathlib.Path, node: int) -> dict[str, Any]:
+        """What the node's trainer wrote as its termination message (plain torchrun exits 1 for
+        any failure; the image's launcher relays this exitCode)."""
+        return dict(json.loads((run / f"termination-{node}").read_text()))
+
+    per_node = _two_nodes(s3, config("pernode", "PerNode"), tmp_path / "pernode", {1: wrong})
+    assert per_node[1][0] != 0 and ended(tmp_path / "pernode", 1)["exitCode"] == contract.EXIT_DATA_ERROR, per_node[1][2][-3000:]
+
+    # rank 0 cannot read it: every rank ends with rank 0's error at once, none waits for files
+    failed = _two_nodes(s3, config("broken", "Once"), tmp_path / "broken", {0: wrong}, timeout=300)
+    first, second = ended(tmp_path / "broken", 0), ended(tmp_path / "broken", 1)
+    assert first["exitCode"] == second["exitCode"] == contract.EXIT_DATA_ERROR, [e[-2000:] for _r, _o, e in failed]
+    assert "(downloaded by rank 0)" in second["message"] and first["message"] in second["message"], (first, second)
 
 
 def _torchrun_two(cfg: pathlib.Path, tmp_path: pathlib.Path, extra: dict[str, str] | None = None) -> tuple[dict, str]:  # type: ignore[type-arg]
@@ -162,3 +229,20 @@ def test_deepspeed_zero2_full_in_one_process(tiny_llama: pathlib.Path, tmp_path:
     base = load_file(str(tiny_llama / "model.safetensors"))
     name = "model.layers.1.self_attn.o_proj.weight"
     assert trained[name].shape == base[name].shape and not torch.equal(trained[name], base[name])
+
+
+@pytest.mark.parametrize(
+    ("uri", "download", "nodes", "once"),
+    [
+        ("hf://org/model", "Auto", 2, True),  # the Hub: one download per job
+        ("s3://models/base", "Auto", 4, False),  # an object store serves the nodes in parallel
+        ("s3://models/base", "Once", 2, True),
+        ("hf://org/model", "PerNode", 2, False),
+        ("hf://org/model", "Once", 1, False),  # one node: nothing to share
+        ("pvc://claim/model", "Once", 2, False),  # mounted, never downloaded
+    ],
+)
+def test_which_models_are_downloaded_once_per_job(uri: str, download: str, nodes: int, once: bool) -> None:
+    from finetune_trainer.config import ModelSource
+
+    assert ModelSource.model_validate({"uri": uri, "download": download}).downloads_once(nodes) is once

@@ -52,6 +52,21 @@ class ModelSource(_Model):
     endpoint: Annotated[str, Field(pattern=r"^https?://[^\s]+$")] | None = Field(
         default=None, description="S3-compatible endpoint for an s3:// model; else output.endpoint, else AWS_ENDPOINT_URL"
     )
+    download: Literal["Auto", "PerNode", "Once"] = Field(
+        default="Auto",
+        description=(
+            "Multi-node jobs: Once downloads the model on the first node only and sends it to the others over the job's "
+            "network (one request to the source per job); PerNode downloads it on every node. Auto: Once for hf:// "
+            "(the Hub rate-limits and bills per download), PerNode for s3:// (an object store serves the nodes in "
+            "parallel). pvc:// is mounted, never downloaded"
+        ),
+    )
+
+    def downloads_once(self, nodes: int) -> bool:
+        """Whether a job of `nodes` nodes downloads this model on one node and shares it."""
+        if nodes < 2 or not self.uri.startswith(("hf://", "s3://")):
+            return False
+        return self.download == "Once" or (self.download == "Auto" and self.uri.startswith("hf://"))
 
 
 DatasetFormat = Literal["text", "prompt-completion", "chat", "classification", "seq2seq", "image-classification"]

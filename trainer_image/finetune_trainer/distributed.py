@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import os
+import pathlib
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -144,6 +146,79 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+#: Bytes per broadcast when files are sent between nodes (the buffer each end holds).
+SHARE_CHUNK_BYTES = 64 << 20
+
+
+class SharedFetchError(RuntimeError):
+    """What the node that fetched for all of them raised: (class name, message)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def share_from_first_node(fetch: Callable[[], pathlib.Path], dest: pathlib.Path) -> pathlib.Path:
+    """Run ``fetch()`` (it returns a local directory) on rank 0 only, then copy that directory's
+    files to ``dest`` on the first rank of every other node, over a gloo group of those ranks
+    (the files never leave the job's network; one request to the source per job). Returns the
+    directory that holds the files on this node; the other ranks of a node wait for its copy.
+
+    A failure of ``fetch`` reaches every rank: rank 0 raises it, the others SharedFetchError with
+    its class name and message (no rank waits for files that will not come)."""
+    me = env()
+    if not (dist.is_available() and dist.is_initialized()):
+        return fetch()
+    # Every rank takes part in making the group (a collective), members or not.
+    places = all_gather_object((me.is_local_main, me.node_rank))
+    firsts = [rank for rank, (first, _node) in enumerate(places) if first]
+    home = places[0][1]  # rank 0's node: its files are already there
+    timeout = datetime.timedelta(seconds=float(os.environ.get("FINETUNE_COLLECTIVE_TIMEOUT_SECONDS") or DEFAULT_TIMEOUT_S))
+    group = dist.new_group(ranks=firsts, backend="gloo", timeout=timeout)
+    header: dict[str, Any] = {}
+    failure: Exception | None = None
+    if me.is_main:
+        try:
+            root = fetch()
+            files = sorted(p for p in root.rglob("*") if p.is_file())  # symlinks (the HF cache) followed
+            header = {"root": str(root), "files": [(str(p.relative_to(root)), p.stat().st_size) for p in files]}
+        except Exception as err:  # every rank learns of it
+            failure = err
+            header = {"error": (type(err).__name__, str(err))}
+    header = broadcast_object(header)
+    if "error" in header:
+        dist.destroy_process_group(group)
+        if failure is not None:
+            raise failure
+        raise SharedFetchError(*header["error"])
+    if me.is_local_main and len(firsts) > 1:
+        _send_files(pathlib.Path(header["root"]) if me.is_main else dest, header["files"], me.is_main, group)
+    barrier()
+    dist.destroy_process_group(group)
+    return pathlib.Path(header["root"]) if me.node_rank == home else dest
+
+
+def _send_files(root: pathlib.Path, files: list[tuple[str, int]], sender: bool, group: Any) -> None:
+    """Broadcast each file from rank 0 to the group in chunks (the receivers write them)."""
+    buf = torch.empty(SHARE_CHUNK_BYTES, dtype=torch.uint8)
+    for rel, size in files:
+        target = root / rel
+        if not sender:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "rb" if sender else "wb") as f:
+            left = size
+            while left > 0:
+                n = min(left, SHARE_CHUNK_BYTES)
+                chunk = buf[:n]
+                view = memoryview(chunk.numpy())  # type: ignore[arg-type]  # (numpy arrays are buffers)
+                if sender and f.readinto(view) != n:  # type: ignore[attr-defined]
+                    raise OSError(f"{target}: shorter than {size} bytes while being sent")
+                dist.broadcast(chunk, src=0, group=group)
+                if not sender:
+                    f.write(view)
+                left -= n
 
 
 def _collective_device() -> torch.device:

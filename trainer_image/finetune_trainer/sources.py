@@ -1,7 +1,9 @@
 """Fetch the base model and the dataset to local disk, from hf://, s3://, https://, pvc:// or a path.
 
 Each node downloads once (local rank 0) into its own work directory; the other ranks wait at a
-barrier. Failures become DataError messages naming the URI and what is wrong.
+barrier. A multi-node job may download its model once for the whole job instead (model.download:
+rank 0 fetches, the other nodes receive the files from it). Failures become DataError messages
+naming the URI and what is wrong (SourceUnavailable for a source that did not answer).
 """
 
 from __future__ import annotations
@@ -39,13 +41,26 @@ def _s3_endpoint(cfg: TrainerConfig, own: str | None) -> str | None:
 
 
 def fetch_model(cfg: TrainerConfig, dest: pathlib.Path, *, config_only: bool = False) -> pathlib.Path:
-    """A local directory holding the model (config, tokenizer and, unless config_only, weights)."""
+    """A local directory holding the model (config, tokenizer and, unless config_only, weights).
+
+    Multi-node with model.download Once (Auto for hf://): rank 0 downloads, and the first rank of
+    each other node receives the files from it over the job's network."""
     src: ModelSource = cfg.model
     uri = src.uri
-    if distributed.env().is_local_main:
+    me = distributed.env()
+    nodes = me.world_size // max(me.local_world_size, 1)
+    if not config_only and src.downloads_once(nodes):
+        try:
+            path = distributed.share_from_first_node(lambda: _fetch_model_here(cfg, uri, dest, config_only), dest / "model-shared")
+        except distributed.SharedFetchError as err:
+            # rank 0's error, as what it was: a missing, denied or malformed model is final; anything
+            # else (a source that did not answer, rank 0's disk) may go better next attempt
+            raise (DataError if err.kind == DataError.__name__ else SourceUnavailable)(f"{err} (downloaded by rank 0)") from None
+    elif me.is_local_main:
         path = _fetch_model_here(cfg, uri, dest, config_only)
-    distributed.barrier()
-    if not distributed.env().is_local_main:
+        distributed.barrier()
+    else:
+        distributed.barrier()
         path = _fetch_model_here(cfg, uri, dest, config_only, download=False)
     if not (path / "config.json").is_file():
         raise DataError(f"model.uri: {uri} has no config.json (is it a Hugging Face model directory?)")
