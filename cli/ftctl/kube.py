@@ -73,7 +73,42 @@ class Cluster:
                     label_selector=selector or "",
                 )
         items: list[dict[str, Any]] = res.get("items", [])
+        self.last_list_version = str((res.get("metadata") or {}).get("resourceVersion") or "")
         return items
+
+    def watch_jobs(self, namespace: str | None, selector: str | None, resource_version: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(ADDED|MODIFIED|DELETED, FineTuneJob) for each change after `resource_version`, as
+        they happen, until interrupted. A watch the API server expired (410 Gone: the version is
+        too old) starts again from a fresh list, whose jobs are reported as MODIFIED."""
+        from kubernetes import watch
+        from kubernetes.client.exceptions import ApiException
+
+        if namespace is None:
+            args: tuple[Any, ...] = (self.custom.list_cluster_custom_object, contract.GROUP, contract.VERSION, contract.PLURAL_JOB)
+        else:
+            args = (self.custom.list_namespaced_custom_object, contract.GROUP, contract.VERSION, namespace, contract.PLURAL_JOB)
+        version = resource_version
+        while True:
+            try:
+                with _api_errors("FineTuneJobs", access=("watch", JOBS, namespace)):
+                    try:
+                        for event in watch.Watch().stream(*args, label_selector=selector or "", resource_version=version, timeout_seconds=300):
+                            obj = event["object"]
+                            if event["type"] == "ERROR":
+                                if obj.get("code") == 410:
+                                    raise _Gone
+                                raise CommandFailed(f"watching FineTuneJobs: {obj.get('message') or obj}")
+                            version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                            if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
+                                yield event["type"], obj
+                    except ApiException as err:
+                        if err.status == 410:
+                            raise _Gone from None
+                        raise
+            except _Gone:
+                for job in self.list_jobs(namespace, selector):
+                    yield "MODIFIED", job
+                version = self.last_list_version
 
     def delete_job(self, namespace: str, name: str) -> None:
         with _api_errors(f"FineTuneJob {namespace}/{name}", access=("delete", JOBS, namespace)):
@@ -184,6 +219,10 @@ def _created(pod: Any) -> float:
 def _incluster_namespace() -> str:
     p = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
     return p.read_text().strip() if p.exists() else "default"
+
+
+class _Gone(Exception):
+    """A watch's resourceVersion is too old (410): list again."""
 
 
 class _api_errors:

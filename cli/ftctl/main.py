@@ -25,6 +25,7 @@ import functools
 import json
 import os
 import pathlib
+import sys
 import time
 from collections.abc import Callable
 from typing import Annotated, Any, TypeVar
@@ -194,6 +195,9 @@ def list_jobs(
     output: Annotated[
         str, typer.Option("--output", "-o", help="text, wide (more columns), json or yaml (a List of the whole objects)")
     ] = "text",
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="after the list, print a row for every change (a job added, progressing, deleted) until Ctrl-C, like kubectl get -w")
+    ] = False,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
 ) -> None:
@@ -204,15 +208,47 @@ def list_jobs(
     cluster = _cluster(kubeconfig, context)
     ns = None if all_namespaces else (namespace or cluster.default_namespace)
     jobs = cluster.list_jobs(ns, selector)
-    if output in ("json", "yaml"):
+    if output in ("json", "yaml") and not watch:
         jobs.sort(key=lambda j: (j["metadata"].get("namespace", ""), j["metadata"]["name"]))
         _print_object({"apiVersion": "v1", "kind": "List", "items": jobs}, output)
         return
-    if not jobs:
+    wide = output == "wide"
+    if output in ("json", "yaml"):
+        for job in sorted(jobs, key=lambda j: (j["metadata"].get("namespace", ""), j["metadata"]["name"])):
+            _print_event(job, output)
+    elif jobs:
+        out.print(jobs_table(jobs, all_namespaces=all_namespaces, wide=wide))
+    elif not watch:
         where = "any namespace" if ns is None else "namespace " + ns
         err.print(f"no FineTuneJobs in {where}" + (f" matching {selector!r}" if selector else ""))
         return
-    out.print(jobs_table(jobs, all_namespaces=all_namespaces, wide=output == "wide"))
+    else:
+        out.print(jobs_table([], all_namespaces=all_namespaces, wide=wide))  # the header
+    if not watch:
+        return
+    out.file.flush()
+    try:
+        for kind, job in cluster.watch_jobs(ns, selector, cluster.last_list_version):
+            if output in ("json", "yaml"):
+                _print_event(job, output)
+                continue
+            if kind == "DELETED":
+                job = {**job, "status": {**(job.get("status") or {}), "phase": "Deleted"}}
+            out.print(jobs_table([job], all_namespaces=all_namespaces, wide=wide, header=False))
+            out.file.flush()
+    except KeyboardInterrupt:
+        return
+
+
+def _print_event(obj: dict[str, Any], fmt: str) -> None:
+    """One object of a watch: a JSON object per line, or a YAML document."""
+    if fmt == "json":
+        typer.echo(json.dumps(obj, sort_keys=False))
+    else:
+        import yaml
+
+        typer.echo("---\n" + yaml.safe_dump(obj, sort_keys=False), nl=False)
+    sys.stdout.flush()
 
 
 # --- status ---------------------------------------------------------------------------------

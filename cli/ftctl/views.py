@@ -17,7 +17,7 @@ from rich.text import Text
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 PHASE_STYLE = {
     "Succeeded": "green", "Failed": "red", "Running": "cyan", "Uploading": "cyan",
-    "Suspended": "yellow", "Queued": "yellow", "Validating": "magenta",
+    "Suspended": "yellow", "Queued": "yellow", "Validating": "magenta", "Deleted": "dim",
 }
 
 
@@ -64,13 +64,18 @@ def percent_of(progress: dict[str, Any]) -> float | None:
 WIDE_COLUMNS = ("ATTEMPT", "RESTARTS", "WORKERS", "METHOD", "MODEL")
 
 
-def jobs_table(jobs: list[dict[str, Any]], *, all_namespaces: bool, wide: bool = False) -> Table:
-    """The `list` table; `wide` adds attempt, restarts, workers, method and model (`-o wide`)."""
-    table = Table(box=None, header_style="bold")
+#: Column widths of the `list` table, so that the rows `list --watch` prints one by one line up.
+COLUMN_WIDTHS = {"NAMESPACE": 16, "NAME": 24, "PHASE": 12, "PROGRESS": 8, "LOSS": 8, "TOKENS/S": 8, "ETA": 8, "AGE": 6}
+
+
+def jobs_table(jobs: list[dict[str, Any]], *, all_namespaces: bool, wide: bool = False, header: bool = True) -> Table:
+    """The `list` table; `wide` adds attempt, restarts, workers, method and model (`-o wide`);
+    `header` False: rows only (one change of `list --watch`), in the same columns."""
+    table = Table(box=None, header_style="bold", show_header=header)
     if all_namespaces:
-        table.add_column("NAMESPACE")
+        table.add_column("NAMESPACE", min_width=COLUMN_WIDTHS["NAMESPACE"])
     for col in ("NAME", "PHASE", "PROGRESS", "LOSS", "TOKENS/S", "ETA", "AGE", *(WIDE_COLUMNS if wide else ())):
-        table.add_column(col)
+        table.add_column(col, min_width=COLUMN_WIDTHS.get(col))
     for job in sorted(jobs, key=lambda j: (j["metadata"].get("namespace", ""), j["metadata"]["name"])):
         status = job.get("status") or {}
         progress = status.get("progress") or {}

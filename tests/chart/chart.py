@@ -31,7 +31,25 @@ def helm_bin() -> pathlib.Path:
     return binaries.tool("helm")
 
 
-def _values_args(values: dict[str, Any] | None, tmp: pathlib.Path) -> list[str]:
+#: The chart requires both images (none is published): what the tests install unless told.
+TEST_IMAGES: dict[str, Any] = {
+    "image": {"repository": "registry.example.com/finetune-operator"},
+    "trainerImage": "registry.example.com/finetune-trainer:0.1.0",
+}
+
+
+def with_images(values: dict[str, Any] | None) -> dict[str, Any]:
+    """`values` with TEST_IMAGES where they name no image (empty counts as none)."""
+    out = dict(values or {})
+    image = dict(out.get("image") or {})
+    image["repository"] = image.get("repository") or TEST_IMAGES["image"]["repository"]
+    out["image"] = image
+    out["trainerImage"] = out.get("trainerImage") or TEST_IMAGES["trainerImage"]
+    return out
+
+
+def _values_args(values: dict[str, Any] | None, tmp: pathlib.Path, images: bool = True) -> list[str]:
+    values = with_images(values) if images else values
     if not values:
         return []
     path = tmp / "values.json"
@@ -73,11 +91,12 @@ def render(values: dict[str, Any] | None = None, **kwargs: Any) -> list[dict[str
     return [d for d in yaml.safe_load_all(render_text(values, **kwargs)) if d]
 
 
-def template_error(values: dict[str, Any]) -> str:
-    """helm's error output for values that must fail; AssertionError if they render."""
+def template_error(values: dict[str, Any], *, images: bool = True) -> str:
+    """helm's error output for values that must fail; AssertionError if they render.
+    `images` False: without TEST_IMAGES underneath."""
     with tempfile.TemporaryDirectory() as d:
         proc = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION,
-                    *_values_args(values, pathlib.Path(d)), check=False)
+                    *_values_args(values, pathlib.Path(d), images), check=False)
     if proc.returncode == 0:
         raise AssertionError(f"helm template accepted values it should reject: {values}")
     return proc.stderr

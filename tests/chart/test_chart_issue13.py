@@ -16,7 +16,17 @@ import pytest
 import yaml
 from finetune_trainer import contract
 
-from tests.chart.chart import CHART, KUBE_VERSION, NAMESPACE, REPO, by_kind, helm, one, render
+from tests.chart.chart import (
+    CHART,
+    KUBE_VERSION,
+    NAMESPACE,
+    REPO,
+    by_kind,
+    helm,
+    one,
+    render,
+    with_images,
+)
 
 DEFAULTS = yaml.safe_load((CHART / "values.yaml").read_text())
 OPENSHIFT = {"podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroup": None}}
@@ -65,7 +75,7 @@ def test_the_chart_renders_as_a_subchart_with_global_values(tmp_path: pathlib.Pa
         "dependencies": [{"name": "finetune-operator", "version": "0.1.0", "repository": f"file://{CHART}"}]}))
     (parent / "values.yaml").write_text(yaml.safe_dump({
         "global": {"imageRegistry": "registry.example", "team": "ml"},
-        "finetune-operator": {**OPENSHIFT, "replicaCount": 2, "networkPolicy": {"enabled": True}}}))
+        "finetune-operator": with_images({**OPENSHIFT, "replicaCount": 2, "networkPolicy": {"enabled": True}})}))
     env_dirs = ["--repository-config", str(tmp_path / "repositories.yaml"), "--repository-cache", str(tmp_path / "cache")]
     dep = helm("dependency", "update", str(parent), "--skip-refresh", *env_dirs, check=False)
     assert dep.returncode == 0, dep.stdout + dep.stderr

@@ -40,7 +40,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.chart import CHART, REPO
+from tests.chart.chart import CHART, REPO, with_images
 from tests.cluster.cluster import ControlPlane
 from tests.support.waiting import wait
 
@@ -83,6 +83,8 @@ def copy_chart(dest: Path, group: Group, *, legacy: bool = False, upgraded: bool
     in Helm's install-only `crds/` folder, no templates/crds.yaml). `upgraded`: the runtime CRD's
     spec gained NEW_FIELD and NEW_RULE, as a later operator version would ship them."""
     shutil.copytree(CHART, dest)
+    values = yaml.safe_load((dest / "values.yaml").read_text())
+    (dest / "values.yaml").write_text(yaml.safe_dump(with_images(values), sort_keys=False))  # the required images
     for path in (dest / "templates").glob("*"):
         path.write_text(_rename(path.read_text(), group))
     for path in _crd_files(dest):

@@ -33,7 +33,7 @@ import pytest
 import yaml
 from finetune_trainer import contract
 
-from tests.chart.chart import CHART, KUBE_VERSION, REPO
+from tests.chart.chart import CHART, KUBE_VERSION, REPO, with_images
 from tests.cluster import kwok
 from tests.cluster.cluster import ControlPlane
 from tests.support.waiting import wait
@@ -107,7 +107,7 @@ def installed(cluster: ControlPlane, values: dict[str, Any]) -> Iterator[Release
     """A release without the CRDs (applied first from crds/), so that releases can overlap."""
     apply_crds(cluster)
     suffix = uuid.uuid4().hex[:6]
-    release = Release(cluster, f"ftop-{suffix}", f"ftop-system-{suffix}", {"crds": {"enabled": False}, **values})
+    release = Release(cluster, f"ftop-{suffix}", f"ftop-system-{suffix}", with_images({"crds": {"enabled": False}, **values}))
     proc = cluster.helm("install", release.name, str(CHART), "-n", release.namespace, "--create-namespace",
                         "-f", str(release.values_file), check=False)
     assert proc.returncode == 0, f"helm install failed:\n{proc.stdout}\n{proc.stderr}"

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.chart.chart import one, render
+from tests.chart.chart import one, render, with_images
 from tests.chart.test_chart_issue13 import OPENSHIFT, tenant_policy_from_docs
 from tests.chart.test_crd_upgrade import _get, api_group, copy_chart
 from tests.cluster.cluster import ControlPlane
@@ -30,7 +30,7 @@ def _install(cluster: ControlPlane, group: Any, chart: Path, name: str, namespac
              tmp: Path) -> Any:
     group.releases.append((name, namespace))
     path = tmp / f"values-{name}-{namespace}.yaml"
-    path.write_text(yaml.safe_dump(values))
+    path.write_text(yaml.safe_dump(with_images(values)))
     return cluster.helm("install", name, str(chart), "-n", namespace, "--create-namespace", "-f", str(path), check=False)
 
 

@@ -16,7 +16,8 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("negative replicas", {"replicaCount": -1}, "replicaCount"),
     ("replicas as a string", {"replicaCount": "two"}, "replicaCount"),
     ("bad pull policy", {"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
-    ("empty image repository", {"image": {"repository": ""}}, "repository"),
+    ("image repository not a repository", {"image": {"repository": "Registry/Operator Image"}}, "repository"),
+    ("trainer image not an image", {"trainerImage": "trainer image"}, "trainerImage"),
     ("watchNamespaces as a string", {"watchNamespaces": "team-a"}, "watchNamespaces"),
     ("namespace not a DNS label", {"watchNamespaces": ["Team_A"]}, "watchNamespaces"),
     ("duplicate namespaces", {"watchNamespaces": ["a", "a"]}, "watchNamespaces"),
@@ -91,3 +92,17 @@ def test_good_values_are_accepted() -> None:
     assert container["image"] == "registry.example.com/ml/finetune-operator:0.1.0"
     assert {"name": "HTTPS_PROXY", "value": "http://proxy:3128"} in container["env"]
     assert not [d for d in docs if d["kind"] == "ClusterFineTuneRuntime"]
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"trainerImage": "registry.example.com/finetune-trainer:0.1.0"}, "image.repository is required"),
+        ({"image": {"repository": "registry.example.com/finetune-operator"}}, "trainerImage is required"),
+    ],
+)
+def test_both_images_are_required_with_the_way_to_build_them(values: dict[str, Any], named: str) -> None:
+    """No image is published for this chart: a default would only fail later, as ImagePullBackOff
+    of the operator or of every job. helm refuses at once and says how to get one."""
+    message = template_error(values, images=False)
+    assert named in message and "README, Install" in message and "Dockerfile" in message, message

@@ -16,6 +16,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -490,3 +491,44 @@ def test_download_refuses_a_manifest_replaced_after_the_job(crds: ControlPlane, 
     assert swapped.returncode == 1, swapped.stdout + swapped.stderr
     assert "does not match the job's status.output.sha256" in swapped.stderr
     assert not (tmp_path / "swapped").exists() or not any((tmp_path / "swapped").rglob("*"))
+
+
+def test_list_watch_prints_a_row_for_every_change(crds: ControlPlane, kube_namespace: str, tmp_path: pathlib.Path) -> None:
+    """`ftctl list --watch`, like `kubectl get -w`: the table, then one row per change (created,
+    progressing, deleted) as the API server reports it, until Ctrl-C, which exits 0."""
+    import queue
+    import signal
+    import threading
+
+    ns = kube_namespace
+    ftctl(crds, "submit", str(manifest(tmp_path, "before", ns)))
+    proc = subprocess.Popen([sys.executable, "-m", "ftctl", "list", "-n", ns, "--watch"], env={**crds.env(), "COLUMNS": "160"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+
+    def expect(*words: str, timeout: float = 30) -> str:
+        seen = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            seen.append(line)
+            if all(w in line for w in words):
+                return line
+        raise AssertionError(f"no line with {words}; saw {seen}; stderr: {proc.stderr.read() if proc.poll() is not None else ''}")  # type: ignore[union-attr]
+
+    with _reaped(proc):
+        assert "NAME" in expect("NAME", "PHASE")
+        expect("before", "Pending")  # the list
+        ftctl(crds, "submit", str(manifest(tmp_path, "after", ns)))
+        expect("after", "Pending")  # ADDED
+        _patch_status(crds, ns, "after", {"phase": "Running", "progress": {"step": 3, "totalSteps": 12, "percent": 25.0, "loss": 0.5}})
+        row = expect("after", "Running")
+        assert "25%" in row and "0.5" in row, row
+        ftctl(crds, "delete", "before", "-n", ns)
+        expect("before", "Deleted")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0

@@ -205,7 +205,8 @@ def monitor_scrape_configs(cp: ControlPlane) -> list[dict[str, Any]]:
     rendered by ``helm template``), discovering targets through the test API server."""
     rendered = cp.helm("template", RELEASE, str(CHART), "-n", SYSTEM_NS, "--kube-version", KUBE_VERSION,
                        "--api-versions", "monitoring.coreos.com/v1",  # as on a cluster with the Prometheus Operator
-                       "--set", "metrics.podMonitor.enabled=true,metrics.serviceMonitor.enabled=true").stdout
+                       "--set", "metrics.podMonitor.enabled=true,metrics.serviceMonitor.enabled=true",
+                       "--set", f"image.repository={OPERATOR_IMAGE.rsplit(':', 1)[0]},trainerImage={TRAINER_IMAGE}").stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     tls = {"ca_file": str(cp.pki.ca_crt), "cert_file": str(cp.pki.admin_crt), "key_file": str(cp.pki.admin_key)}
     configs = []

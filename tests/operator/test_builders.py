@@ -204,7 +204,7 @@ def test_configmap_holds_the_rendered_trainer_config_and_no_secret_values() -> N
 def test_runtime_defaults_placement_and_default_output() -> None:
     r = resolved_example(next(p for p in EXAMPLES if p.stem == "lora-chat"))
     rt = example_runtimes()["a100-lora"]
-    assert r.image == rt.image and r.gpus_per_node == 8 and r.nodes == 2 and r.memory == "400Gi"
+    assert r.image == c.DEFAULT_IMAGE and rt.image is None and r.gpus_per_node == 8 and r.nodes == 2 and r.memory == "400Gi"
     assert r.output.uri == "s3://ml-artifacts/finetunes/team-a/llama-chat-lora/"
     assert r.output.secret_ref is not None and r.output.secret_ref.name == "s3-credentials"
     pod = builders.build_job(r, 0, True)["spec"]["template"]["spec"]

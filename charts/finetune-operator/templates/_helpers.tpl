@@ -44,7 +44,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{- define "finetune-operator.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- $repository := required "image.repository is required: build operator/Dockerfile, push it to a registry your nodes pull from, and set it (README, Install): --set image.repository=REGISTRY/finetune-operator" .Values.image.repository -}}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
 {{/* Command-line arguments of the operator (operator/finetune_operator/main.py). */}}
@@ -64,7 +65,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{/* Environment of the operator container (names read by finetune_operator's settings). */}}
 {{- define "finetune-operator.env" -}}
 - name: FINETUNE_OPERATOR_TRAINER_IMAGE
-  value: {{ .Values.trainerImage | quote }}
+  value: {{ required "trainerImage is required: build trainer_image/Dockerfile, push it, and set it (README, Install): --set trainerImage=REGISTRY/finetune-trainer:0.1.0" .Values.trainerImage | quote }}
 {{- with .Values.trainerImagePullSecrets }}
 - name: FINETUNE_OPERATOR_IMAGE_PULL_SECRETS
   value: {{ join "," . | quote }}
