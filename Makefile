@@ -18,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -U pip setuptools wheel
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q --no-build-isolation -e '.[train,dev]'
+	$(PIP) install -q --no-build-isolation -e '.[train,cli,dev]'
 	touch $@
 
 .PHONY: install

@@ -77,6 +77,20 @@ def read_metrics(text: str) -> list[dict[str, Any]]:
     return rows
 
 
+#: How to get loss.png when matplotlib is not installed (it is only in the `cli` extra).
+PLOT_HINT = "loss.png not drawn: matplotlib is not installed (pip install 'finetune-operator[cli]')"
+
+
+def can_plot() -> bool:
+    """Whether matplotlib can be imported (the `cli` extra; not needed for anything else)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("matplotlib") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def plot_loss(rows: list[dict[str, Any]], dest: pathlib.Path, title: str) -> bool:
     """Draw train (and eval) loss against step into `dest`; False when there is nothing to draw."""
     rows = [r for r in rows if "step" in r and not r.get("final")]  # "final" repeats the last step
@@ -89,15 +103,13 @@ def plot_loss(rows: list[dict[str, Any]], dest: pathlib.Path, title: str) -> boo
             evals.append((r["step"], value))
     if not train and not evals:
         return False
-    try:
-        import matplotlib
+    if not can_plot():
+        return False  # (the command says how to get the plot; the download itself is complete)
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise CommandFailed(
-            "drawing the loss curve needs matplotlib (pip install 'finetune-operator[train]')"
-        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if train:
         ax.plot(*zip(*train, strict=True), label="train loss")

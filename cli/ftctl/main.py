@@ -500,7 +500,7 @@ def download(
     context: ContextOpt = None,
 ) -> None:
     """Download a finished run's adapter and manifest (sha256 verified) and draw loss.png."""
-    from .download import download_run
+    from .download import PLOT_HINT, can_plot, download_run
     from .storage import Storage, parse_location
 
     manifest_sha256: str | None = None
@@ -529,6 +529,8 @@ def download(
               f"matches {storage.location.uri}manifest.json{pinned} -> {directory}")
     if result.loss_png:
         out.print(f"loss curve ({result.metrics_rows} logged steps): {result.loss_png}")
+    elif result.metrics_rows and not can_plot():
+        err.print(PLOT_HINT, markup=False)
 
 
 def _job_output(cluster: Any, job: dict[str, Any]) -> tuple[str, str | None]:

@@ -130,6 +130,23 @@ def test_download_by_job_name_from_its_status(crds: ControlPlane, kube_namespace
     assert (tmp_path / "dl" / "adapter" / "adapter_model.safetensors").read_bytes() == weights
     assert (tmp_path / "dl" / "loss.png").stat().st_size > 1000
 
+    # without matplotlib (it is only in the `cli` extra) the download is whole, only the plot is not
+    hide = tmp_path / "no-matplotlib"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'matplotlib' or name.startswith('matplotlib.'):\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, _Hide())\n"
+    )
+    bare = ftctl(crds, "download", "done", str(tmp_path / "dl2"), "-n", kube_namespace, env={**env, "PYTHONPATH": str(hide)})
+    assert bare.returncode == 0, bare.stdout + bare.stderr
+    assert (tmp_path / "dl2" / "adapter" / "adapter_model.safetensors").read_bytes() == weights
+    assert not (tmp_path / "dl2" / "loss.png").exists()
+    assert "pip install 'finetune-operator[cli]'" in bare.stderr, bare.stderr
+
 
 def _patch_status(cluster: ControlPlane, namespace: str, name: str, status: dict[str, Any]) -> None:
     cluster.kubectl("patch", "finetunejob", name, "-n", namespace, "--subresource=status", "--type=merge",
