@@ -48,8 +48,44 @@ class RunResult:
     seconds: float
 
 
-def trainer_config(job: JobManifest, overrides: Overrides) -> TrainerConfig:
-    """The TrainerConfig for a local run of `job`, with command-line overrides applied."""
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """A ClusterFineTuneRuntime the local run resolves the job against, as the operator would."""
+
+    name: str
+    spec: Any  # finetune_operator.api.ClusterFineTuneRuntimeSpec
+
+
+def load_preset(value: str, cluster: Any | None = None) -> Preset:
+    """`--runtime`: a ClusterFineTuneRuntime YAML file, else the name of one in the cluster
+    (`cluster`: a ftctl.kube.Cluster, made only when a name must be looked up)."""
+    import yaml
+    from finetune_operator.api import InvalidResource, parse_runtime
+
+    path = pathlib.Path(value).expanduser()
+    if path.is_file():
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise UserError(f"{value}: not YAML: {err}") from None
+        if not isinstance(doc, dict) or doc.get("kind") != contract.KIND_RUNTIME:
+            raise UserError(f"{value}: not a {contract.KIND_RUNTIME} (kind: {doc.get('kind') if isinstance(doc, dict) else None!r})")
+        name = str((doc.get("metadata") or {}).get("name") or path.stem)
+    else:
+        if cluster is None:
+            raise UserError(f"--runtime {value}: no such file, and no cluster to look the name up in")
+        doc = cluster.get_runtime(value)
+        name = value
+    try:
+        return Preset(name, parse_runtime(doc.get("spec") or {}))
+    except InvalidResource as err:
+        raise UserError(f"{contract.KIND_RUNTIME} {name}: {err}") from None
+
+
+def trainer_config(job: JobManifest, overrides: Overrides, preset: Preset | None = None) -> TrainerConfig:
+    """The TrainerConfig for a local run of `job`, with command-line overrides applied. With a
+    `preset`, the job is first resolved against it exactly as the operator resolves it (method
+    and size limits, the default output): what the cluster would refuse is refused here."""
     spec = job.spec
     data: dict[str, Any] = {
         "jobName": job.name,
@@ -62,6 +98,14 @@ def trainer_config(job: JobManifest, overrides: Overrides) -> TrainerConfig:
         "metricsPort": 0,
     }
     output = _dump(spec.output) if spec.output is not None else None
+    if preset is not None:
+        from finetune_operator.resolve import JobMeta, OperatorConfig, Problem, resolve
+
+        meta = JobMeta(name=job.name, namespace=job.namespace or "local", uid="", generation=1)
+        resolved = resolve(meta, spec, preset.spec, True, OperatorConfig(default_runtime=preset.name), local=True)
+        if isinstance(resolved, Problem):
+            raise UserError(f"{job.path} under {contract.KIND_RUNTIME} {preset.name!r}: {resolved.message}")
+        output = _dump(resolved.output)
     if overrides.output:
         location = parse_location(overrides.output, field="--output")
         output = {**(output or {}), "uri": location.uri}
@@ -70,7 +114,7 @@ def trainer_config(job: JobManifest, overrides: Overrides) -> TrainerConfig:
     if output is None:
         raise UserError(
             f"{job.path}: spec.output is not set (the cluster takes it from runtime "
-            f"{spec.runtime_ref.name if spec.runtime_ref else '?'}); pass --output DIR or --output s3://bucket/prefix/"
+            f"{spec.runtime_ref.name if spec.runtime_ref else '?'}); pass --runtime FILE|NAME, or --output DIR or s3://bucket/prefix/"
         )
     data["output"] = output
     if overrides.model:
@@ -128,8 +172,9 @@ def write_config(config: TrainerConfig, directory: pathlib.Path) -> pathlib.Path
     return path
 
 
-def run(config: TrainerConfig, *, nproc: int, workdir: pathlib.Path | None) -> RunResult:
-    """Train `config` here and return what the run wrote (manifest + metrics history)."""
+def run(config: TrainerConfig, *, nproc: int, workdir: pathlib.Path | None, validate: bool = True) -> RunResult:
+    """Validate, then train `config` here, and return what the run wrote (manifest + metrics
+    history). `validate` False skips the validation step."""
     import time
 
     own_tmp = workdir is None
@@ -139,6 +184,12 @@ def run(config: TrainerConfig, *, nproc: int, workdir: pathlib.Path | None) -> R
         env = _env_for(config)
         env[contract.ENV_CONFIG_PATH] = str(config_path)
         env.setdefault("FINETUNE_WORK_DIR", str(work / "trainer"))
+        if validate:
+            # the step a cluster runs first, in its validation pod: model and dataset reachable,
+            # every row parses; nothing trains until it passed
+            code = _run_trainer(["validate", "--config", str(config_path)], env=dict(env), nproc=1)
+            if code != contract.EXIT_OK:
+                raise _trainer_failure(code, "validation")
         t0 = time.monotonic()
         code = _run_trainer(["train", "--config", str(config_path)], env=env, nproc=nproc)
         seconds = time.monotonic() - t0
@@ -154,12 +205,17 @@ def _run_trainer(args: list[str], *, env: dict[str, str], nproc: int) -> int:
     """Run the trainer's CLI: in this process for one process, else under torchrun."""
     if nproc == 1:
         return _in_process(args, env)
-    torchrun = shutil.which("torchrun", path=str(pathlib.Path(sys.executable).parent)) or shutil.which("torchrun")
-    if torchrun is None:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
         raise CommandFailed("torchrun not found: install the training extras (pip install 'finetune-operator[train]')")
-    cmd = [torchrun, "--standalone", f"--nproc-per-node={nproc}", "-m", "finetune_trainer", *args]
+    # The image's launcher: torchrun in-process, exiting with the code the workers recorded (plain
+    # torchrun exits 1 for a bad config, bad data and a crash alike).
+    cmd = [sys.executable, "-m", "finetune_trainer.launch", "--standalone", f"--nproc-per-node={nproc}", "-m", "finetune_trainer", *args]
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    return subprocess.run(cmd, env=env, check=False).returncode
+    with tempfile.TemporaryDirectory(prefix="ftctl-launch-") as d:
+        env.setdefault(contract.ENV_TERMINATION_MESSAGE_PATH, str(pathlib.Path(d) / "termination-log"))
+        return subprocess.run(cmd, env=env, check=False).returncode
 
 
 def _in_process(args: list[str], env: dict[str, str]) -> int:
@@ -183,12 +239,12 @@ def _in_process(args: list[str], env: dict[str, str]) -> int:
         os.environ.update(saved)
 
 
-def _trainer_failure(code: int) -> Exception:
+def _trainer_failure(code: int, step: str = "training") -> Exception:
     if code == contract.EXIT_CONFIG_ERROR:
-        return UserError("the trainer rejected the configuration (see its message above)")
+        return UserError(f"{step}: the trainer rejected the configuration (see its message above)")
     if code == contract.EXIT_DATA_ERROR:
-        return UserError("the model or dataset is unreachable or malformed (see the trainer's message above)")
-    return CommandFailed(f"training failed (trainer exit code {code}; see its log above)")
+        return UserError(f"{step}: the model or dataset is unreachable or malformed (see the trainer's message above)")
+    return CommandFailed(f"{step} failed (trainer exit code {code}; see its log above)")
 
 
 def collect(config: TrainerConfig, seconds: float) -> RunResult:

@@ -582,12 +582,23 @@ def run(
     workdir: Annotated[
         pathlib.Path | None, typer.Option(help="scratch directory (default: a temporary one)")
     ] = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="resolve the job against this preset as the operator would (limits, allowed methods, "
+                                      "defaultOutput): a ClusterFineTuneRuntime YAML file, or the name of one in the cluster")
+    ] = None,
+    validate_: Annotated[
+        bool, typer.Option("--validate/--no-validate", help="run the validation step first (model and dataset reachable, every row parses), as the cluster does")
+    ] = True,
     set_: SetOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
 ) -> None:
     """Train a FineTuneJob manifest on this machine: no cluster, same trainer, same outputs.
 
-    Credentials come from the usual environment variables (AWS_ACCESS_KEY_ID,
-    AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, HF_TOKEN); spec.*.secretRef is ignored locally.
+    As in a cluster, the validation step runs first, and with --nproc > 1 the image's launcher
+    keeps the trainer's exit codes (2 configuration, 3 data, 4 retryable). Credentials come from
+    the usual environment variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL,
+    HF_TOKEN); spec.*.secretRef is ignored locally.
     """
     from . import local, manifest
 
@@ -597,10 +608,15 @@ def run(
     overrides = local.Overrides(
         output=output, endpoint=endpoint, model=model, dataset=dataset, max_steps=max_steps
     )
-    config = local.trainer_config(job, overrides)
+    preset = None
+    if runtime is not None:
+        cluster = None if pathlib.Path(runtime).expanduser().is_file() else _cluster(kubeconfig, context)
+        preset = local.load_preset(runtime, cluster)
+    config = local.trainer_config(job, overrides, preset)
     out.print(f"running FineTuneJob {job.name!r} locally: {config.method.type} on {config.model.uri}, "
-              f"{'in process' if nproc == 1 else f'torchrun x{nproc}'} -> {config.output.uri}")
-    result = local.run(config, nproc=nproc, workdir=workdir)
+              f"{'in process' if nproc == 1 else f'torchrun x{nproc}'} -> {config.output.uri}"
+              + (f" (runtime {preset.name})" if preset else ""))
+    result = local.run(config, nproc=nproc, workdir=workdir, validate=validate_)
     out.print(local.summary_table(result))
     out.print(f"[green]✓[/] adapter: {result.adapter_uri}")
     out.print(f"[green]✓[/] manifest: {result.manifest_uri}")

@@ -101,9 +101,14 @@ def resolve(
     runtime: ClusterFineTuneRuntimeSpec | None,
     runtime_found: bool,
     config: OperatorConfig,
+    *,
+    local: bool = False,
 ) -> Resolved | Problem:
     """Every job runs under a runtime: its spec.runtimeRef, else the operator's default runtime.
-    Without either the job fails (a job without a preset would escape every platform limit)."""
+    Without either the job fails (a job without a preset would escape every platform limit).
+
+    `local`: for `ftctl run --local`, which resolves a job against a preset on the user's machine,
+    where local paths are what they mean."""
     ref = spec.runtime_ref
     name = ref.name if ref is not None else config.default_runtime
     if name is None:
@@ -162,7 +167,7 @@ def resolve(
         ("spec.dataset.uri", spec.dataset.uri),
         ("spec.output.uri" if spec.output is not None else f"defaultOutput.uri of runtime {name!r}", output.uri),
     ):
-        if is_local_path(uri):
+        if is_local_path(uri) and not local:
             return Problem(c.REASON_INVALID_SPEC, f"{field}: local paths only work with ftctl run --local; use pvc:// or s3://")
 
     v = rt.validator or ValidatorSettings()

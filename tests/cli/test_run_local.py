@@ -173,3 +173,64 @@ def test_run_local_under_torchrun_with_two_processes(tmp_path: pathlib.Path) -> 
     assert "torchrun x2" in proc.stdout
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["worldSize"] == 2 and manifest["metrics"]["steps"] == 3
+
+
+def _bad_rows(tmp_path: pathlib.Path) -> pathlib.Path:
+    bad = tmp_path / "bad.jsonl"
+    lines = DATA.read_text().splitlines()[:40]
+    lines[6] = '{"text": "no label here"}'
+    bad.write_text("\n".join(lines) + "\n")
+    return bad
+
+
+def _local_env(tmp_path: pathlib.Path) -> dict[str, str]:
+    import os
+
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HOME": str(tmp_path / "hf")}
+
+
+def test_run_local_validates_first_and_keeps_the_exit_codes_under_torchrun(tmp_path: pathlib.Path) -> None:
+    """A bad row: the validation step refuses it before any process trains (as the cluster's
+    validation pod would); without that step, the two torchrun workers fail on it with exit 3,
+    and the launcher keeps that code (a data error, exit 2 here), not torchrun's own 1."""
+    bad, env = _bad_rows(tmp_path), _local_env(tmp_path)
+    args = ("run", "--local", str(EXAMPLE), "--model", minilm(), "--dataset", str(bad), "--output", str(tmp_path / "out"),
+            "--max-steps", "2", "--nproc", "2")
+    checked = ftctl(*args, env=env)
+    assert checked.returncode == 2, checked.stdout[-2000:] + checked.stderr[-2000:]
+    assert "validation: the model or dataset is unreachable or malformed" in checked.stderr, checked.stderr[-2000:]
+    assert "line 7" in checked.stdout + checked.stderr
+    unchecked = ftctl(*args, "--no-validate", env=env)
+    assert unchecked.returncode == 2, unchecked.stdout[-2000:] + unchecked.stderr[-2000:]
+    assert "training: the model or dataset is unreachable or malformed" in unchecked.stderr, unchecked.stderr[-3000:]
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_run_local_resolves_the_job_against_a_preset(tmp_path: pathlib.Path) -> None:
+    """--runtime FILE: the job without spec.output writes to the preset's defaultOutput, under
+    <namespace>/<name>/ as in the cluster; a method the preset does not allow is refused, naming
+    the field, before anything runs."""
+    import yaml
+
+    job = yaml.safe_load(EXAMPLE.read_text())
+    job["spec"].pop("output", None)
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(yaml.safe_dump(job))
+    preset = {
+        "apiVersion": "finetune.dev/v1alpha1", "kind": "ClusterFineTuneRuntime", "metadata": {"name": "laptop"},
+        "spec": {"allowedMethods": ["lora"], "maxNodes": 1, "defaultOutput": {"uri": str(tmp_path / "runs")}},
+    }
+    preset_file = tmp_path / "laptop.yaml"
+    preset_file.write_text(yaml.safe_dump(preset))
+    env = _local_env(tmp_path)
+    without = ftctl("run", "--local", str(job_file), "--model", minilm(), "--dataset", str(DATA), "--max-steps", "2", env=env)
+    assert without.returncode == 2 and "--runtime" in without.stderr, without.stderr
+    proc = ftctl("run", "--local", str(job_file), "--model", minilm(), "--dataset", str(DATA), "--max-steps", "2",
+                 "--runtime", str(preset_file), env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "runs" / job["metadata"]["namespace"] / job["metadata"]["name"]
+    assert json.loads((out / "manifest.json").read_text())["metrics"]["steps"] == 2
+    preset["spec"]["allowedMethods"] = ["full"]
+    preset_file.write_text(yaml.safe_dump(preset))
+    refused = ftctl("run", "--local", str(job_file), "--model", minilm(), "--dataset", str(DATA), "--runtime", str(preset_file), env=env)
+    assert refused.returncode == 2 and "spec.method.type: 'lora' is not allowed by runtime 'laptop'" in refused.stderr, refused.stderr
