@@ -239,7 +239,7 @@ save() {  # save NAME: docker save when the image ID changed since the last save
   fi
   smoke "$name"
   t=$(date +%s)
-  rm -f "$tar.id"
+  rm -f "$tar.id" "$tar"  # (the old archive goes first: a trainer archive is ~6 GB, two at once filled the disk)
   docker save -o "$tar.tmp" "$ref"
   mv "$tar.tmp" "$tar"
   echo "$id" >"$tar.id"
@@ -254,6 +254,8 @@ for n in "${TARGETS[@]}"; do
   esac
 done
 for n in "${TARGETS[@]}"; do save "$n"; done
+# Images the new builds replaced (untagged now) go; the layer cache and pip's cache mount stay.
+docker image prune -f >/dev/null
 
 for n in "${TARGETS[@]}"; do
   log "$n: ${IMAGE[$n]} $(size "${IMAGE[$n]}") -> $ARCHIVES/$n.tar"

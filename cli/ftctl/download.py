@@ -105,10 +105,13 @@ def plot_loss(rows: list[dict[str, Any]], dest: pathlib.Path, title: str) -> boo
         return False
     if not can_plot():
         return False  # (the command says how to get the plot; the download itself is complete)
-    import matplotlib
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False  # a broken install: the download stays complete
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     if train:

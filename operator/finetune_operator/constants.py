@@ -104,6 +104,10 @@ REASON_RESTART_LIMIT_EXCEEDED = "RestartLimitExceeded"
 REASON_JOB_FAILED = "JobFailed"
 REASON_DISRUPTED = "WorkerDisrupted"
 REASON_SPEC_EDITED = "SpecEdited"
+#: Kueue deactivated the job's Workload by its own policy (requeuing limit, maximum execution time).
+REASON_WORKLOAD_DEACTIVATED = "WorkloadDeactivated"
+#: The job's Workload was deleted or finished under a live Job: both are made again.
+REASON_WORKLOAD_RECREATED = "WorkloadRecreated"
 #: Reasons that fail a job because of its spec: editing the spec (new generation) re-evaluates.
 SPEC_FAILURE_REASONS = (
     REASON_INVALID_SPEC,
@@ -125,6 +129,7 @@ FAILURE_REASONS = (
     REASON_STARTUP_DEADLINE_EXCEEDED,
     REASON_DISRUPTION_LIMIT_EXCEEDED,
     REASON_JOB_FAILED,
+    REASON_WORKLOAD_DEACTIVATED,
     "Unknown",
 )
 

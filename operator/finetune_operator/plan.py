@@ -401,7 +401,27 @@ def _training_step(obs: Observed, nxt: _Next, spec: FineTuneJobSpec, r: Resolved
         return _wake(plan, wait_s)
 
     own_workload = bool(spec.queue_name) and obs.workload_api
+    if job is not None and job.workload_name is None:
+        own_workload = False  # a Job made before the operator made Workloads: Kueue made its own
     wl = obs.workload if own_workload else None
+    if wl is not None and not wl.active and not wl.finished and not wl.deleting and not spec.suspend and not _suspended_by_user(prev):
+        # Not the operator's doing (it deactivates only for a suspend or a job that ended): Kueue's
+        # own policy (requeuing limit, maximum execution time, a rejected admission check). The
+        # operator does not undo an administrator's rule; the job ends, saying which.
+        return _fail(obs, nxt, c.REASON_WORKLOAD_DEACTIVATED, f"Kueue deactivated the job's Workload {wl.name}: {wl.waiting or 'no reason given'}")
+    failed_here = job is not None and any(p.attempt == job.attempt and p.phase == "Failed" for p in obs.pods)
+    if own_workload and job is not None and not (job.complete or job.failed or failed_here) and (wl is None or wl.finished):
+        # Kueue stops a Job whose Workload is gone or finished (deleted by someone, or out of sync
+        # with it after an operator upgrade changed the pod template): the Job goes, and the next
+        # reconcile makes a new Workload and Job for the same attempt (not a restart). A Job that
+        # failed, or has a failed worker, is judged as a failure below instead.
+        what = "was deleted" if wl is None else f"finished ({wl.finished_why})"
+        message = clip(f"the Kueue Workload {job.workload_name} of attempt {attempt} {what}; making it and the Job again (no restart counted)")
+        nxt.set(phase=c.PHASE_QUEUED, message=message)
+        _suspension(nxt, spec, suspended=True)
+        plan = _plan(obs, nxt, delete=[Delete("Job", job.name, "Foreground", job.uid or None)])
+        plan.events.append(Event("Warning", c.REASON_WORKLOAD_RECREATED, message))
+        return plan
     if job is None:
         if wl is not None and (wl.finished or wl.deleting):
             # Kueue finished it (its Job failed, or drifted from it): it is never admitted again.
@@ -694,6 +714,11 @@ def _held_message(spec: FineTuneJobSpec, wl: WorkloadView | None = None, workloa
     if not workload_api:
         return f"{message}; this cluster does not serve Kueue's Workload API ({c.KUEUE_API_VERSION}): is Kueue installed?"
     return clip(f"{message}: {wl.waiting}") if wl is not None and wl.waiting else message
+
+
+def _suspended_by_user(status: FineTuneJobStatus) -> bool:
+    cond = status.condition(c.COND_SUSPENDED)
+    return cond is not None and cond.status == "True" and cond.reason == c.REASON_SUSPENDED
 
 
 def _workers_message(attempt: int, ready: int, total: int) -> str:

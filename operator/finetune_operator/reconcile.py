@@ -618,11 +618,11 @@ class Reconciler:
         phase = last.phase if isinstance(last, FineTuneJobStatus) else (last or {}).get("phase")
         if phase in c.TERMINAL_PHASES and self._settled_workloads.get(key) == rec["uid"]:
             return None, True
-        try:
-            body, served = await self.kube.workload(key[0], key[1])
-        except KubeError as err:
-            log.warning("could not read the Workload of %s/%s: %s", key[0], key[1], err)
-            return None, True
+        # A failed read propagates (the reconcile is retried with backoff): "no Workload" must mean
+        # none, or the job would act on a Workload it did not see.
+        body, served = await self.kube.workload(key[0], key[1])
+        if body is None:
+            self._applied.get(key, {}).pop(("Workload", key[1]), None)  # (gone: the next plan sends it again)
         view = workload_view(body) if body is not None else None
         if phase in c.TERMINAL_PHASES and (view is None or view.finished or not view.active):
             self._settled_workloads[key] = rec["uid"]

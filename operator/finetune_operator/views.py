@@ -100,6 +100,8 @@ class JobView:
     job_uid: str = ""
     #: metadata.creationTimestamp (RFC 3339).
     created: str | None = None
+    #: The Kueue Workload the Job names (kueue.x-k8s.io/prebuilt-workload-name): the job's own.
+    workload_name: str | None = None
 
 
 def _int(value: Any) -> int | None:
@@ -185,6 +187,7 @@ def job_view(body: dict[str, Any]) -> JobView:
         uid=meta.get("uid", ""),
         job_uid=labels.get(ct.LABEL_JOB_UID, ""),
         created=meta.get("creationTimestamp"),
+        workload_name=labels.get(ct.LABEL_KUEUE_PREBUILT_WORKLOAD) or None,
     )
 
 
@@ -206,6 +209,8 @@ class WorkloadView:
     #: Why it waits or was evicted, in Kueue's words ("Reason: message"), else None.
     waiting: str | None = None
     deleting: bool = False
+    #: Kueue's words on why it finished ("Reason: message"), when it did.
+    finished_why: str | None = None
 
 
 def workload_view(body: dict[str, Any]) -> WorkloadView:
@@ -233,6 +238,7 @@ def workload_view(body: dict[str, Any]) -> WorkloadView:
         finished=true("Finished"),
         waiting=waiting,
         deleting=meta.get("deletionTimestamp") is not None,
+        finished_why=(f"{(conds.get('Finished') or {}).get('reason') or 'Finished'}: {(conds.get('Finished') or {}).get('message') or ''}".strip() if true("Finished") else None),
     )
 
 

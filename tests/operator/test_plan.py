@@ -607,18 +607,18 @@ def test_a_finished_workload_is_made_again_before_the_next_job() -> None:
 
 def test_suspend_with_a_workload_deactivates_it_and_leaves_the_job_to_kueue() -> None:
     pods = (pod("job-0", index=0), pod("job-1", index=1))
-    plan = decide(observed(minimal_spec(queueName="q", suspend=True), RUNNING_STATUS, job_view=job(), pods=pods, workload=workload()))
+    plan = decide(observed(minimal_spec(queueName="q", suspend=True), RUNNING_STATUS, job_view=job(workload_name="job"), pods=pods, workload=workload()))
     assert plan.status.phase == "Suspended" and plan.suspend_job is None
     assert plan.workload_active == ("job", "wl-uid", False)
     assert "Workload" not in kinds(plan)  # never re-applied: active is patched alone
-    resumed = decide(observed(minimal_spec(queueName="q"), plan.status.to_wire(), job_view=job(suspended=True), workload=workload(active=False, quota_reserved=False, admitted=False)))
+    resumed = decide(observed(minimal_spec(queueName="q"), plan.status.to_wire(), job_view=job(suspended=True, workload_name="job"), workload=workload(active=False, quota_reserved=False, admitted=False)))
     assert resumed.workload_active == ("job", "wl-uid", True) and resumed.status.phase == "Queued"
     assert resumed.requeue_after == c.KUEUE_RECHECK_SECONDS
 
 
 def test_queued_message_says_why_kueue_holds_the_job() -> None:
     why = "Pending: couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in flavor a, 1 more needed"
-    plan = decide(observed(minimal_spec(queueName="q"), RUNNING_STATUS, job_view=job(suspended=True, active=0, ready=0), workload=workload(quota_reserved=False, admitted=False, waiting=why)))
+    plan = decide(observed(minimal_spec(queueName="q"), RUNNING_STATUS, job_view=job(suspended=True, active=0, ready=0, workload_name="job"), workload=workload(quota_reserved=False, admitted=False, waiting=why)))
     assert plan.status.phase == "Queued" and plan.status.message == f"waiting for admission by Kueue queue 'q': {why}"
 
 
@@ -628,7 +628,7 @@ def test_a_job_that_ends_with_its_job_alive_gives_the_quota_back(finished: bool)
     Workload is deactivated and Kueue stops the pods; a finished Workload holds no quota already."""
     failed = (pod("job-0", index=0, phase="Failed", ready=False, exit_code=1), pod("job-1", index=1))
     spec = minimal_spec(queueName="q", maxRestarts=0)
-    plan = decide(observed(spec, RUNNING_STATUS, job_view=job(), pods=failed, workload=workload(finished=finished)))
+    plan = decide(observed(spec, RUNNING_STATUS, job_view=job(workload_name="job"), pods=failed, workload=workload(finished=finished)))
     assert plan.status.phase == "Failed" and plan.suspend_job is None
     assert plan.workload_active == (None if finished else ("job", "wl-uid", False))
 
@@ -643,3 +643,32 @@ def test_without_kueues_workload_api_a_queued_job_gets_only_the_queue_label() ->
     assert labels[ct.LABEL_KUEUE_QUEUE] == "q" and ct.LABEL_KUEUE_PREBUILT_WORKLOAD not in labels
     assert len(plan.apply[-1]["spec"]["podFailurePolicy"]["rules"]) == 3
     assert plan.status.phase == "Queued" and "does not serve Kueue's Workload API (kueue.x-k8s.io/v1beta2)" in (plan.status.message or "")
+
+
+def test_a_workload_kueue_deactivated_itself_ends_the_job_with_kueues_reason() -> None:
+    """Kueue's own policy (requeuing limit, maximum execution time) deactivated it: the operator
+    does not undo it (it reactivates only what the user suspended); the job fails, saying why."""
+    why = "Deactivated: The workload is deactivated due to exceeding the maximum execution time"
+    wl = workload(active=False, quota_reserved=False, admitted=False, waiting=why)
+    plan = decide(observed(minimal_spec(queueName="q"), RUNNING_STATUS, job_view=job(suspended=True, workload_name="job"), workload=wl))
+    assert plan.status.phase == "Failed" and cond(plan, "Failed").reason == c.REASON_WORKLOAD_DEACTIVATED
+    assert why in (plan.status.message or "") and plan.workload_active is None
+
+
+@pytest.mark.parametrize("gone", [True, False], ids=["deleted", "finished"])
+def test_a_live_job_whose_workload_is_gone_or_finished_is_made_again(gone: bool) -> None:
+    """Kueue stops a Job whose Workload was deleted, or finished out of sync: the Job goes (not a
+    restart), then the Workload and the Job are made again for the same attempt."""
+    wl = None if gone else workload(finished=True, finished_why="OutOfSync: The prebuilt workload is out of sync with its user job")
+    pods = (pod("job-0", index=0), pod("job-1", index=1))
+    plan = decide(observed(minimal_spec(queueName="q"), RUNNING_STATUS, job_view=job(workload_name="job"), pods=pods, workload=wl))
+    assert plan.delete == [Delete("Job", "job", "Foreground", None)] and plan.status.restarts == 0 and plan.status.attempt == 0
+    assert ("was deleted" if gone else "OutOfSync") in (plan.status.message or "")
+    assert [e.reason for e in plan.events if e.type == "Warning"] == [c.REASON_WORKLOAD_RECREATED]
+
+
+def test_a_job_from_before_the_operators_workloads_keeps_the_old_suspend() -> None:
+    """A Job made before this version names no Workload (Kueue made one for it): a user's suspend
+    still goes through Job.spec.suspend, and no Workload of the operator's is expected."""
+    plan = decide(observed(minimal_spec(queueName="q", suspend=True), RUNNING_STATUS, job_view=job()))
+    assert plan.status.phase == "Suspended" and plan.suspend_job == ("job", "", True) and not plan.delete

@@ -153,11 +153,13 @@ SHARE_CHUNK_BYTES = 64 << 20
 
 
 class SharedFetchError(RuntimeError):
-    """What the node that fetched for all of them raised: (class name, message)."""
+    """What the node that fetched for all of them raised: its class name, message and the exit
+    code it carries (None: not one of the trainer's errors)."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, exit_code: int | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        self.exit_code = exit_code
 
 
 def share_from_first_node(fetch: Callable[[], pathlib.Path], dest: pathlib.Path) -> pathlib.Path:
@@ -186,7 +188,8 @@ def share_from_first_node(fetch: Callable[[], pathlib.Path], dest: pathlib.Path)
             header = {"root": str(root), "files": [(str(p.relative_to(root)), p.stat().st_size) for p in files]}
         except Exception as err:  # every rank learns of it
             failure = err
-            header = {"error": (type(err).__name__, str(err))}
+            code = getattr(err, "exit_code", None)
+            header = {"error": (type(err).__name__, str(err), code if isinstance(code, int) else None)}
     header = broadcast_object(header)
     if "error" in header:
         dist.destroy_process_group(group)

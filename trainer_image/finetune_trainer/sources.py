@@ -19,7 +19,7 @@ from . import contract, distributed
 from .config import DatasetSource, ModelSource, TrainerConfig
 from .data import Problems, Row
 from .datafiles import READERS, data_files, image_files
-from .errors import DataError, SourceUnavailable
+from .errors import DataError, SetupError, SourceUnavailable, TrainerError
 from .storage import download_prefix, parse_location
 
 #: Files that hold weights; skipped when only the config and tokenizer are needed.
@@ -53,9 +53,10 @@ def fetch_model(cfg: TrainerConfig, dest: pathlib.Path, *, config_only: bool = F
         try:
             path = distributed.share_from_first_node(lambda: _fetch_model_here(cfg, uri, dest, config_only), dest / "model-shared")
         except distributed.SharedFetchError as err:
-            # rank 0's error, as what it was: a missing, denied or malformed model is final; anything
-            # else (a source that did not answer, rank 0's disk) may go better next attempt
-            raise (DataError if err.kind == DataError.__name__ else SourceUnavailable)(f"{err} (downloaded by rank 0)") from None
+            # rank 0's error with rank 0's exit code: a missing, denied or malformed model (3) or a
+            # configuration error (2) is final on every rank; anything else (a source that did not
+            # answer, rank 0's disk) may go better next attempt
+            raise _as_trainer_error(err) from None
     elif me.is_local_main:
         path = _fetch_model_here(cfg, uri, dest, config_only)
         distributed.barrier()
@@ -65,6 +66,11 @@ def fetch_model(cfg: TrainerConfig, dest: pathlib.Path, *, config_only: bool = F
     if not (path / "config.json").is_file():
         raise DataError(f"model.uri: {uri} has no config.json (is it a Hugging Face model directory?)")
     return path
+
+
+def _as_trainer_error(err: distributed.SharedFetchError) -> TrainerError:
+    cls: type[TrainerError] = {contract.EXIT_DATA_ERROR: DataError, contract.EXIT_CONFIG_ERROR: SetupError}.get(err.exit_code or -1, SourceUnavailable)
+    return cls(f"{err} (downloaded by rank 0)")
 
 
 def _fetch_model_here(cfg: TrainerConfig, uri: str, dest: pathlib.Path, config_only: bool, download: bool = True) -> pathlib.Path:
