@@ -281,7 +281,10 @@ class Kube:
         self._check(status, data, f"get Workload {namespace}/{name}")
         meta = data.get("metadata") or {}
         refs = list(meta.get("ownerReferences") or [])
-        kept = [r for r in refs if r.get("uid") not in uids]
+        # A Job of that name made since (Kueue may have adopted it already) keeps its reference.
+        job = await self.metadata("Job", namespace, name)
+        live = (job or {}).get("uid")
+        kept = [r for r in refs if r.get("uid") not in uids or r.get("uid") == live]
         if kept == refs:
             return True
         body = {"metadata": {"ownerReferences": kept, "resourceVersion": meta.get("resourceVersion")}}
