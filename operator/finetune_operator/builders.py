@@ -435,6 +435,16 @@ def build_workload(r: Resolved, active: bool) -> Manifest:
     # Kueue resets the Job's pod template labels and annotations to these whenever it stops the
     # Job (evicted, deactivated): the operator's, less the attempt (the pods' Job tells it then).
     metadata = {"labels": labels(r.meta, ct.COMPONENT_TRAINER), "annotations": template["metadata"]["annotations"]}
+    spec: dict[str, Any] = {
+        "queueName": r.spec.queue_name,
+        "active": active,
+        "podSets": [{"name": "main", "count": r.nodes, "template": {"metadata": metadata, "spec": template["spec"]}}],
+    }
+    if r.priority_class_name:
+        # The queue's order and preemption follow the pods' PriorityClass, as for a Workload Kueue
+        # makes itself. Kueue wants its value too (`spec.priority`): the executor reads it from the
+        # PriorityClass when it sends the Workload.
+        spec["priorityClassRef"] = {"group": "scheduling.k8s.io", "kind": "PriorityClass", "name": r.priority_class_name}
     return {
         "apiVersion": c.KUEUE_API_VERSION,
         "kind": "Workload",
@@ -444,11 +454,7 @@ def build_workload(r: Resolved, active: bool) -> Manifest:
             "labels": labels(r.meta, ct.COMPONENT_TRAINER),
             "ownerReferences": [owner_reference(r.meta, controller=False)],
         },
-        "spec": {
-            "queueName": r.spec.queue_name,
-            "active": active,
-            "podSets": [{"name": "main", "count": r.nodes, "template": {"metadata": metadata, "spec": template["spec"]}}],
-        },
+        "spec": spec,
     }
 
 

@@ -251,6 +251,15 @@ class Kube:
         status, data = await self._run("PATCH", path, body, [("fieldManager", c.FIELD_MANAGER)], "application/merge-patch+json")
         self._check(status, data, f"suspend={suspend} Job {namespace}/{name}", ok=(404, 409))
 
+    async def priority_value(self, name: str) -> int | None:
+        """The value of PriorityClass `name` (None when there is none)."""
+        status, data = await self._run("GET", f"/apis/scheduling.k8s.io/v1/priorityclasses/{name}", read=True)
+        if status == 404:
+            return None
+        self._check(status, data, f"get PriorityClass {name}")
+        value = data.get("value") if isinstance(data, dict) else None
+        return int(value) if isinstance(value, int) else None
+
     async def workload(self, namespace: str, name: str) -> tuple[dict[str, Any] | None, bool]:
         """(the Kueue Workload or None, whether the cluster serves Kueue's Workload API): a 404
         for the object names it in its details, one for an API not served does not."""

@@ -628,6 +628,21 @@ class Reconciler:
             self._settled_workloads[key] = rec["uid"]
         return view, served
 
+    async def _with_priority(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """A Workload with `spec.priorityClassRef` gets the PriorityClass's value as
+        `spec.priority` (Kueue requires both). Without that PriorityClass the reference goes and
+        the Workload queues at priority 0 (the pods could not be created either: said on the job)."""
+        ref = manifest["spec"].get("priorityClassRef")
+        if not ref:
+            return manifest
+        value = await self.kube.priority_value(ref["name"])
+        spec = dict(manifest["spec"])
+        if value is None:
+            spec.pop("priorityClassRef")
+        else:
+            spec["priority"] = value
+        return {**manifest, "spec": spec}
+
     def _known_children(self, key: Key) -> set[tuple[str, str]]:
         """Children that exist with the operator's labels for this job, as the watches show them."""
         known = set(self._seen.get(key, ()))
@@ -705,6 +720,8 @@ class Reconciler:
 
         async def send(manifest: dict[str, Any]) -> bool:
             try:
+                if manifest["kind"] == "Workload":
+                    manifest = await self._with_priority(manifest)
                 if _child_key(manifest) not in applied and _child_key(manifest) not in known:
                     # Not sent by this process yet: create it, or find out whose the name is.
                     holder = await self.kube.create(manifest)

@@ -196,6 +196,14 @@ def test_example_runs_as_written_with_exactly_its_prerequisites(path: Path, kube
     # admission by Kueue are all there (pods may stay Pending: no such GPU nodes here)
     Kube.wait(lambda: len(kube.pods(ns, f"{ct.LABEL_JOB_NAME}={name},{ct.LABEL_COMPONENT}={ct.COMPONENT_TRAINER}")) >= nodes,
               f"{nodes} trainer pods of {name}", 90, lambda: kube.status(ns, name))
+    if doc["spec"].get("queueName"):
+        # the job's own Workload, in the example's queue, with its pods' PriorityClass and value
+        wl = kube.custom.get_namespaced_custom_object("kueue.x-k8s.io", "v1beta2", ns, "workloads", name)
+        assert wl["spec"]["queueName"] == doc["spec"]["queueName"] and is_true(wl, "Admitted"), wl.get("status")
+        priority_class = job.spec.template.spec.priority_class_name
+        if priority_class:
+            value = kube_cluster.kubectl("get", "priorityclass", priority_class, "-o", "jsonpath={.value}").stdout
+            assert wl["spec"]["priorityClassRef"]["name"] == priority_class and wl["spec"]["priority"] == int(value), wl["spec"]
     st = kube.status(ns, name)
     assert st.get("phase") not in ("Failed", "Pending"), st
     print(f"{path.name}: {st.get('phase')}: {st.get('message')}")

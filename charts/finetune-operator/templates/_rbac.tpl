@@ -10,6 +10,10 @@ differ in any (apiGroup, resource, verb).
 - apiGroups: [finetune.dev]
   resources: [clusterfinetuneruntimes]
   verbs: [get, list, watch, patch]
+# A queued job's Kueue Workload carries its pods' PriorityClass and that class's value.
+- apiGroups: [scheduling.k8s.io]
+  resources: [priorityclasses]
+  verbs: [get]
 # kopf: resource discovery.
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
