@@ -70,6 +70,7 @@ def run_container(r: Resolved, manifest: dict[str, Any], name: str, root: pathli
             secrets={(SECRET, ct.SECRET_KEY_AWS_ACCESS_KEY_ID): server.access_key, (SECRET, ct.SECRET_KEY_AWS_SECRET_ACCESS_KEY): server.secret_key},
             fields={f"metadata.annotations['{ct.ANNOTATION_JOB_COMPLETION_INDEX}']": "0"},
             paths=paths,
+            metadata=kubelet.template_metadata(manifest),
             values={ct.ENV_MASTER_ADDR: "127.0.0.1", ct.ENV_MASTER_ADDR_COMPAT: "127.0.0.1", ct.ENV_MASTER_PORT: port, ct.ENV_MASTER_PORT_COMPAT: port, ct.ENV_METRICS_PORT: "0"},
         ),
         "AWS_DEFAULT_REGION": "us-east-1",

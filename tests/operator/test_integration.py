@@ -95,10 +95,11 @@ def test_examples_are_accepted_and_become_the_right_children(kube: Kube, ftop: O
             if secret_env in env:
                 assert env[secret_env].value is None and env[secret_env].value_from.secret_key_ref.name
 
-    # the preset filled in image, GPUs and output; queueName -> Kueue label and a suspended Job
+    # the preset filled in GPUs and output, and names no image (the operator's trainer image);
+    # queueName -> Kueue label and a suspended Job (no Kueue here: only the label, as the job says)
     chat = kube.job(ns, names["lora-chat"])
     assert chat.metadata.labels[ct.LABEL_KUEUE_QUEUE] == "team-a" and chat.spec.suspend is True
-    assert chat.spec.template.spec.containers[0].image == "ghcr.io/finetune-operator/trainer:0.1.0"
+    assert chat.spec.template.spec.containers[0].image == TEST_IMAGE
     assert chat.spec.template.spec.containers[0].resources.limits["nvidia.com/gpu"] == "8"
     kube.wait_phase(ns, names["lora-chat"], "Queued")
     assert kube.condition(ns, names["lora-chat"], "Suspended")["reason"] == c.REASON_QUEUED

@@ -10,6 +10,7 @@ Every other variable, the command and its arguments are taken from the manifest 
 from __future__ import annotations
 
 import pathlib
+import re
 import sys
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -28,6 +29,11 @@ def container(manifest: Mapping[str, Any], name: str) -> dict[str, Any]:
     return next(dict(c) for c in pod_spec["containers"] if c["name"] == name)
 
 
+def template_metadata(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """The pod's own labels and annotations as rendered (a Job's pod template, or a Pod)."""
+    return dict(manifest["spec"]["template"]["metadata"] if manifest["kind"] == "Job" else manifest["metadata"])
+
+
 def local_argv(ctr: Mapping[str, Any], paths: Mapping[str, str]) -> list[str]:
     """command + args with `python` as this interpreter and pod paths moved (`paths`: prefix -> local)."""
     argv = [*ctr.get("command", []), *ctr.get("args", [])]
@@ -42,9 +48,12 @@ def local_env(
     fields: Mapping[str, str],
     paths: Mapping[str, str],
     values: Mapping[str, str] | None = None,
+    metadata: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """The container's env as the kubelet would set it. `secrets`: (secret, key) -> value (an
-    optional key that is absent is left out, as Kubernetes does); `fields`: fieldPath -> value;
+    optional key that is absent is left out, as Kubernetes does); `fields`: fieldPath -> value
+    for what the Job controller adds to a pod (its completion index); `metadata`: the pod's
+    rendered labels and annotations, which the downward API reads (a missing key is "");
     `values`: name -> replacement for a literal value that names a pod-only host or port."""
     out: dict[str, str] = {}
     for item in ctr.get("env", []):
@@ -61,7 +70,14 @@ def local_env(
                 continue
             out[name] = value
         elif "fieldRef" in source:
-            out[name] = fields[source["fieldRef"]["fieldPath"]]
+            path = source["fieldRef"]["fieldPath"]
+            own = re.fullmatch(r"metadata\.(labels|annotations)\['([^']+)'\]", path)
+            if path in fields:
+                out[name] = fields[path]
+            elif own is not None and metadata is not None:
+                out[name] = str((metadata.get(own.group(1)) or {}).get(own.group(2), ""))
+            else:
+                raise AssertionError(f"{name}: no value for fieldRef {path}")
         else:
             raise AssertionError(f"{name}: unsupported valueFrom {source}")
     return out

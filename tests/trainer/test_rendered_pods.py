@@ -84,11 +84,12 @@ def test_two_pods_from_the_rendered_job_train_and_report_to_the_operator(s3: S3S
                 secrets={(SECRET, ct.SECRET_KEY_AWS_ACCESS_KEY_ID): s3.access_key, (SECRET, ct.SECRET_KEY_AWS_SECRET_ACCESS_KEY): s3.secret_key},
                 fields={f"metadata.annotations['{ct.ANNOTATION_JOB_COMPLETION_INDEX}']": str(index)},
                 paths=paths,
+                metadata=kubelet.template_metadata(manifest),
                 values={**master, ct.ENV_METRICS_PORT: str(free_port())},
             ),
             "AWS_DEFAULT_REGION": "us-east-1",
         }
-        assert env[ct.ENV_NODE_RANK] == str(index) and env[ct.ENV_NNODES] == "2"
+        assert env[ct.ENV_NODE_RANK] == str(index) and env[ct.ENV_NNODES] == "2" and env[ct.ENV_ATTEMPT] == "0"
         launchers.append(subprocess.Popen(kubelet.local_argv(ctr, paths), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(CACHE_ROOT)))
         roots.append(paths)
     results = [p.communicate(timeout=900) for p in launchers]
