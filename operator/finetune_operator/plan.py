@@ -61,7 +61,7 @@ class Observed:
     #: The Job controller's newest FailedCreate message while the Job has no pods (quota, Pod
     #: Security, a missing ServiceAccount or PriorityClass).
     job_create_error: str | None = None
-    #: The job's Kueue Workload (jobs with spec.queueName, once validated), if it exists.
+    #: The job's Kueue Workload (jobs with spec.queueName; read each reconcile), if it exists.
     workload: WorkloadView | None = None
     #: Whether the cluster serves Kueue's Workload API (kueue.x-k8s.io/v1beta2). Without it a job
     #: with a queue gets only the queue label on its Job (an older Kueue makes the Workload).

@@ -197,7 +197,6 @@ class WorkloadView:
 
     name: str
     uid: str
-    resource_version: str
     #: spec.active (false: deactivated, Kueue keeps its Job suspended and holds no quota).
     active: bool
     #: UIDs of the Jobs in its ownerReferences (Kueue makes the Job it serves the controller; a
@@ -230,7 +229,6 @@ def workload_view(body: dict[str, Any]) -> WorkloadView:
     return WorkloadView(
         name=meta.get("name", ""),
         uid=meta.get("uid", ""),
-        resource_version=str(meta.get("resourceVersion") or ""),
         active=(body.get("spec") or {}).get("active") is not False,
         job_owners=tuple(r.get("uid", "") for r in meta.get("ownerReferences") or [] if r.get("kind") == "Job"),
         quota_reserved=true("QuotaReserved"),

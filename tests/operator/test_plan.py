@@ -564,7 +564,7 @@ def test_local_model_path_fails_the_job_before_any_pod() -> None:
 # --- Kueue: the job's own Workload -------------------------------------------------------------
 def workload(**over: Any) -> WorkloadView:
     values: dict[str, Any] = dict(
-        name="job", uid="wl-uid", resource_version="7", active=True, job_owners=(), quota_reserved=True, admitted=True, finished=False
+        name="job", uid="wl-uid", active=True, job_owners=(), quota_reserved=True, admitted=True, finished=False
     )
     values.update(over)
     return WorkloadView(**values)

@@ -53,24 +53,11 @@ def test_two_torchrun_nodes_on_loopback_train_one_job(s3: S3Server, tiny_llama: 
     s3.upload_file(write_jsonl(tmp_path / "chat.jsonl", chat_rows(96)), f"s3://{bucket}/chat.jsonl")
     cfg = _chat_config(tmp_path, "two-nodes", f"s3://{bucket}/model", f"s3://{bucket}/chat.jsonl", f"s3://{bucket}/out",
                        {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "targetModules": ALL_LINEAR}})
-    port = free_port()
-    launchers = []
-    for node_rank in (0, 1):
-        env = trainer_env({
-            **s3.env(),
-            "PET_NNODES": "2", "PET_NPROC_PER_NODE": "1", "PET_NODE_RANK": str(node_rank),
-            "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port),
-            "FINETUNE_WORK_DIR": str(tmp_path / f"node{node_rank}"),
-            "FINETUNE_TERMINATION_MESSAGE_PATH": str(tmp_path / f"termination-{node_rank}"),
-        }, threads=1)
-        launchers.append(subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "-m", "finetune_trainer", "train", "--config", str(cfg)],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(CACHE_ROOT),
-        ))
-    results = [p.communicate(timeout=600) for p in launchers]
-    for p, (_out, err) in zip(launchers, results, strict=True):
-        assert p.returncode == 0, err[-4000:]
-    summary = json.loads(results[0][0][results[0][0].find("{"):])
+    results = _two_nodes(s3, cfg, tmp_path, {})
+    for rc, _out, err in results:
+        assert rc == 0, err[-4000:]
+    out0 = results[0][1]
+    summary = json.loads(out0[out0.find("{"):])
     assert summary["status"] == "Succeeded" and summary["steps"] == 8
     manifest = _download_output(s3, f"s3://{bucket}/out/", tmp_path / "out")
     assert manifest["worldSize"] == 2
